@@ -1,0 +1,95 @@
+//! The admin endpoint (loopback by default): `/healthz`, `/readyz`, `/metrics`, `/status`.
+use crate::conn::Shared;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::net::TcpListener;
+use weir_telemetry::{Metrics, ResultLabels};
+use weir_tls::ktls::Support;
+
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(route(&req, &shared)) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
+                tracing::debug!(error = %e, "admin connection error");
+            }
+        });
+    }
+}
+
+fn route(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        "/readyz" => match shared.store.readiness(SystemTime::now()) {
+            Ok(()) => text(StatusCode::OK, "ready\n".into()),
+            Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
+        },
+        "/metrics" => {
+            let mut r = text(StatusCode::OK, metrics_text(shared));
+            if let Ok(v) = "text/plain; version=0.0.4; charset=utf-8".parse() {
+                r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+            }
+            r
+        }
+        "/status" => text(StatusCode::OK, status_json(shared)),
+        _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r
+}
+
+/// Refreshes the gauges read from identity state, then encodes every metric.
+pub(crate) fn metrics_text(shared: &Shared) -> String {
+    let m = &shared.metrics;
+    let svid = shared.store.current();
+    let expiry = svid.not_after.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    m.svid_expiry_seconds.set(i64::try_from(expiry).unwrap_or(i64::MAX));
+    let state = shared.store.rotation_state();
+    // Counters can only go up: bring them level with the store's totals.
+    for (result, total) in [("ok", state.rotations), ("error", state.failures)] {
+        let c = m.svid_rotations.get_or_create(&ResultLabels { result });
+        c.inc_by(total.saturating_sub(c.get()));
+    }
+    Metrics::encode(&m.registry())
+}
+
+pub(crate) fn active_connections(shared: &Shared) -> i64 {
+    shared.open.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn status_json(shared: &Shared) -> String {
+    let svid = shared.store.current();
+    let state = shared.store.rotation_state();
+    let (ktls, reason) = match &shared.ktls {
+        Support::Available(suites) => (true, format!("kernel TLS available ({} TLS 1.3 suites)", suites.len())),
+        Support::Unavailable(reason) => (false, reason.clone()),
+    };
+    let unix = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    serde_json::json!({
+        "spiffe_id": svid.id.as_str(),
+        "svid_serial": svid.serial,
+        "svid_not_after": unix(svid.not_after),
+        "rotations": state.rotations,
+        "rotation_failures": state.failures,
+        "last_rotation_error": state.last_error,
+        "ktls": ktls,
+        "mode_reason": reason,
+        "ready": shared.store.readiness(SystemTime::now()).is_ok(),
+    })
+    .to_string()
+        + "\n"
+}

@@ -1,0 +1,130 @@
+//! The inbound listener: a peer node connects, both sides prove their SVIDs, the preamble
+//! names a local service, policy decides (default deny), and on success bytes flow to the
+//! local backend.
+use crate::conn::{Refusal, Shared, Tracked};
+use crate::outbound::kernel_ready;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+use tokio_rustls::{server::TlsStream, TlsAcceptor};
+use weir_identity::SpiffeId;
+use weir_policy::{Decision, DenyReason};
+use weir_telemetry::Direction;
+use weir_tls::ktls::{self, CorkStream};
+use weir_tls::preamble::{Request, Status, REQUEST_HEADER_LEN};
+use weir_tls::Mode;
+
+/// Local service name -> backend address.
+pub(crate) type Backends = HashMap<String, SocketAddr>;
+
+/// Accepts peer nodes until the task is aborted.
+pub(crate) async fn serve(listener: TcpListener, backends: Arc<Backends>, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((socket, from)) => {
+                let (backends, shared) = (backends.clone(), shared.clone());
+                tokio::spawn(async move { handle(socket, from, &backends, &shared).await });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "inbound accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+struct Accepted<IO> {
+    tls: TlsStream<IO>,
+    peer: SpiffeId,
+    service: String,
+    backend: TcpStream,
+}
+
+async fn handle(socket: TcpStream, from: SocketAddr, backends: &Backends, shared: &Shared) {
+    let id = shared.next_id();
+    let _ = socket.set_nodelay(true);
+    let acceptor = TlsAcceptor::from(shared.tls.server());
+    if shared.ktls_available() && kernel_ready(&socket, shared, id) {
+        let Some(a) = accept(acceptor, CorkStream::new(socket), from, backends, shared, id).await else { return };
+        let switched = match ktls::switch_server(a.tls).await {
+            Ok(s) => s,
+            Err(e) => return shared.refuse(id, Direction::Inbound, Refusal::KtlsSetupFailed, &e),
+        };
+        let t = Tracked::open(shared, id, Direction::Inbound, Mode::KtlsSw, a.peer, a.service);
+        let outcome = weir_forward::splice_ktls(a.backend, switched.socket, switched.drained, &t.tally, shared.limits).await;
+        t.close(outcome);
+    } else {
+        let Some(a) = accept(acceptor, socket, from, backends, shared, id).await else { return };
+        let t = Tracked::open(shared, id, Direction::Inbound, Mode::Userspace, a.peer, a.service);
+        let outcome = weir_forward::copy_tls(a.backend, a.tls, &t.tally).await;
+        t.close(outcome);
+    }
+}
+
+/// Handshake, preamble, authorization and backend connect, all within the handshake timeout.
+/// `None`: refused, already counted and logged.
+async fn accept<IO>(acceptor: TlsAcceptor, io: IO, from: SocketAddr, backends: &Backends, shared: &Shared, id: u64) -> Option<Accepted<IO>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let exchange = async {
+        let mut tls = acceptor.accept(io).await.map_err(|e| (Refusal::TlsHandshake, e.to_string()))?;
+        let peer = weir_tls::peer_spiffe_id(tls.get_ref().1).ok_or((Refusal::NoSpiffeId, "client certificate has no SPIFFE ID".to_owned()))?;
+        let request = read_request(&mut tls).await.map_err(|e| (Refusal::PreambleMalformed, format!("{peer}: {e}")))?;
+        let (status, refusal) = match shared.policy.authorize(&request.service, &peer) {
+            Decision::Allow => (Status::Ok, None),
+            Decision::Deny(DenyReason::UnknownService) => (Status::UnknownService, Some(Refusal::UnknownService)),
+            Decision::Deny(DenyReason::NotAllowed) => (Status::Denied, Some(Refusal::NotAllowed)),
+        };
+        let backend = match (refusal, backends.get(&request.service)) {
+            (None, Some(addr)) => match TcpStream::connect(addr).await {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    let _ = answer(&mut tls, Status::Unavailable).await;
+                    return Err((Refusal::BackendUnavailable, format!("{}: {addr}: {e}", request.service)));
+                }
+            },
+            _ => None,
+        };
+        let Some(backend) = backend else {
+            let _ = answer(&mut tls, status).await;
+            let reason = refusal.unwrap_or(Refusal::UnknownService);
+            return Err((reason, format!("{peer} -> {}", request.service)));
+        };
+        let _ = backend.set_nodelay(true);
+        answer(&mut tls, Status::Ok).await.map_err(|e| (Refusal::TlsHandshake, e.to_string()))?;
+        Ok(Accepted { tls, peer, service: request.service, backend })
+    };
+    match timeout(shared.handshake_timeout, exchange).await {
+        Ok(Ok(a)) => Some(a),
+        Ok(Err((reason, detail))) => {
+            shared.refuse(id, Direction::Inbound, reason, &format_args!("from {from}: {detail}"));
+            None
+        }
+        Err(_) => {
+            shared.refuse(id, Direction::Inbound, Refusal::HandshakeTimeout, &format_args!("from {from}"));
+            None
+        }
+    }
+}
+
+async fn read_request<S: AsyncRead + Unpin>(tls: &mut S) -> Result<Request, String> {
+    let mut header = [0u8; REQUEST_HEADER_LEN];
+    tls.read_exact(&mut header).await.map_err(|e| e.to_string())?;
+    let more = Request::decode_header(&header).map_err(|e| e.to_string())?;
+    let mut body = vec![0u8; more];
+    tls.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+    Request::decode_body(&body).map_err(|e| e.to_string())
+}
+
+async fn answer<S: AsyncWrite + Unpin>(tls: &mut S, status: Status) -> std::io::Result<()> {
+    tls.write_all(&status.encode()).await?;
+    tls.flush().await?;
+    if status != Status::Ok {
+        tls.shutdown().await?;
+    }
+    Ok(())
+}

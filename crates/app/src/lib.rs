@@ -1,0 +1,17 @@
+//! Wiring of one Weir node: identity, TLS, policy and telemetry put together behind the
+//! listeners of a role.
+//!
+//! Owns: node start-up and shutdown ([`Node`]), the outbound listener (local app -> peer node),
+//! the inbound listener (peer node -> local backend), the handshake + preamble + authorization
+//! sequence, and the admin endpoint. Delegates: TLS to `weir-tls`, byte moving to
+//! `weir-forward`, decisions to `weir-policy`, metric families to `weir-telemetry`.
+#![forbid(unsafe_code)]
+
+mod admin;
+mod conn;
+mod inbound;
+mod node;
+mod outbound;
+
+pub use node::{Node, StartError};
+pub use weir_sys::raise_fd_limit;

@@ -1,0 +1,165 @@
+//! Start-up and shutdown of a `node`-role Weir: identity, kTLS detection, TLS configurations,
+//! listeners and the admin endpoint.
+use crate::conn::Shared;
+use crate::{admin, inbound, outbound};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use weir_config::{Config, KtlsMode};
+use weir_identity::{Ca, IdentitySource, SvidStore};
+use weir_policy::InboundPolicy;
+use weir_tls::ktls::{self, Support};
+use weir_tls::TlsConfigs;
+
+/// A running node. Dropping it stops its listeners (open connections end with the runtime).
+pub struct Node {
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+    inbound_addr: Option<SocketAddr>,
+    outbound_addrs: Vec<SocketAddr>,
+    admin_addr: SocketAddr,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The CA or SVID could not be had.
+    #[error("identity: {0}")]
+    Identity(#[from] weir_identity::Error),
+    /// The TLS configuration could not be built.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// A listener could not bind.
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Node {
+    /// Brings a node up: every listener is bound when this returns.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let ca = match Ca::load(&config.identity.ca_dir) {
+            Err(weir_identity::Error::Io { .. }) if config.identity.create_ca_if_missing => {
+                tracing::info!(dir = %config.identity.ca_dir.display(), trust_domain = config.trust_domain, "creating the built-in CA");
+                Ca::init(&config.identity.ca_dir, &config.trust_domain)?
+            }
+            other => other?,
+        };
+        let source: Arc<dyn IdentitySource> = Arc::new(ca);
+        let store = SvidStore::new(source, config.identity.id.clone(), config.identity.svid_ttl)?;
+        let svid = store.current();
+        tracing::info!(id = %svid.id, serial = %svid.serial, "SVID issued");
+
+        let support = match config.ktls.mode {
+            KtlsMode::Off => Support::Unavailable("kTLS turned off in config (ktls.mode = \"off\")".into()),
+            KtlsMode::Auto => ktls::detect().await,
+        };
+        let suites = match &support {
+            Support::Available(suites) => {
+                tracing::info!(suites = ?suites.iter().map(|s| s.suite()).collect::<Vec<_>>(), "kernel TLS available: mesh connections use kTLS + splice");
+                Some(suites.as_slice())
+            }
+            Support::Unavailable(reason) => {
+                tracing::warn!(%reason, "kernel TLS unavailable: mesh connections use userspace TLS (never plaintext)");
+                None
+            }
+        };
+        let tls = Arc::new(TlsConfigs::new(svid, &store.bundle(), suites, suites.is_some())?);
+
+        let mut policy = InboundPolicy::default();
+        let mut backends = inbound::Backends::new();
+        let handshake_timeout = config.inbound.as_ref().map_or(Duration::from_secs(10), |i| i.handshake_timeout);
+        for s in config.inbound.iter().flat_map(|i| &i.services) {
+            policy.allow(&s.name, s.allow.iter().cloned());
+            backends.insert(s.name.clone(), s.backend);
+        }
+        let limits = weir_forward::Limits { max_session_bytes: config.ktls.max_session_bytes, ..Default::default() };
+        let shared = Arc::new(Shared::new(tls.clone(), store.clone(), support, limits, policy, handshake_timeout));
+        shared.metrics.ktls_enabled.set(i64::from(shared.ktls_available()));
+
+        let mut tasks = vec![tokio::spawn(store.clone().run_rotation()), tokio::spawn(tls.follow(store.clone()))];
+        let bind = |what, addr| async move { TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source }) };
+
+        let admin_listener = bind("admin", config.admin).await?;
+        let admin_addr = local_addr(&admin_listener, config.admin);
+        tasks.push(tokio::spawn(admin::serve(admin_listener, shared.clone())));
+
+        let mut inbound_addr = None;
+        if let Some(i) = &config.inbound {
+            let l = bind("inbound", i.listen).await?;
+            inbound_addr = Some(local_addr(&l, i.listen));
+            tasks.push(tokio::spawn(inbound::serve(l, Arc::new(backends), shared.clone())));
+        }
+        let mut outbound_addrs = Vec::new();
+        for route in &config.outbound {
+            let l = bind("outbound", route.listen).await?;
+            outbound_addrs.push(local_addr(&l, route.listen));
+            tasks.push(tokio::spawn(outbound::serve(l, Arc::new(route.clone()), shared.clone())));
+        }
+        tracing::info!(node = config.node_name, admin = %admin_addr, inbound = ?inbound_addr, outbound = ?outbound_addrs, "node ready");
+        Ok(Self { shared, tasks, inbound_addr, outbound_addrs, admin_addr })
+    }
+
+    /// Where the inbound listener is bound.
+    pub fn inbound_addr(&self) -> Option<SocketAddr> {
+        self.inbound_addr
+    }
+
+    /// Where each outbound route is bound, in config order.
+    pub fn outbound_addrs(&self) -> &[SocketAddr] {
+        &self.outbound_addrs
+    }
+
+    /// Where the admin endpoint is bound.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The SVID store (current SVID, rotation state).
+    pub fn identity(&self) -> &Arc<SvidStore> {
+        &self.shared.store
+    }
+
+    /// The Prometheus text of this node's metrics.
+    pub fn metrics_text(&self) -> String {
+        admin::metrics_text(&self.shared)
+    }
+
+    /// Mesh connections open now.
+    pub fn active_connections(&self) -> i64 {
+        admin::active_connections(&self.shared)
+    }
+
+    /// Stops accepting, then waits up to `grace` for open connections to finish.
+    pub async fn shutdown(mut self, grace: Duration) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.active_connections() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::info!(open = self.active_connections(), "node stopped");
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn local_addr(l: &TcpListener, fallback: SocketAddr) -> SocketAddr {
+    l.local_addr().unwrap_or(fallback)
+}

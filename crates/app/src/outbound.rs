@@ -1,0 +1,125 @@
+//! The outbound listener: a local app connects to a mapped port; this node connects to the
+//! peer node, proves its identity, checks the peer's, names the destination service in the
+//! preamble, then forwards (kTLS splice, or userspace TLS where the kernel has no kTLS).
+use crate::conn::{rustls_error, Refusal, Shared, Tracked};
+use rustls::pki_types::ServerName;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+use tokio_rustls::{client::TlsStream, TlsConnector};
+use weir_config::OutboundRoute;
+use weir_telemetry::Direction;
+use weir_tls::ktls::{self, CorkStream};
+use weir_tls::preamble::{Protocol, Request, Status, RESPONSE_LEN};
+use weir_tls::Mode;
+
+/// Accepts local apps on one route's port until the task is aborted.
+pub(crate) async fn serve(listener: TcpListener, route: Arc<OutboundRoute>, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((app, _)) => {
+                let (route, shared) = (route.clone(), shared.clone());
+                tokio::spawn(async move { handle(app, &route, &shared).await });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, listen = %route.listen, "outbound accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn handle(app: TcpStream, route: &OutboundRoute, shared: &Shared) {
+    let id = shared.next_id();
+    let _ = app.set_nodelay(true);
+    let peer = match timeout(shared.handshake_timeout, TcpStream::connect(route.peer)).await {
+        Ok(Ok(peer)) => peer,
+        Ok(Err(e)) => return refuse_app(app, shared, id, Refusal::PeerUnreachable, &format!("{}: {e}", route.peer)),
+        Err(_) => return refuse_app(app, shared, id, Refusal::PeerUnreachable, &format!("{}: connect timed out", route.peer)),
+    };
+    let _ = peer.set_nodelay(true);
+    let connector = match shared.tls.client(&route.peer_id) {
+        Ok(c) => TlsConnector::from(c),
+        Err(e) => return refuse_app(app, shared, id, Refusal::TlsHandshake, &e),
+    };
+    if shared.ktls_available() && kernel_ready(&peer, shared, id) {
+        let Some(tls) = handshake(connector, CorkStream::new(peer), route, shared, id).await else { return reset(app) };
+        let switched = match ktls::switch_client(tls).await {
+            Ok(s) => s,
+            Err(e) => return refuse_app(app, shared, id, Refusal::KtlsSetupFailed, &e),
+        };
+        let t = Tracked::open(shared, id, Direction::Outbound, Mode::KtlsSw, route.peer_id.clone(), route.service.clone());
+        let outcome = weir_forward::splice_ktls(app, switched.socket, switched.drained, &t.tally, shared.limits).await;
+        t.close(outcome);
+    } else {
+        let Some(tls) = handshake(connector, peer, route, shared, id).await else { return reset(app) };
+        let t = Tracked::open(shared, id, Direction::Outbound, Mode::Userspace, route.peer_id.clone(), route.service.clone());
+        let outcome = weir_forward::copy_tls(app, tls, &t.tally).await;
+        t.close(outcome);
+    }
+}
+
+/// Attaches the kTLS ULP before the handshake; on failure this connection stays in userspace
+/// TLS, and says so.
+pub(crate) fn kernel_ready(socket: &TcpStream, shared: &Shared, id: u64) -> bool {
+    match ktls::prepare(socket) {
+        Ok(()) => true,
+        Err(e) => {
+            shared.metrics.ktls_fallbacks.inc();
+            tracing::warn!(conn = id, error = %e, "kTLS setup failed on this socket: falling back to userspace TLS");
+            false
+        }
+    }
+}
+
+/// TLS handshake (the verifier checks the peer's SPIFFE ID) and preamble. `None`: refused,
+/// already counted and logged.
+async fn handshake<IO>(connector: TlsConnector, io: IO, route: &OutboundRoute, shared: &Shared, id: u64) -> Option<TlsStream<IO>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let name = ServerName::try_from("weir.mesh").ok()?;
+    let exchange = async {
+        let mut tls = connector.connect(name, io).await.map_err(|e| {
+            let reason = match rustls_error(&e) {
+                Some(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure)) => Refusal::PeerIdMismatch,
+                _ => Refusal::TlsHandshake,
+            };
+            (reason, e.to_string())
+        })?;
+        let request = Request { service: route.service.clone(), protocol: Protocol::Tcp }.encode().map_err(|e| (Refusal::PreambleMalformed, e.to_string()))?;
+        tls.write_all(&request).await.map_err(|e| (Refusal::PeerRefused, e.to_string()))?;
+        tls.flush().await.map_err(|e| (Refusal::PeerRefused, e.to_string()))?;
+        let mut response = [0u8; RESPONSE_LEN];
+        tls.read_exact(&mut response).await.map_err(|e| (Refusal::PeerRefused, format!("no preamble answer: {e}")))?;
+        match Status::decode(&response) {
+            Ok(Status::Ok) => Ok(tls),
+            Ok(status) => Err((Refusal::PeerRefused, format!("peer answered {status:?}"))),
+            Err(e) => Err((Refusal::PreambleMalformed, e.to_string())),
+        }
+    };
+    match timeout(shared.handshake_timeout, exchange).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err((reason, detail))) => {
+            shared.refuse(id, Direction::Outbound, reason, &format_args!("{} ({}): {detail}", route.peer, route.peer_id));
+            None
+        }
+        Err(_) => {
+            shared.refuse(id, Direction::Outbound, Refusal::HandshakeTimeout, &route.peer);
+            None
+        }
+    }
+}
+
+fn refuse_app(app: TcpStream, shared: &Shared, id: u64, reason: Refusal, detail: &dyn std::fmt::Display) {
+    shared.refuse(id, Direction::Outbound, reason, detail);
+    reset(app);
+}
+
+/// Closes the app's connection with a RST: it must see a failure, not an empty response.
+fn reset(app: TcpStream) {
+    let _ = weir_sys::abort_on_close(app.as_fd());
+}

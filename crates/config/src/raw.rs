@@ -1,0 +1,104 @@
+//! The file as serde sees it: every value that needs checking kept with its span.
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    pub trust_domain: Option<Spanned<String>>,
+    pub node: Option<RawNode>,
+    pub identity: Option<RawIdentity>,
+    pub admin: Option<RawAdmin>,
+    pub log: Option<RawLog>,
+    pub ktls: Option<RawKtls>,
+    pub inbound: Option<RawInbound>,
+    #[serde(default)]
+    pub outbound: Vec<RawOutbound>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNode {
+    pub name: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawIdentity {
+    pub namespace: Option<Spanned<String>>,
+    pub service_account: Option<Spanned<String>>,
+    pub ca_dir: Option<Spanned<String>>,
+    pub create_ca_if_missing: Option<bool>,
+    pub svid_ttl_secs: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    pub listen: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLog {
+    pub format: Option<Spanned<String>>,
+    pub level: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawKtls {
+    pub mode: Option<Spanned<String>>,
+    pub max_session_bytes: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawInbound {
+    pub listen: Option<Spanned<String>>,
+    pub handshake_timeout_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub services: Vec<RawService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawService {
+    pub name: Option<Spanned<String>>,
+    pub backend: Option<Spanned<String>>,
+    #[serde(default)]
+    pub allow: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOutbound {
+    pub listen: Option<Spanned<String>>,
+    pub service: Option<Spanned<String>>,
+    pub peer: Option<Spanned<String>>,
+    pub peer_id: Option<Spanned<String>>,
+}
+
+/// Best-effort dotted path of the key a serde error points at: the enclosing `[table]`
+/// header plus the key on that line.
+pub(crate) fn path_at(source: &str, offset: usize) -> String {
+    let before = &source[..offset.min(source.len())];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = source[line_start..].lines().next().unwrap_or("");
+    let key = line.split('=').next().unwrap_or("").trim();
+    let table = before[..line_start]
+        .lines()
+        .rev()
+        .find_map(|l| {
+            let l = l.trim();
+            l.strip_prefix("[[").and_then(|r| r.strip_suffix("]]")).or_else(|| l.strip_prefix('[').and_then(|r| r.strip_suffix(']')))
+        })
+        .map(str::trim);
+    match (table, key) {
+        (_, k) if k.starts_with('[') => k.trim_matches(|c| c == '[' || c == ']').to_owned(),
+        (Some(t), k) if !k.is_empty() => format!("{t}.{k}"),
+        (Some(t), _) => t.to_owned(),
+        (None, k) if !k.is_empty() => k.to_owned(),
+        (None, _) => "(root)".to_owned(),
+    }
+}

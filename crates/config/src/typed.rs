@@ -1,0 +1,300 @@
+//! The typed configuration and the checks that build it from the raw file.
+use crate::raw::{RawConfig, RawInbound, RawOutbound};
+use crate::{line_of, FieldError};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use toml::Spanned;
+use weir_identity::SpiffeId;
+
+/// A node's whole configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The SPIFFE trust domain.
+    pub trust_domain: String,
+    /// Node name (logs, metrics).
+    pub node_name: String,
+    /// This node's identity.
+    pub identity: IdentityConfig,
+    /// Admin endpoint address (`/healthz`, `/readyz`, `/metrics`).
+    pub admin: SocketAddr,
+    /// Logging.
+    pub log: LogConfig,
+    /// Kernel TLS.
+    pub ktls: KtlsConfig,
+    /// The inbound mTLS listener for peer nodes, if this node serves anything.
+    pub inbound: Option<InboundConfig>,
+    /// Local ports mapped to mesh services.
+    pub outbound: Vec<OutboundRoute>,
+}
+
+/// Where this node's SVID comes from.
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    /// The node's SPIFFE ID.
+    pub id: SpiffeId,
+    /// The built-in CA's directory.
+    pub ca_dir: PathBuf,
+    /// Create the CA when the directory has none (embedded default).
+    pub create_ca_if_missing: bool,
+    /// SVID lifetime; rotation at half of it.
+    pub svid_ttl: Duration,
+}
+
+/// Log output.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Text or JSON lines.
+    pub format: LogFormat,
+    /// Level: error, warn, info, debug or trace.
+    pub level: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Kernel TLS settings.
+#[derive(Debug, Clone)]
+pub struct KtlsConfig {
+    /// Whether to use kTLS.
+    pub mode: KtlsMode,
+    /// Bytes one side may send on one kTLS session (the kernel cannot rekey).
+    pub max_session_bytes: u64,
+}
+
+/// Whether to use kTLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KtlsMode {
+    /// Use it where the kernel has it; userspace TLS elsewhere.
+    Auto,
+    /// Always userspace TLS.
+    Off,
+}
+
+/// The inbound listener.
+#[derive(Debug, Clone)]
+pub struct InboundConfig {
+    /// Listen address for peer nodes.
+    pub listen: SocketAddr,
+    /// Time allowed for TLS handshake plus preamble.
+    pub handshake_timeout: Duration,
+    /// Local services and who may reach them.
+    pub services: Vec<ServiceConfig>,
+}
+
+/// A local service offered to the mesh.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Service name, as carried in the preamble.
+    pub name: String,
+    /// Where the service listens locally.
+    pub backend: SocketAddr,
+    /// SPIFFE IDs allowed to connect (default deny).
+    pub allow: Vec<SpiffeId>,
+}
+
+/// A local port mapped to a mesh service.
+#[derive(Debug, Clone)]
+pub struct OutboundRoute {
+    /// Local listen address for apps.
+    pub listen: SocketAddr,
+    /// Destination service name.
+    pub service: String,
+    /// The peer node's inbound address.
+    pub peer: SocketAddr,
+    /// The SPIFFE ID the peer node must present.
+    pub peer_id: SpiffeId,
+}
+
+struct Check<'a> {
+    source: &'a str,
+    errors: Vec<FieldError>,
+}
+
+impl Check<'_> {
+    fn error(&mut self, path: &str, at: Option<usize>, reason: impl Into<String>) {
+        let line = at.map(|o| line_of(self.source, o));
+        self.errors.push(FieldError { path: path.to_owned(), line, reason: reason.into() });
+    }
+
+    /// Converts a present value; records an error naming `path` if `convert` fails.
+    fn value<T, U>(&mut self, v: &Spanned<T>, path: &str, convert: impl FnOnce(&T) -> Result<U, String>) -> Option<U> {
+        match convert(v.get_ref()) {
+            Ok(u) => Some(u),
+            Err(reason) => {
+                self.error(path, Some(v.span().start), reason);
+                None
+            }
+        }
+    }
+
+    /// Like `value`, but a missing field is an error too.
+    fn required<T, U>(&mut self, v: &Option<Spanned<T>>, path: &str, convert: impl FnOnce(&T) -> Result<U, String>) -> Option<U> {
+        match v {
+            Some(v) => self.value(v, path, convert),
+            None => {
+                self.error(path, None, "missing (required)");
+                None
+            }
+        }
+    }
+
+    /// Like `value`, with a default when absent.
+    fn optional<T, U>(&mut self, v: &Option<Spanned<T>>, path: &str, default: U, convert: impl FnOnce(&T) -> Result<U, String>) -> Option<U> {
+        match v {
+            Some(v) => self.value(v, path, convert),
+            None => Some(default),
+        }
+    }
+}
+
+fn addr(s: &String) -> Result<SocketAddr, String> {
+    s.parse().map_err(|e| format!("{s:?} is not an address:port ({e})"))
+}
+
+fn spiffe_id(s: &String) -> Result<SpiffeId, String> {
+    s.parse().map_err(|e| format!("{s:?} is not a SPIFFE ID: {e}"))
+}
+
+fn service_name(s: &String) -> Result<String, String> {
+    let ok = !s.is_empty() && s.len() <= 253 && s.bytes().all(|c| matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_'));
+    if ok {
+        Ok(s.clone())
+    } else {
+        Err(format!("{s:?} is not a service name (1-253 of a-z 0-9 . - _)"))
+    }
+}
+
+fn ranged(min: i64, max: i64) -> impl FnOnce(&i64) -> Result<i64, String> {
+    move |v| if (min..=max).contains(v) { Ok(*v) } else { Err(format!("{v} is out of range {min}..={max}")) }
+}
+
+impl Config {
+    pub(crate) fn from_raw(raw: RawConfig, source: &str) -> Result<Self, Vec<FieldError>> {
+        let mut c = Check { source, errors: Vec::new() };
+        let trust_domain = c.required(&raw.trust_domain, "trust_domain", |td| {
+            SpiffeId::workload(td, "x", "x").map(|_| td.clone()).map_err(|e| format!("{td:?} is not a trust domain: {e}"))
+        });
+        let node_name = match raw.node.as_ref().and_then(|n| n.name.as_ref()) {
+            Some(n) => c.value(n, "node.name", |s| if s.is_empty() { Err("empty".into()) } else { Ok(s.clone()) }),
+            None => Some("weir".to_owned()),
+        };
+        let identity = match &raw.identity {
+            None => {
+                c.error("identity", None, "missing section [identity]");
+                None
+            }
+            Some(i) => {
+                let segment = |s: &String| {
+                    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')) {
+                        Ok(s.clone())
+                    } else {
+                        Err(format!("{s:?} is not a SPIFFE path segment (A-Z a-z 0-9 . - _)"))
+                    }
+                };
+                let ns = c.required(&i.namespace, "identity.namespace", segment);
+                let sa = c.required(&i.service_account, "identity.service_account", segment);
+                let ca_dir = c.required(&i.ca_dir, "identity.ca_dir", |s| if s.is_empty() { Err("empty".into()) } else { Ok(PathBuf::from(s)) });
+                let ttl = c.optional(&i.svid_ttl_secs, "identity.svid_ttl_secs", 3600, ranged(2, 30 * 24 * 3600));
+                match (&trust_domain, ns, sa, ca_dir, ttl) {
+                    (Some(td), Some(ns), Some(sa), Some(ca_dir), Some(ttl)) => SpiffeId::workload(td, &ns, &sa).ok().map(|id| IdentityConfig {
+                        id,
+                        ca_dir,
+                        create_ca_if_missing: i.create_ca_if_missing.unwrap_or(false),
+                        svid_ttl: Duration::from_secs(ttl as u64),
+                    }),
+                    _ => None,
+                }
+            }
+        };
+        let admin = match raw.admin.as_ref().and_then(|a| a.listen.as_ref()) {
+            Some(l) => c.value(l, "admin.listen", addr),
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 15000))),
+        };
+        let log = {
+            let l = raw.log.as_ref();
+            let format = c.optional(&l.and_then(|l| l.format.clone()), "log.format", LogFormat::Text, |f| match f.as_str() {
+                "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                o => Err(format!("{o:?} is not one of text, json")),
+            });
+            let level = c.optional(&l.and_then(|l| l.level.clone()), "log.level", "info".to_owned(), |v| match v.as_str() {
+                "error" | "warn" | "info" | "debug" | "trace" => Ok(v.clone()),
+                o => Err(format!("{o:?} is not one of error, warn, info, debug, trace")),
+            });
+            format.zip(level).map(|(format, level)| LogConfig { format, level })
+        };
+        let ktls = {
+            let k = raw.ktls.as_ref();
+            let mode = c.optional(&k.and_then(|k| k.mode.clone()), "ktls.mode", KtlsMode::Auto, |m| match m.as_str() {
+                "auto" => Ok(KtlsMode::Auto),
+                "off" => Ok(KtlsMode::Off),
+                o => Err(format!("{o:?} is not one of auto, off")),
+            });
+            let max = c.optional(&k.and_then(|k| k.max_session_bytes.clone()), "ktls.max_session_bytes", 16 << 30, ranged(1, 1 << 40));
+            mode.zip(max).map(|(mode, max)| KtlsConfig { mode, max_session_bytes: max as u64 })
+        };
+        let inbound = raw.inbound.as_ref().map(|i| inbound(&mut c, i));
+        let outbound: Vec<_> = raw.outbound.iter().enumerate().map(|(n, o)| outbound(&mut c, n, o)).collect();
+        let mut seen = HashSet::new();
+        for (n, o) in raw.outbound.iter().enumerate() {
+            if let Some(l) = &o.listen {
+                if !seen.insert(l.get_ref().clone()) {
+                    c.error(&format!("outbound[{n}].listen"), Some(l.span().start), format!("{} is used by another route", l.get_ref()));
+                }
+            }
+        }
+        if !c.errors.is_empty() {
+            return Err(c.errors);
+        }
+        let incomplete = || vec![FieldError { path: "(root)".into(), line: None, reason: "incomplete configuration".into() }];
+        Ok(Self {
+            trust_domain: trust_domain.ok_or_else(incomplete)?,
+            node_name: node_name.ok_or_else(incomplete)?,
+            identity: identity.ok_or_else(incomplete)?,
+            admin: admin.ok_or_else(incomplete)?,
+            log: log.ok_or_else(incomplete)?,
+            ktls: ktls.ok_or_else(incomplete)?,
+            inbound: inbound.map(|i| i.ok_or_else(incomplete)).transpose()?,
+            outbound: outbound.into_iter().map(|o| o.ok_or_else(incomplete)).collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+fn inbound(c: &mut Check<'_>, i: &RawInbound) -> Option<InboundConfig> {
+    let listen = c.required(&i.listen, "inbound.listen", addr);
+    let timeout = c.optional(&i.handshake_timeout_ms, "inbound.handshake_timeout_ms", 10_000, ranged(10, 600_000));
+    let mut names = HashSet::new();
+    let mut services = Vec::new();
+    for (n, s) in i.services.iter().enumerate() {
+        let p = |f: &str| format!("inbound.services[{n}].{f}");
+        let name = c.required(&s.name, &p("name"), service_name);
+        if let (Some(name), Some(raw)) = (&name, &s.name) {
+            if !names.insert(name.clone()) {
+                c.error(&p("name"), Some(raw.span().start), format!("service {name:?} is defined twice"));
+            }
+        }
+        let backend = c.required(&s.backend, &p("backend"), addr);
+        let allow: Vec<_> = s.allow.iter().enumerate().map(|(k, a)| c.value(a, &p(&format!("allow[{k}]")), spiffe_id)).collect();
+        if let (Some(name), Some(backend), Some(allow)) = (name, backend, allow.into_iter().collect::<Option<Vec<_>>>()) {
+            services.push(ServiceConfig { name, backend, allow });
+        }
+    }
+    Some(InboundConfig { listen: listen?, handshake_timeout: Duration::from_millis(timeout? as u64), services })
+}
+
+fn outbound(c: &mut Check<'_>, n: usize, o: &RawOutbound) -> Option<OutboundRoute> {
+    let p = |f: &str| format!("outbound[{n}].{f}");
+    let listen = c.required(&o.listen, &p("listen"), addr);
+    let service = c.required(&o.service, &p("service"), service_name);
+    let peer = c.required(&o.peer, &p("peer"), addr);
+    let peer_id = c.required(&o.peer_id, &p("peer_id"), spiffe_id);
+    Some(OutboundRoute { listen: listen?, service: service?, peer: peer?, peer_id: peer_id? })
+}

@@ -1,0 +1,81 @@
+//! The data plane's L4 pump between a local plaintext socket (app or backend) and the mesh
+//! leg to a peer node.
+//!
+//! Owns: [`splice_ktls`] (socket -> pipe -> socket in both directions, no byte enters
+//! userspace, kTLS control records handled) and [`copy_tls`] (userspace TLS fallback), with
+//! half-close and reset propagation and incremental byte counts. Does not own handshakes or
+//! policy.
+#![forbid(unsafe_code)]
+
+mod copy;
+mod splice;
+
+pub use copy::{copy_tls, TcpBacked};
+pub use splice::{splice_ktls, Limits};
+
+use prometheus_client::metrics::counter::Counter;
+
+/// Per-connection byte counters, bumped as bytes move (visible while the connection is open).
+#[derive(Debug, Clone, Default)]
+pub struct Tally {
+    /// Plaintext bytes sent to the peer node.
+    pub to_peer: Counter,
+    /// Plaintext bytes received from the peer node.
+    pub from_peer: Counter,
+    /// Bytes that crossed userspace (0 on the splice path but for rare control records).
+    pub userspace: Counter,
+}
+
+/// Which leg of the hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The plaintext socket to the local app or backend.
+    Local,
+    /// The mesh leg to the peer node.
+    Peer,
+}
+
+/// How a forwarded connection ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Both directions reached end of stream in order.
+    Closed,
+    /// One leg was reset; the other was reset in turn.
+    Reset(Side),
+    /// One leg failed otherwise (truncation, fatal alert, I/O error); both were reset.
+    Failed(Side, std::io::Error),
+    /// The kTLS session reached its byte limit (the kernel cannot rekey); both were reset so
+    /// the app reconnects on a fresh session.
+    SessionLimit,
+}
+
+impl Outcome {
+    /// A stable metric label.
+    pub fn as_label(&self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Reset(Side::Local) => "reset_local",
+            Self::Reset(Side::Peer) => "reset_peer",
+            Self::Failed(..) => "error",
+            Self::SessionLimit => "session_limit",
+        }
+    }
+
+    fn from_error(side: Side, e: std::io::Error) -> Self {
+        match e.kind() {
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionAborted => Self::Reset(side),
+            _ => Self::Failed(side, e),
+        }
+    }
+}
+
+/// Resets both sockets on drop-close: a failure on one leg must not look like a clean EOF on
+/// the other.
+fn abort_both(a: &tokio::net::TcpStream, b: &tokio::net::TcpStream) {
+    use std::os::fd::AsFd;
+    for s in [a, b] {
+        if let Err(e) = weir_sys::abort_on_close(s.as_fd()) {
+            tracing::debug!(error = %e, "could not arm reset on close");
+        }
+    }
+}

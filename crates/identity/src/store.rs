@@ -1,0 +1,134 @@
+//! The node's current SVID and its rotation at half-life.
+//!
+//! New handshakes read the latest SVID through a `watch` channel; open connections keep the
+//! keys they negotiated, so rotation never touches them.
+use crate::{IdentitySource, SpiffeId, Svid, TrustBundle};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
+
+/// What the last rotation attempt did, for `/readyz` and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct RotationState {
+    /// When the last attempt ran.
+    pub last_attempt: Option<SystemTime>,
+    /// Its error, if it failed.
+    pub last_error: Option<String>,
+    /// Successful rotations since start.
+    pub rotations: u64,
+    /// Failed attempts since start.
+    pub failures: u64,
+}
+
+/// Holds the node's SVID and trust bundle and keeps them fresh.
+pub struct SvidStore {
+    source: Arc<dyn IdentitySource>,
+    id: SpiffeId,
+    ttl: Duration,
+    svid: watch::Sender<Arc<Svid>>,
+    bundle: watch::Sender<Arc<TrustBundle>>,
+    state: Mutex<RotationState>,
+}
+
+impl std::fmt::Debug for SvidStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SvidStore").field("id", &self.id).field("ttl", &self.ttl).finish_non_exhaustive()
+    }
+}
+
+impl SvidStore {
+    /// Fetches the first SVID and bundle; fails if either cannot be had.
+    pub fn new(source: Arc<dyn IdentitySource>, id: SpiffeId, ttl: Duration) -> Result<Arc<Self>, crate::Error> {
+        let svid = source.fetch_svid(&id, ttl)?;
+        let bundle = source.trust_bundle()?;
+        Ok(Arc::new(Self {
+            source,
+            id,
+            ttl,
+            svid: watch::Sender::new(Arc::new(svid)),
+            bundle: watch::Sender::new(Arc::new(bundle)),
+            state: Mutex::new(RotationState::default()),
+        }))
+    }
+
+    /// The SPIFFE ID this store holds an SVID for.
+    pub fn id(&self) -> &SpiffeId {
+        &self.id
+    }
+
+    /// The current SVID.
+    pub fn current(&self) -> Arc<Svid> {
+        self.svid.borrow().clone()
+    }
+
+    /// The current trust bundle.
+    pub fn bundle(&self) -> Arc<TrustBundle> {
+        self.bundle.borrow().clone()
+    }
+
+    /// Notified on every new SVID.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Svid>> {
+        self.svid.subscribe()
+    }
+
+    /// Notified on every new trust bundle.
+    pub fn subscribe_bundle(&self) -> watch::Receiver<Arc<TrustBundle>> {
+        self.bundle.subscribe()
+    }
+
+    /// The last rotation attempt.
+    pub fn rotation_state(&self) -> RotationState {
+        self.state.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// `Ok` when the SVID is valid now and the last rotation attempt did not fail.
+    pub fn readiness(&self, now: SystemTime) -> Result<(), String> {
+        let svid = self.current();
+        if svid.is_expired(now) {
+            return Err(format!("SVID {} (serial {}) is outside its validity window", svid.id, svid.serial));
+        }
+        if let Some(err) = self.rotation_state().last_error {
+            return Err(format!("last SVID rotation failed: {err}"));
+        }
+        Ok(())
+    }
+
+    /// Fetches a new SVID and bundle now.
+    pub fn rotate(&self) -> Result<(), crate::Error> {
+        let result = self.source.fetch_svid(&self.id, self.ttl).and_then(|s| Ok((s, self.source.trust_bundle()?)));
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.last_attempt = Some(SystemTime::now());
+        match result {
+            Ok((svid, bundle)) => {
+                tracing::info!(id = %svid.id, serial = %svid.serial, "SVID rotated");
+                state.rotations += 1;
+                state.last_error = None;
+                self.svid.send_replace(Arc::new(svid));
+                self.bundle.send_replace(Arc::new(bundle));
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SVID rotation failed");
+                state.failures += 1;
+                state.last_error = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Rotates at each SVID's half-life, forever; after a failure retries with backoff (1 s
+    /// doubling to 30 s) until it succeeds.
+    pub async fn run_rotation(self: Arc<Self>) {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let due = self.current().rotation_due();
+            let wait = due.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+            tokio::time::sleep(wait).await;
+            while self.rotate().is_err() {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            backoff = Duration::from_secs(1);
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Weir's metric families: names, labels, and the Prometheus text encoding.
+//!
+//! Owns: every metric Weir exports and its label set (kept low-cardinality: peer identities
+//! are bounded by the mesh's workloads, never by connections). The data path only bumps the
+//! atomics these families hand out; encoding happens on scrape. Does not own the admin server.
+#![forbid(unsafe_code)]
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Which listener a connection came through.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Direction {
+    /// Local app -> this node -> peer node.
+    Outbound,
+    /// Peer node -> this node -> local backend.
+    Inbound,
+}
+
+/// Which way bytes flowed relative to the mesh leg.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Flow {
+    /// Sent to the peer node.
+    ToPeer,
+    /// Received from the peer node.
+    FromPeer,
+}
+
+/// Labels of a connection.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnLabels {
+    /// Listener.
+    pub direction: Direction,
+    /// `ktls_hw`, `ktls_sw` or `userspace`.
+    pub mode: &'static str,
+    /// The peer's SPIFFE ID.
+    pub peer: String,
+}
+
+/// Labels of a closed connection.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClosedLabels {
+    /// Listener.
+    pub direction: Direction,
+    /// Data-path mode.
+    pub mode: &'static str,
+    /// The peer's SPIFFE ID.
+    pub peer: String,
+    /// How it ended: closed, reset_local, reset_peer, error, session_limit.
+    pub outcome: &'static str,
+}
+
+/// Labels of byte counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BytesLabels {
+    /// Listener.
+    pub direction: Direction,
+    /// To or from the peer node.
+    pub flow: Flow,
+    /// Data-path mode.
+    pub mode: &'static str,
+    /// The peer's SPIFFE ID.
+    pub peer: String,
+}
+
+/// Labels of gauges of open connections.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActiveLabels {
+    /// Listener.
+    pub direction: Direction,
+    /// Data-path mode.
+    pub mode: &'static str,
+}
+
+/// Labels of refused connections.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// Listener.
+    pub direction: Direction,
+    /// Why (a fixed set: see ARCHITECTURE.md).
+    pub reason: &'static str,
+}
+
+/// Labels carrying only a mode.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabels {
+    /// Data-path mode.
+    pub mode: &'static str,
+}
+
+/// Labels carrying a result.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+/// Every metric of a node.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Connections opened (handshake and authorization passed).
+    pub opened: Family<ConnLabels, Counter>,
+    /// Connections closed, by outcome.
+    pub closed: Family<ClosedLabels, Counter>,
+    /// Connections open now.
+    pub active: Family<ActiveLabels, Gauge>,
+    /// Plaintext bytes through the mesh leg.
+    pub bytes: Family<BytesLabels, Counter>,
+    /// Bytes that crossed userspace (0 on the kTLS splice path).
+    pub userspace_bytes: Family<ModeLabels, Counter>,
+    /// Connections refused, by reason.
+    pub refused: Family<RefusedLabels, Counter>,
+    /// Connections that wanted kTLS but fell back to userspace TLS.
+    pub ktls_fallbacks: Counter,
+    /// 1 when this node uses kTLS for new connections.
+    pub ktls_enabled: Gauge,
+    /// SVID rotation attempts, by result.
+    pub svid_rotations: Family<ResultLabels, Counter>,
+    /// Unix time the current SVID expires.
+    pub svid_expiry_seconds: Gauge,
+}
+
+impl Metrics {
+    /// Registers every family under the `weir_` prefix.
+    pub fn registry(&self) -> Registry {
+        let mut r = Registry::with_prefix("weir");
+        r.register("connections_opened", "Mesh connections opened (after handshake and authorization)", self.opened.clone());
+        r.register("connections_closed", "Mesh connections closed, by outcome", self.closed.clone());
+        r.register("connections_active", "Mesh connections open now", self.active.clone());
+        r.register("bytes", "Plaintext bytes through the mesh leg, by flow", self.bytes.clone());
+        r.register("userspace_bytes", "Payload bytes that crossed userspace", self.userspace_bytes.clone());
+        r.register("connections_refused", "Connections refused, by reason", self.refused.clone());
+        r.register("ktls_fallbacks", "Connections that fell back from kTLS to userspace TLS", self.ktls_fallbacks.clone());
+        r.register("ktls_enabled", "1 when new connections use kernel TLS", self.ktls_enabled.clone());
+        r.register("svid_rotations", "SVID rotation attempts, by result", self.svid_rotations.clone());
+        r.register("svid_expiry_timestamp_seconds", "Unix time the current SVID expires", self.svid_expiry_seconds.clone());
+        r
+    }
+
+    /// The Prometheus text exposition of `registry`.
+    pub fn encode(registry: &Registry) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+        out
+    }
+}

@@ -1,0 +1,43 @@
+//! The handshake plane: TLS 1.3 mutual authentication with SPIFFE SVIDs, the Weir preamble, and
+//! the switch from userspace TLS to kernel TLS.
+//!
+//! Owns: rustls client/server configurations built from the node's SVID and trust bundle
+//! ([`TlsConfigs`]), the SPIFFE server verifier, the preamble codec ([`preamble`]) and the kTLS
+//! hand-off ([`ktls`]). Does not move bytes after the hand-off: that is `weir-forward`.
+#![forbid(unsafe_code)]
+
+pub mod ktls;
+pub mod preamble;
+mod configs;
+mod verifier;
+
+pub use configs::{peer_spiffe_id, TlsConfigs};
+pub use verifier::SpiffeServerVerifier;
+
+/// The connection's data-path mode: a label on every metric and log line of the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Mode {
+    /// Kernel TLS with crypto on the NIC.
+    KtlsHw,
+    /// Kernel TLS with crypto in the kernel.
+    KtlsSw,
+    /// rustls in userspace (kTLS unavailable).
+    Userspace,
+}
+
+impl Mode {
+    /// Stable metric/log label.
+    pub fn as_label(self) -> &'static str {
+        match self {
+            Self::KtlsHw => "ktls_hw",
+            Self::KtlsSw => "ktls_sw",
+            Self::Userspace => "userspace",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_label())
+    }
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs every Debian package Weir's build, demo and tests need. Idempotent:
+# packages already present are skipped without touching apt.
+set -euo pipefail
+
+PACKAGES=(
+  # build
+  build-essential pkg-config clang llvm libbpf-dev
+  # guest kernels for the kTLS suite (TESTING.md)
+  user-mode-linux qemu-system-x86 linux-image-amd64 busybox-static cpio kmod xz-utils binutils bc
+  # network test harness and real peers
+  iproute2 nftables tcpdump curl wrk iperf3 haproxy nginx-light openssl procps util-linux
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian starts nginx/haproxy on install; tests start their own instances.
+  for svc in nginx haproxy; do
+    if command -v systemctl >/dev/null && systemctl is-active -q "$svc" 2>/dev/null; then
+      systemctl stop "$svc" || true
+    fi
+    pkill -x "$svc" 2>/dev/null || true
+  done
+fi
+
+command -v cargo >/dev/null || { echo "setup: cargo not found (rustup toolchain expected on this machine)" >&2; exit 1; }
+echo "setup: all packages present"
