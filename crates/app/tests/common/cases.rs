@@ -82,3 +82,64 @@ pub async fn concurrent(ktls: &'static str, conns: usize, len: u64) {
     let s = mesh.server.metrics_text();
     assert_eq!(metric(&s, "weir_connections_closed_total", &["outcome=\"closed\""]), conns as f64, "{s}");
 }
+
+/// A running `tcpdump -i lo` writing a pcap for one TCP port.
+pub struct Capture {
+    child: std::process::Child,
+    pub file: std::path::PathBuf,
+}
+
+impl Capture {
+    /// Starts capturing and waits until tcpdump reports it is listening.
+    pub fn start(dir: &std::path::Path, port: u16) -> Self {
+        use std::io::BufRead;
+        let file = dir.join(format!("port-{port}.pcap"));
+        let mut child = std::process::Command::new("tcpdump")
+            .args(["-i", "lo", "--immediate-mode", "-U", "-s", "0", "-w"])
+            .arg(&file)
+            .args(["tcp", "port", &port.to_string()])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("tcpdump must be installed (make setup) and runnable as root");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        assert!(first.contains("listening on"), "tcpdump did not start: {first}");
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, file }
+    }
+
+    /// Stops tcpdump (SIGINT flushes the file) and returns the capture.
+    pub fn finish(mut self) -> Vec<u8> {
+        let _ = std::process::Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+        std::fs::read(&self.file).expect("pcap written")
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A known marker sent through the mesh is visible on the plaintext backend leg (the capture
+/// works) and absent from the inter-node leg (it is encrypted), in `mode`.
+pub async fn plaintext_never_on_the_wire(ktls: &'static str, mode: &str) {
+    let mesh = Mesh::start(Opts::new(ktls)).await;
+    let wire = Capture::start(mesh.dir.path(), mesh.inbound().port());
+    let plain = Capture::start(mesh.dir.path(), mesh.backend.addr.port());
+    let marker = b"WEIR-PLAINTEXT-MARKER-7f3a9c";
+    let payload: Vec<u8> = marker.iter().copied().cycle().take(marker.len() * 2000).collect();
+    let mut s = TcpStream::connect(mesh.outbound()).await.expect("connect");
+    s.write_all(&payload).await.expect("write");
+    s.shutdown().await.expect("half-close");
+    let (n, _) = read_hash(&mut s).await.expect("echo");
+    assert_eq!(n, payload.len() as u64, "echo through the mesh");
+    mesh.settle().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (wire, plain) = (wire.finish(), plain.finish());
+    assert!(contains(&plain, marker), "positive control: the marker is visible on the plaintext backend leg");
+    assert!(wire.len() > payload.len(), "the inter-node capture holds the traffic ({} bytes)", wire.len());
+    assert!(!contains(&wire, marker), "plaintext marker found on the inter-node leg");
+    let c = mesh.client.metrics_text();
+    assert_eq!(metric(&c, "weir_connections_opened_total", &[&format!("mode=\"{mode}\"")]), 1.0, "{c}");
+}

@@ -90,6 +90,7 @@ async fn serve(mut s: TcpStream, behaviour: Behaviour, rec: Arc<Mutex<Vec<(u64, 
         Behaviour::ResetAfter(n) => {
             let mut buf = vec![0u8; n as usize];
             let _ = s.read_exact(&mut buf).await;
+            #[allow(deprecated, reason = "the test wants the blocking RST close")]
             s.set_linger(Some(Duration::ZERO)).expect("linger");
             drop(s);
         }
@@ -192,15 +193,7 @@ impl Mesh {
         let ca_dir = dir.path().join("ca");
         let ca = Ca::init(&ca_dir, TD).expect("ca init");
         let backend = Backend::start(opts.behaviour).await;
-        let common = |sa: &str| {
-            format!(
-                "trust_domain = \"{TD}\"\n[node]\nname = \"{sa}\"\n[identity]\nnamespace = \"test\"\nservice_account = \"{sa}\"\nca_dir = \"{}\"\nsvid_ttl_secs = {}\n[admin]\nlisten = \"127.0.0.1:0\"\n[ktls]\nmode = \"{}\"\nmax_session_bytes = {}\n",
-                ca_dir.display(),
-                opts.svid_ttl_secs,
-                opts.ktls,
-                opts.max_session_bytes
-            )
-        };
+        let common = |sa: &str| node_config(&ca_dir, sa, &opts);
         let server_cfg = format!(
             "{}[inbound]\nlisten = \"127.0.0.1:0\"\nhandshake_timeout_ms = {}\n[[inbound.services]]\nname = \"echo\"\nbackend = \"{}\"\nallow = [\"{}\"]\n",
             common("server"),
@@ -209,13 +202,7 @@ impl Mesh {
             id("client")
         );
         let server = Node::start(weir_config::parse(&server_cfg, "server.toml").expect("server config")).await.expect("server node");
-        let client_cfg = format!(
-            "{}[[outbound]]\nlisten = \"127.0.0.1:0\"\nservice = \"echo\"\npeer = \"{}\"\npeer_id = \"{}\"\n",
-            common("client"),
-            server.inbound_addr().expect("inbound"),
-            opts.expected_server
-        );
-        let client = Node::start(weir_config::parse(&client_cfg, "client.toml").expect("client config")).await.expect("client node");
+        let client = client_node(&common("client"), server.inbound_addr().expect("inbound"), &opts.expected_server).await;
         Self { dir, ca, server, client, backend }
     }
 
@@ -246,6 +233,24 @@ impl Mesh {
         }
         panic!("connections still open: client {} server {}", self.client.active_connections(), self.server.active_connections());
     }
+}
+
+/// The config text every test node shares: identity `sa`, admin on an ephemeral port.
+pub fn node_config(ca_dir: &std::path::Path, sa: &str, opts: &Opts) -> String {
+    format!(
+        "trust_domain = \"{TD}\"\n[node]\nname = \"{sa}\"\n[identity]\nnamespace = \"test\"\nservice_account = \"{sa}\"\nca_dir = \"{}\"\nsvid_ttl_secs = {}\n[admin]\nlisten = \"127.0.0.1:0\"\n[ktls]\nmode = \"{}\"\nmax_session_bytes = {}\n",
+        ca_dir.display(),
+        opts.svid_ttl_secs,
+        opts.ktls,
+        opts.max_session_bytes
+    )
+}
+
+/// A client-side node with one outbound route to service `echo` at `peer`, which must present
+/// `peer_id`.
+pub async fn client_node(common: &str, peer: SocketAddr, peer_id: &SpiffeId) -> Node {
+    let cfg = format!("{common}[[outbound]]\nlisten = \"127.0.0.1:0\"\nservice = \"echo\"\npeer = \"{peer}\"\npeer_id = \"{peer_id}\"\n");
+    Node::start(weir_config::parse(&cfg, "client.toml").expect("client config")).await.expect("client node")
 }
 
 /// Sums the samples of metric `name` whose label text contains every string in `labels`.
