@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use weir_forward::{Outcome, Tally};
 use weir_identity::{SpiffeId, SvidStore};
 use weir_policy::InboundPolicy;
-use weir_telemetry::{ActiveLabels, BytesLabels, ClosedLabels, ConnLabels, Direction, Flow, Metrics, ModeLabels, RefusedLabels};
+use weir_telemetry::{
+    ActiveLabels, BytesLabels, ClosedLabels, ConnLabels, Direction, Flow, Metrics, ModeLabels, RefusedLabels,
+};
 use weir_tls::ktls::Support;
 use weir_tls::{Mode, TlsConfigs};
 
@@ -25,8 +27,25 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub fn new(tls: Arc<TlsConfigs>, store: Arc<SvidStore>, ktls: Support, limits: weir_forward::Limits, policy: InboundPolicy, handshake_timeout: Duration) -> Self {
-        Self { metrics: Metrics::default(), tls, store, ktls, limits, policy, handshake_timeout, next_id: AtomicU64::new(1), open: AtomicI64::new(0) }
+    pub fn new(
+        tls: Arc<TlsConfigs>,
+        store: Arc<SvidStore>,
+        ktls: Support,
+        limits: weir_forward::Limits,
+        policy: InboundPolicy,
+        handshake_timeout: Duration,
+    ) -> Self {
+        Self {
+            metrics: Metrics::default(),
+            tls,
+            store,
+            ktls,
+            limits,
+            policy,
+            handshake_timeout,
+            next_id: AtomicU64::new(1),
+            open: AtomicI64::new(0),
+        }
     }
 
     pub fn next_id(&self) -> u64 {
@@ -91,13 +110,21 @@ pub(crate) struct Tracked<'a> {
 }
 
 impl<'a> Tracked<'a> {
-    pub fn open(shared: &'a Shared, id: u64, direction: Direction, mode: Mode, peer: SpiffeId, service: String) -> Self {
+    pub fn open(
+        shared: &'a Shared,
+        id: u64,
+        direction: Direction,
+        mode: Mode,
+        peer: SpiffeId,
+        service: String,
+    ) -> Self {
         let m = &shared.metrics;
         let label = mode.as_label();
         m.opened.get_or_create(&ConnLabels { direction, mode: label, peer: peer.to_string() }).inc();
         m.active.get_or_create(&ActiveLabels { direction, mode: label }).inc();
         shared.open.fetch_add(1, Ordering::Relaxed);
-        let bytes = |flow| m.bytes.get_or_create(&BytesLabels { direction, flow, mode: label, peer: peer.to_string() }).clone();
+        let bytes =
+            |flow| m.bytes.get_or_create(&BytesLabels { direction, flow, mode: label, peer: peer.to_string() }).clone();
         let tally = Tally {
             to_peer: bytes(Flow::ToPeer),
             from_peer: bytes(Flow::FromPeer),
@@ -111,16 +138,27 @@ impl<'a> Tracked<'a> {
         let m = &self.shared.metrics;
         let label = self.mode.as_label();
         m.closed
-            .get_or_create(&ClosedLabels { direction: self.direction, mode: label, peer: self.peer.to_string(), outcome: outcome.as_label() })
+            .get_or_create(&ClosedLabels {
+                direction: self.direction,
+                mode: label,
+                peer: self.peer.to_string(),
+                outcome: outcome.as_label(),
+            })
             .inc();
         m.active.get_or_create(&ActiveLabels { direction: self.direction, mode: label }).dec();
         self.shared.open.fetch_sub(1, Ordering::Relaxed);
         let (sent, received) = (self.tally.to_peer.get(), self.tally.from_peer.get());
         let secs = self.started.elapsed().as_secs_f64();
         match &outcome {
-            Outcome::Closed => tracing::info!(conn = self.id, direction = ?self.direction, mode = label, peer = %self.peer, service = self.service, sent, received, secs, "connection closed"),
-            Outcome::Failed(side, e) => tracing::warn!(conn = self.id, direction = ?self.direction, mode = label, peer = %self.peer, service = self.service, sent, received, secs, ?side, error = %e, "connection failed"),
-            other => tracing::warn!(conn = self.id, direction = ?self.direction, mode = label, peer = %self.peer, service = self.service, sent, received, secs, outcome = other.as_label(), "connection ended abnormally"),
+            Outcome::Closed => {
+                tracing::info!(conn = self.id, direction = ?self.direction, mode = label, peer = %self.peer, service = self.service, sent, received, secs, "connection closed")
+            }
+            Outcome::Failed(side, e) => {
+                tracing::warn!(conn = self.id, direction = ?self.direction, mode = label, peer = %self.peer, service = self.service, sent, received, secs, ?side, error = %e, "connection failed")
+            }
+            other => {
+                tracing::warn!(conn = self.id, direction = ?self.direction, mode = label, peer = %self.peer, service = self.service, sent, received, secs, outcome = other.as_label(), "connection ended abnormally")
+            }
         }
     }
 }

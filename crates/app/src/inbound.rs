@@ -54,7 +54,8 @@ async fn handle(socket: TcpStream, from: SocketAddr, backends: &Backends, shared
             Err(e) => return shared.refuse(id, Direction::Inbound, Refusal::KtlsSetupFailed, &e),
         };
         let t = Tracked::open(shared, id, Direction::Inbound, Mode::KtlsSw, a.peer, a.service);
-        let outcome = weir_forward::splice_ktls(a.backend, switched.socket, switched.drained, &t.tally, shared.limits).await;
+        let outcome =
+            weir_forward::splice_ktls(a.backend, switched.socket, switched.drained, &t.tally, shared.limits).await;
         t.close(outcome);
     } else {
         let Some(a) = accept(acceptor, socket, from, backends, shared, id).await else { return };
@@ -66,13 +67,21 @@ async fn handle(socket: TcpStream, from: SocketAddr, backends: &Backends, shared
 
 /// Handshake, preamble, authorization and backend connect, all within the handshake timeout.
 /// `None`: refused, already counted and logged.
-async fn accept<IO>(acceptor: TlsAcceptor, io: IO, from: SocketAddr, backends: &Backends, shared: &Shared, id: u64) -> Option<Accepted<IO>>
+async fn accept<IO>(
+    acceptor: TlsAcceptor,
+    io: IO,
+    from: SocketAddr,
+    backends: &Backends,
+    shared: &Shared,
+    id: u64,
+) -> Option<Accepted<IO>>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let exchange = async {
         let mut tls = acceptor.accept(io).await.map_err(|e| (Refusal::TlsHandshake, e.to_string()))?;
-        let peer = weir_tls::peer_spiffe_id(tls.get_ref().1).ok_or((Refusal::NoSpiffeId, "client certificate has no SPIFFE ID".to_owned()))?;
+        let peer = weir_tls::peer_spiffe_id(tls.get_ref().1)
+            .ok_or((Refusal::NoSpiffeId, "client certificate has no SPIFFE ID".to_owned()))?;
         let request = read_request(&mut tls).await.map_err(|e| (Refusal::PreambleMalformed, format!("{peer}: {e}")))?;
         let (status, refusal) = match shared.policy.authorize(&request.service, &peer) {
             Decision::Allow => (Status::Ok, None),

@@ -87,7 +87,9 @@ impl Node {
         shared.metrics.ktls_enabled.set(i64::from(shared.ktls_available()));
 
         let mut tasks = vec![tokio::spawn(store.clone().run_rotation()), tokio::spawn(tls.follow(store.clone()))];
-        let bind = |what, addr| async move { TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source }) };
+        let bind = |what, addr| async move {
+            TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source })
+        };
 
         let admin_listener = bind("admin", config.admin).await?;
         let admin_addr = local_addr(&admin_listener, config.admin);

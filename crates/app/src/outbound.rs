@@ -38,7 +38,9 @@ async fn handle(app: TcpStream, route: &OutboundRoute, shared: &Shared) {
     let peer = match timeout(shared.handshake_timeout, TcpStream::connect(route.peer)).await {
         Ok(Ok(peer)) => peer,
         Ok(Err(e)) => return refuse_app(app, shared, id, Refusal::PeerUnreachable, &format!("{}: {e}", route.peer)),
-        Err(_) => return refuse_app(app, shared, id, Refusal::PeerUnreachable, &format!("{}: connect timed out", route.peer)),
+        Err(_) => {
+            return refuse_app(app, shared, id, Refusal::PeerUnreachable, &format!("{}: connect timed out", route.peer))
+        }
     };
     let _ = peer.set_nodelay(true);
     let connector = match shared.tls.client(&route.peer_id) {
@@ -51,12 +53,20 @@ async fn handle(app: TcpStream, route: &OutboundRoute, shared: &Shared) {
             Ok(s) => s,
             Err(e) => return refuse_app(app, shared, id, Refusal::KtlsSetupFailed, &e),
         };
-        let t = Tracked::open(shared, id, Direction::Outbound, Mode::KtlsSw, route.peer_id.clone(), route.service.clone());
+        let t =
+            Tracked::open(shared, id, Direction::Outbound, Mode::KtlsSw, route.peer_id.clone(), route.service.clone());
         let outcome = weir_forward::splice_ktls(app, switched.socket, switched.drained, &t.tally, shared.limits).await;
         t.close(outcome);
     } else {
         let Some(tls) = handshake(connector, peer, route, shared, id).await else { return reset(app) };
-        let t = Tracked::open(shared, id, Direction::Outbound, Mode::Userspace, route.peer_id.clone(), route.service.clone());
+        let t = Tracked::open(
+            shared,
+            id,
+            Direction::Outbound,
+            Mode::Userspace,
+            route.peer_id.clone(),
+            route.service.clone(),
+        );
         let outcome = weir_forward::copy_tls(app, tls, &t.tally).await;
         t.close(outcome);
     }
@@ -77,7 +87,13 @@ pub(crate) fn kernel_ready(socket: &TcpStream, shared: &Shared, id: u64) -> bool
 
 /// TLS handshake (the verifier checks the peer's SPIFFE ID) and preamble. `None`: refused,
 /// already counted and logged.
-async fn handshake<IO>(connector: TlsConnector, io: IO, route: &OutboundRoute, shared: &Shared, id: u64) -> Option<TlsStream<IO>>
+async fn handshake<IO>(
+    connector: TlsConnector,
+    io: IO,
+    route: &OutboundRoute,
+    shared: &Shared,
+    id: u64,
+) -> Option<TlsStream<IO>>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -85,12 +101,16 @@ where
     let exchange = async {
         let mut tls = connector.connect(name, io).await.map_err(|e| {
             let reason = match rustls_error(&e) {
-                Some(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure)) => Refusal::PeerIdMismatch,
+                Some(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure)) => {
+                    Refusal::PeerIdMismatch
+                }
                 _ => Refusal::TlsHandshake,
             };
             (reason, e.to_string())
         })?;
-        let request = Request { service: route.service.clone(), protocol: Protocol::Tcp }.encode().map_err(|e| (Refusal::PreambleMalformed, e.to_string()))?;
+        let request = Request { service: route.service.clone(), protocol: Protocol::Tcp }
+            .encode()
+            .map_err(|e| (Refusal::PreambleMalformed, e.to_string()))?;
         tls.write_all(&request).await.map_err(|e| (Refusal::PeerRefused, e.to_string()))?;
         tls.flush().await.map_err(|e| (Refusal::PeerRefused, e.to_string()))?;
         let mut response = [0u8; RESPONSE_LEN];
@@ -104,7 +124,12 @@ where
     match timeout(shared.handshake_timeout, exchange).await {
         Ok(Ok(tls)) => Some(tls),
         Ok(Err((reason, detail))) => {
-            shared.refuse(id, Direction::Outbound, reason, &format_args!("{} ({}): {detail}", route.peer, route.peer_id));
+            shared.refuse(
+                id,
+                Direction::Outbound,
+                reason,
+                &format_args!("{} ({}): {detail}", route.peer, route.peer_id),
+            );
             None
         }
         Err(_) => {

@@ -39,7 +39,9 @@ async fn auto_mode_on_a_kernel_without_ktls_falls_back_to_userspace_and_says_why
     let ulps = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp").unwrap_or_default();
     let support = weir_tls::ktls::detect().await;
     match (&support, ulps.contains("tls")) {
-        (weir_tls::ktls::Support::Unavailable(reason), false) => assert!(reason.contains("CONFIG_TLS"), "reason names the missing kernel option: {reason}"),
+        (weir_tls::ktls::Support::Unavailable(reason), false) => {
+            assert!(reason.contains("CONFIG_TLS"), "reason names the missing kernel option: {reason}")
+        }
         (weir_tls::ktls::Support::Available(_), true) => {}
         (s, has) => panic!("detection {s:?} disagrees with tcp_available_ulp (tls listed: {has})"),
     }
@@ -57,7 +59,9 @@ async fn probe_inbound(mesh: &Mesh, tls: std::sync::Arc<rustls::ClientConfig>) -
     let tcp = TcpStream::connect(mesh.inbound()).await.map_err(|e| e.to_string())?;
     let name = rustls::pki_types::ServerName::try_from("weir.mesh").expect("name");
     let mut s = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.map_err(|e| e.to_string())?;
-    s.write_all(&Request { service: "echo".into(), protocol: Protocol::Tcp }.encode().expect("encode")).await.map_err(|e| e.to_string())?;
+    s.write_all(&Request { service: "echo".into(), protocol: Protocol::Tcp }.encode().expect("encode"))
+        .await
+        .map_err(|e| e.to_string())?;
     let mut resp = [0u8; 6];
     s.read_exact(&mut resp).await.map_err(|e| e.to_string())?;
     Status::decode(&resp).map_err(|e| e.to_string())
@@ -75,7 +79,10 @@ async fn peers_without_a_valid_allowed_svid_are_refused_and_reach_nothing() {
     assert!(r.is_err(), "foreign trust domain must fail the handshake, got {r:?}");
 
     // Expired SVID from our own CA.
-    let past = Validity { not_before: SystemTime::now() - Duration::from_secs(7200), not_after: SystemTime::now() - Duration::from_secs(3600) };
+    let past = Validity {
+        not_before: SystemTime::now() - Duration::from_secs(7200),
+        not_after: SystemTime::now() - Duration::from_secs(3600),
+    };
     let r = probe_inbound(&mesh, mesh.client_tls(&mesh.ca, "client", past)).await;
     assert!(r.is_err(), "expired SVID must fail the handshake, got {r:?}");
 
@@ -100,8 +107,16 @@ async fn peers_without_a_valid_allowed_svid_are_refused_and_reach_nothing() {
 
     tokio::time::sleep(Duration::from_millis(200)).await;
     let s = mesh.server.metrics_text();
-    assert_eq!(metric(&s, "weir_connections_refused_total", &["reason=\"tls_handshake\""]), 3.0, "three handshakes refused:\n{s}");
-    assert_eq!(metric(&s, "weir_connections_refused_total", &["reason=\"not_allowed\""]), 1.0, "one identity denied:\n{s}");
+    assert_eq!(
+        metric(&s, "weir_connections_refused_total", &["reason=\"tls_handshake\""]),
+        3.0,
+        "three handshakes refused:\n{s}"
+    );
+    assert_eq!(
+        metric(&s, "weir_connections_refused_total", &["reason=\"not_allowed\""]),
+        1.0,
+        "one identity denied:\n{s}"
+    );
     assert_eq!(metric(&s, "weir_connections_opened_total", &[]), 0.0, "no refused peer opened a connection");
     assert_eq!(mesh.backend.accepted.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing reached the backend");
 
@@ -142,16 +157,17 @@ async fn bad_input_is_closed_counted_and_harms_no_one() {
     let r = tokio::time::timeout(Duration::from_secs(5), garbage.read(&mut buf)).await.expect("garbage gets an answer");
     assert!(matches!(r, Ok(_) | Err(_)), "closed or alerted");
     // TLS 1.2 only: no suite or version in common.
-    let tls12 = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS12])
-        .expect("tls12")
-        .dangerous()
-        .with_custom_certificate_verifier(std::sync::Arc::new(weir_tls::SpiffeServerVerifier::new(
-            std::sync::Arc::new(rustls::RootCertStore::empty()),
-            id("server"),
-            std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
-        )))
-        .with_no_client_auth();
+    let tls12 =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .expect("tls12")
+            .dangerous()
+            .with_custom_certificate_verifier(std::sync::Arc::new(weir_tls::SpiffeServerVerifier::new(
+                std::sync::Arc::new(rustls::RootCertStore::empty()),
+                id("server"),
+                std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+            )))
+            .with_no_client_auth();
     let r = probe_inbound(&mesh, std::sync::Arc::new(tls12)).await;
     assert!(r.is_err(), "a TLS 1.2-only hello must be refused, got {r:?}");
     // Allowed identity, malformed preamble.
@@ -167,10 +183,26 @@ async fn bad_input_is_closed_counted_and_harms_no_one() {
     drop(silent);
     good.await.expect("the good transfer is unaffected");
     let st = mesh.server.metrics_text();
-    assert_eq!(metric(&st, "weir_connections_refused_total", &["reason=\"handshake_timeout\""]), 1.0, "silent client timed out:\n{st}");
-    assert_eq!(metric(&st, "weir_connections_refused_total", &["reason=\"tls_handshake\""]), 2.0, "garbage and TLS 1.2 refused:\n{st}");
-    assert_eq!(metric(&st, "weir_connections_refused_total", &["reason=\"preamble_malformed\""]), 1.0, "bad preamble refused:\n{st}");
-    assert_eq!(mesh.backend.accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "only the good connection reached the backend");
+    assert_eq!(
+        metric(&st, "weir_connections_refused_total", &["reason=\"handshake_timeout\""]),
+        1.0,
+        "silent client timed out:\n{st}"
+    );
+    assert_eq!(
+        metric(&st, "weir_connections_refused_total", &["reason=\"tls_handshake\""]),
+        2.0,
+        "garbage and TLS 1.2 refused:\n{st}"
+    );
+    assert_eq!(
+        metric(&st, "weir_connections_refused_total", &["reason=\"preamble_malformed\""]),
+        1.0,
+        "bad preamble refused:\n{st}"
+    );
+    assert_eq!(
+        mesh.backend.accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "only the good connection reached the backend"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

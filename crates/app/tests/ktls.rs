@@ -20,7 +20,9 @@ const MIB: u64 = 1 << 20;
 async fn require_ktls() -> Vec<rustls::SupportedCipherSuite> {
     match ktls::detect().await {
         Support::Available(suites) => suites,
-        Support::Unavailable(reason) => panic!("this suite needs a kernel with kTLS (run it with `make test-ktls`): {reason}"),
+        Support::Unavailable(reason) => {
+            panic!("this suite needs a kernel with kTLS (run it with `make test-ktls`): {reason}")
+        }
     }
 }
 
@@ -43,7 +45,7 @@ async fn byte_exact_in_ktls_sw_and_kernel_counters_rise() {
     let after = tls_stat();
     for key in ["TlsTxSw", "TlsRxSw"] {
         let delta = after[key] - before.get(key).copied().unwrap_or(0);
-        assert!(delta >= 24, "{key} rose by {delta}: 6 connections x 2 nodes x 2 sockets expected");
+        assert!(delta >= 12, "{key} rose by {delta}: 6 connections x 2 kTLS sockets (one per node) expected");
     }
     assert_eq!(after.get("TlsDecryptError"), before.get("TlsDecryptError"), "no decrypt errors");
 }
@@ -95,8 +97,11 @@ async fn session_byte_limit_ends_the_session_with_a_reset() {
 async fn session_tickets_before_the_switch_are_drained() {
     let suites = require_ktls().await;
     let mesh = Mesh::start(Opts::new("auto")).await;
-    let svid = std::sync::Arc::new(mesh.ca.issue(&id("server"), Validity::starting_now(Duration::from_secs(600))).expect("svid"));
-    let cfgs = weir_tls::TlsConfigs::new(svid, &mesh.ca.trust_bundle().expect("bundle"), Some(&suites), true).expect("configs");
+    let svid = std::sync::Arc::new(
+        mesh.ca.issue(&id("server"), Validity::starting_now(Duration::from_secs(600))).expect("svid"),
+    );
+    let cfgs = weir_tls::TlsConfigs::new(svid, &mesh.ca.trust_bundle().expect("bundle"), Some(&suites), true)
+        .expect("configs");
     let mut server_cfg = (*cfgs.server()).clone();
     server_cfg.send_tls13_tickets = 2;
     let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server_cfg));
@@ -120,7 +125,8 @@ async fn session_tickets_before_the_switch_are_drained() {
     });
     let mut opts = Opts::new("auto");
     opts.expected_server = id("server");
-    let client = client_node(&node_config(&mesh.dir.path().join("ca"), "client", &opts), peer_addr, &id("server")).await;
+    let client =
+        client_node(&node_config(&mesh.dir.path().join("ca"), "client", &opts), peer_addr, &id("server")).await;
     echo_exact(client.outbound_addrs()[0], 4 * MIB, 21).await;
     let outcome = server.await.expect("server task");
     assert_eq!(outcome.as_label(), "closed", "ticket-sending peer closed cleanly: {outcome:?}");

@@ -9,7 +9,9 @@
 mod raw;
 mod typed;
 
-pub use typed::{Config, IdentityConfig, InboundConfig, KtlsConfig, KtlsMode, LogConfig, LogFormat, OutboundRoute, ServiceConfig};
+pub use typed::{
+    Config, IdentityConfig, InboundConfig, KtlsConfig, KtlsMode, LogConfig, LogFormat, OutboundRoute, ServiceConfig,
+};
 
 /// The embedded default configuration.
 pub const DEFAULT: &str = include_str!("default.toml");

@@ -91,7 +91,9 @@ pub(crate) fn path_at(source: &str, offset: usize) -> String {
         .rev()
         .find_map(|l| {
             let l = l.trim();
-            l.strip_prefix("[[").and_then(|r| r.strip_suffix("]]")).or_else(|| l.strip_prefix('[').and_then(|r| r.strip_suffix(']')))
+            l.strip_prefix("[[")
+                .and_then(|r| r.strip_suffix("]]"))
+                .or_else(|| l.strip_prefix('[').and_then(|r| r.strip_suffix(']')))
         })
         .map(str::trim);
     match (table, key) {

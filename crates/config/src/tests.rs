@@ -76,7 +76,8 @@ fn reports_missing_required_fields() {
 
 #[test]
 fn unknown_field_and_wrong_type_name_the_field() {
-    let err = parse(&GOOD.replace("svid_ttl_secs = 60", "svid_ttl_secs = 60\nttl = 5"), "u.toml").expect_err("unknown field");
+    let err =
+        parse(&GOOD.replace("svid_ttl_secs = 60", "svid_ttl_secs = 60\nttl = 5"), "u.toml").expect_err("unknown field");
     assert_eq!(err.fields[0].path, "identity.ttl");
     assert_eq!(err.fields[0].line, Some(9));
     assert!(err.fields[0].reason.contains("unknown field"), "{:?}", err.fields[0]);

@@ -136,7 +136,12 @@ impl Check<'_> {
     }
 
     /// Like `value`, but a missing field is an error too.
-    fn required<T, U>(&mut self, v: &Option<Spanned<T>>, path: &str, convert: impl FnOnce(&T) -> Result<U, String>) -> Option<U> {
+    fn required<T, U>(
+        &mut self,
+        v: &Option<Spanned<T>>,
+        path: &str,
+        convert: impl FnOnce(&T) -> Result<U, String>,
+    ) -> Option<U> {
         match v {
             Some(v) => self.value(v, path, convert),
             None => {
@@ -147,7 +152,13 @@ impl Check<'_> {
     }
 
     /// Like `value`, with a default when absent.
-    fn optional<T, U>(&mut self, v: &Option<Spanned<T>>, path: &str, default: U, convert: impl FnOnce(&T) -> Result<U, String>) -> Option<U> {
+    fn optional<T, U>(
+        &mut self,
+        v: &Option<Spanned<T>>,
+        path: &str,
+        default: U,
+        convert: impl FnOnce(&T) -> Result<U, String>,
+    ) -> Option<U> {
         match v {
             Some(v) => self.value(v, path, convert),
             None => Some(default),
@@ -164,7 +175,9 @@ fn spiffe_id(s: &String) -> Result<SpiffeId, String> {
 }
 
 fn service_name(s: &String) -> Result<String, String> {
-    let ok = !s.is_empty() && s.len() <= 253 && s.bytes().all(|c| matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_'));
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.bytes().all(|c| matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_'));
     if ok {
         Ok(s.clone())
     } else {
@@ -180,7 +193,9 @@ impl Config {
     pub(crate) fn from_raw(raw: RawConfig, source: &str) -> Result<Self, Vec<FieldError>> {
         let mut c = Check { source, errors: Vec::new() };
         let trust_domain = c.required(&raw.trust_domain, "trust_domain", |td| {
-            SpiffeId::workload(td, "x", "x").map(|_| td.clone()).map_err(|e| format!("{td:?} is not a trust domain: {e}"))
+            SpiffeId::workload(td, "x", "x")
+                .map(|_| td.clone())
+                .map_err(|e| format!("{td:?} is not a trust domain: {e}"))
         });
         let node_name = match raw.node.as_ref().and_then(|n| n.name.as_ref()) {
             Some(n) => c.value(n, "node.name", |s| if s.is_empty() { Err("empty".into()) } else { Ok(s.clone()) }),
@@ -193,7 +208,8 @@ impl Config {
             }
             Some(i) => {
                 let segment = |s: &String| {
-                    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')) {
+                    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+                    {
                         Ok(s.clone())
                     } else {
                         Err(format!("{s:?} is not a SPIFFE path segment (A-Z a-z 0-9 . - _)"))
@@ -201,15 +217,23 @@ impl Config {
                 };
                 let ns = c.required(&i.namespace, "identity.namespace", segment);
                 let sa = c.required(&i.service_account, "identity.service_account", segment);
-                let ca_dir = c.required(&i.ca_dir, "identity.ca_dir", |s| if s.is_empty() { Err("empty".into()) } else { Ok(PathBuf::from(s)) });
+                let ca_dir = c.required(&i.ca_dir, "identity.ca_dir", |s| {
+                    if s.is_empty() {
+                        Err("empty".into())
+                    } else {
+                        Ok(PathBuf::from(s))
+                    }
+                });
                 let ttl = c.optional(&i.svid_ttl_secs, "identity.svid_ttl_secs", 3600, ranged(2, 30 * 24 * 3600));
                 match (&trust_domain, ns, sa, ca_dir, ttl) {
-                    (Some(td), Some(ns), Some(sa), Some(ca_dir), Some(ttl)) => SpiffeId::workload(td, &ns, &sa).ok().map(|id| IdentityConfig {
-                        id,
-                        ca_dir,
-                        create_ca_if_missing: i.create_ca_if_missing.unwrap_or(false),
-                        svid_ttl: Duration::from_secs(ttl as u64),
-                    }),
+                    (Some(td), Some(ns), Some(sa), Some(ca_dir), Some(ttl)) => {
+                        SpiffeId::workload(td, &ns, &sa).ok().map(|id| IdentityConfig {
+                            id,
+                            ca_dir,
+                            create_ca_if_missing: i.create_ca_if_missing.unwrap_or(false),
+                            svid_ttl: Duration::from_secs(ttl as u64),
+                        })
+                    }
                     _ => None,
                 }
             }
@@ -220,15 +244,17 @@ impl Config {
         };
         let log = {
             let l = raw.log.as_ref();
-            let format = c.optional(&l.and_then(|l| l.format.clone()), "log.format", LogFormat::Text, |f| match f.as_str() {
-                "text" => Ok(LogFormat::Text),
-                "json" => Ok(LogFormat::Json),
-                o => Err(format!("{o:?} is not one of text, json")),
-            });
-            let level = c.optional(&l.and_then(|l| l.level.clone()), "log.level", "info".to_owned(), |v| match v.as_str() {
-                "error" | "warn" | "info" | "debug" | "trace" => Ok(v.clone()),
-                o => Err(format!("{o:?} is not one of error, warn, info, debug, trace")),
-            });
+            let format =
+                c.optional(&l.and_then(|l| l.format.clone()), "log.format", LogFormat::Text, |f| match f.as_str() {
+                    "text" => Ok(LogFormat::Text),
+                    "json" => Ok(LogFormat::Json),
+                    o => Err(format!("{o:?} is not one of text, json")),
+                });
+            let level =
+                c.optional(&l.and_then(|l| l.level.clone()), "log.level", "info".to_owned(), |v| match v.as_str() {
+                    "error" | "warn" | "info" | "debug" | "trace" => Ok(v.clone()),
+                    o => Err(format!("{o:?} is not one of error, warn, info, debug, trace")),
+                });
             format.zip(level).map(|(format, level)| LogConfig { format, level })
         };
         let ktls = {
@@ -238,7 +264,12 @@ impl Config {
                 "off" => Ok(KtlsMode::Off),
                 o => Err(format!("{o:?} is not one of auto, off")),
             });
-            let max = c.optional(&k.and_then(|k| k.max_session_bytes.clone()), "ktls.max_session_bytes", 16 << 30, ranged(1, 1 << 40));
+            let max = c.optional(
+                &k.and_then(|k| k.max_session_bytes.clone()),
+                "ktls.max_session_bytes",
+                16 << 30,
+                ranged(1, 1 << 40),
+            );
             mode.zip(max).map(|(mode, max)| KtlsConfig { mode, max_session_bytes: max as u64 })
         };
         let inbound = raw.inbound.as_ref().map(|i| inbound(&mut c, i));
@@ -247,14 +278,19 @@ impl Config {
         for (n, o) in raw.outbound.iter().enumerate() {
             if let Some(l) = &o.listen {
                 if !seen.insert(l.get_ref().clone()) {
-                    c.error(&format!("outbound[{n}].listen"), Some(l.span().start), format!("{} is used by another route", l.get_ref()));
+                    c.error(
+                        &format!("outbound[{n}].listen"),
+                        Some(l.span().start),
+                        format!("{} is used by another route", l.get_ref()),
+                    );
                 }
             }
         }
         if !c.errors.is_empty() {
             return Err(c.errors);
         }
-        let incomplete = || vec![FieldError { path: "(root)".into(), line: None, reason: "incomplete configuration".into() }];
+        let incomplete =
+            || vec![FieldError { path: "(root)".into(), line: None, reason: "incomplete configuration".into() }];
         Ok(Self {
             trust_domain: trust_domain.ok_or_else(incomplete)?,
             node_name: node_name.ok_or_else(incomplete)?,
@@ -282,8 +318,10 @@ fn inbound(c: &mut Check<'_>, i: &RawInbound) -> Option<InboundConfig> {
             }
         }
         let backend = c.required(&s.backend, &p("backend"), addr);
-        let allow: Vec<_> = s.allow.iter().enumerate().map(|(k, a)| c.value(a, &p(&format!("allow[{k}]")), spiffe_id)).collect();
-        if let (Some(name), Some(backend), Some(allow)) = (name, backend, allow.into_iter().collect::<Option<Vec<_>>>()) {
+        let allow: Vec<_> =
+            s.allow.iter().enumerate().map(|(k, a)| c.value(a, &p(&format!("allow[{k}]")), spiffe_id)).collect();
+        if let (Some(name), Some(backend), Some(allow)) = (name, backend, allow.into_iter().collect::<Option<Vec<_>>>())
+        {
             services.push(ServiceConfig { name, backend, allow });
         }
     }

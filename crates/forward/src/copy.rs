@@ -46,7 +46,13 @@ where
     }
 }
 
-async fn pump<R, W>(rd: &mut R, wr: &mut W, moved: &Counter, userspace: &Counter, (from, to): (Side, Side)) -> Result<(), Outcome>
+async fn pump<R, W>(
+    rd: &mut R,
+    wr: &mut W,
+    moved: &Counter,
+    userspace: &Counter,
+    (from, to): (Side, Side),
+) -> Result<(), Outcome>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,

@@ -63,7 +63,9 @@ impl Outcome {
 
     fn from_error(side: Side, e: std::io::Error) -> Self {
         match e.kind() {
-            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionAborted => Self::Reset(side),
+            std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::ConnectionAborted => Self::Reset(side),
             _ => Self::Failed(side, e),
         }
     }

@@ -31,8 +31,17 @@ impl Default for Limits {
 /// Forwards between `local` (plaintext) and `peer` (kTLS TX and RX installed) until both
 /// directions end. `drained` is plaintext rustls decrypted before the switch; it goes to
 /// `local` first.
-pub async fn splice_ktls(local: TcpStream, peer: TcpStream, drained: Vec<u8>, tally: &Tally, limits: Limits) -> Outcome {
-    let result = tokio::try_join!(local_to_peer(&local, &peer, tally, limits), peer_to_local(&peer, &local, drained, tally, limits));
+pub async fn splice_ktls(
+    local: TcpStream,
+    peer: TcpStream,
+    drained: Vec<u8>,
+    tally: &Tally,
+    limits: Limits,
+) -> Outcome {
+    let result = tokio::try_join!(
+        local_to_peer(&local, &peer, tally, limits),
+        peer_to_local(&peer, &local, drained, tally, limits)
+    );
     match result {
         Ok(_) => Outcome::Closed,
         Err(outcome) => {
@@ -60,7 +69,13 @@ async fn local_to_peer(local: &TcpStream, peer: &TcpStream, tally: &Tally, limit
     }
 }
 
-async fn peer_to_local(peer: &TcpStream, local: &TcpStream, drained: Vec<u8>, tally: &Tally, limits: Limits) -> Result<(), Outcome> {
+async fn peer_to_local(
+    peer: &TcpStream,
+    local: &TcpStream,
+    drained: Vec<u8>,
+    tally: &Tally,
+    limits: Limits,
+) -> Result<(), Outcome> {
     if !drained.is_empty() {
         write_all(local, &drained).await.map_err(|e| Outcome::from_error(Side::Local, e))?;
         tally.from_peer.inc_by(drained.len() as u64);
@@ -83,7 +98,10 @@ async fn peer_to_local(peer: &TcpStream, local: &TcpStream, drained: Vec<u8>, ta
                 return Ok(());
             }
             KtlsRead::Truncated => {
-                return Err(Outcome::Failed(Side::Peer, io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed without close_notify")));
+                return Err(Outcome::Failed(
+                    Side::Peer,
+                    io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed without close_notify"),
+                ));
             }
         }
     }
@@ -93,7 +111,9 @@ async fn peer_to_local(peer: &TcpStream, local: &TcpStream, drained: Vec<u8>, ta
 async fn fill(src: &TcpStream, pipe: &Pipe) -> io::Result<usize> {
     loop {
         src.readable().await?;
-        match src.try_io(Interest::READABLE, || Ok(weir_sys::splice(src.as_fd(), pipe.write.as_fd(), pipe.capacity(), SpliceFlags::Flush)?)) {
+        match src.try_io(Interest::READABLE, || {
+            Ok(weir_sys::splice(src.as_fd(), pipe.write.as_fd(), pipe.capacity(), SpliceFlags::Flush)?)
+        }) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             other => return other,
         }
@@ -112,7 +132,9 @@ enum KtlsRead {
 async fn fill_from_ktls(src: &TcpStream, pipe: &Pipe) -> io::Result<KtlsRead> {
     loop {
         src.readable().await?;
-        match src.try_io(Interest::READABLE, || Ok(weir_sys::splice(src.as_fd(), pipe.write.as_fd(), pipe.capacity(), SpliceFlags::Flush)?)) {
+        match src.try_io(Interest::READABLE, || {
+            Ok(weir_sys::splice(src.as_fd(), pipe.write.as_fd(), pipe.capacity(), SpliceFlags::Flush)?)
+        }) {
             Ok(0) => return Ok(KtlsRead::Truncated),
             Ok(n) => return Ok(KtlsRead::Data(n)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -146,7 +168,9 @@ async fn control_record(src: &TcpStream) -> io::Result<Option<KtlsRead>> {
         (RecordType::Alert, [_, 0, ..]) => Ok(Some(KtlsRead::CloseNotify)),
         (RecordType::Alert, [_, desc, ..]) => Err(io::Error::other(format!("peer sent TLS alert {desc}"))),
         (RecordType::Handshake, [NEW_SESSION_TICKET, ..]) => Ok(None),
-        (RecordType::Handshake, [KEY_UPDATE, ..]) => Err(io::Error::other("peer sent KeyUpdate; kernel TLS cannot rekey: closing")),
+        (RecordType::Handshake, [KEY_UPDATE, ..]) => {
+            Err(io::Error::other("peer sent KeyUpdate; kernel TLS cannot rekey: closing"))
+        }
         (RecordType::ApplicationData, _) => Ok(Some(KtlsRead::Record(record.to_vec()))),
         (kind, _) => Err(io::Error::other(format!("unexpected TLS record {kind:?} on a kTLS socket"))),
     }
@@ -157,7 +181,9 @@ async fn empty(pipe: &Pipe, dst: &TcpStream, n: usize) -> io::Result<()> {
     let mut left = n;
     while left > 0 {
         dst.writable().await?;
-        match dst.try_io(Interest::WRITABLE, || Ok(weir_sys::splice(pipe.read.as_fd(), dst.as_fd(), left, SpliceFlags::Flush)?)) {
+        match dst.try_io(Interest::WRITABLE, || {
+            Ok(weir_sys::splice(pipe.read.as_fd(), dst.as_fd(), left, SpliceFlags::Flush)?)
+        }) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(m) => left -= m,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -183,7 +209,9 @@ async fn write_all(dst: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
 async fn close_notify(peer: &TcpStream) -> io::Result<()> {
     loop {
         peer.writable().await?;
-        match peer.try_io(Interest::WRITABLE, || Ok(weir_sys::send_tls_record(peer.as_fd(), RecordType::Alert, &[1, 0])?)) {
+        match peer
+            .try_io(Interest::WRITABLE, || Ok(weir_sys::send_tls_record(peer.as_fd(), RecordType::Alert, &[1, 0])?))
+        {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             other => break other?,
         }

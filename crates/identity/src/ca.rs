@@ -60,7 +60,8 @@ impl Ca {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, format!("Weir root CA {trust_domain}"));
         dn.push(DnType::OrganizationName, trust_domain);
@@ -83,8 +84,14 @@ impl Ca {
     pub fn load(dir: &Path) -> Result<Self, Error> {
         let read = |name: &str| std::fs::read_to_string(dir.join(name)).map_err(|e| Error::io(&dir.join(name), e));
         let key_pem = read(KEY_FILE)?;
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| Error::Parse { what: dir.join(KEY_FILE).display().to_string(), reason: e.to_string() })?;
-        Ok(Self { dir: dir.to_owned(), trust_domain: read(TRUST_DOMAIN_FILE)?.trim().to_owned(), cert_pem: read(CERT_FILE)?, key })
+        let key = KeyPair::from_pem(&key_pem)
+            .map_err(|e| Error::Parse { what: dir.join(KEY_FILE).display().to_string(), reason: e.to_string() })?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            trust_domain: read(TRUST_DOMAIN_FILE)?.trim().to_owned(),
+            cert_pem: read(CERT_FILE)?,
+            key,
+        })
     }
 
     /// The trust domain this CA signs for.
@@ -162,7 +169,8 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), Error> {
 }
 
 fn append_file(path: &Path, data: &[u8]) -> Result<(), Error> {
-    let mut f = std::fs::OpenOptions::new().append(true).create(true).mode(0o644).open(path).map_err(|e| Error::io(path, e))?;
+    let mut f =
+        std::fs::OpenOptions::new().append(true).create(true).mode(0o644).open(path).map_err(|e| Error::io(path, e))?;
     f.write_all(data).map_err(|e| Error::io(path, e))
 }
 

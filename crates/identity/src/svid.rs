@@ -22,7 +22,11 @@ pub struct Svid {
 
 impl std::fmt::Debug for Svid {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Svid").field("id", &self.id).field("serial", &self.serial).field("not_after", &self.not_after).finish_non_exhaustive()
+        f.debug_struct("Svid")
+            .field("id", &self.id)
+            .field("serial", &self.serial)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
     }
 }
 
@@ -37,8 +41,15 @@ impl Svid {
             .map_err(|e| parse_err("SVID key PEM", e))?
             .ok_or_else(|| parse_err("SVID key PEM", "no private key"))?;
         let facts = LeafFacts::read(leaf)?;
-        Ok(Self { id: facts.id, serial: facts.serial, not_before: facts.not_before, not_after: facts.not_after, chain, key,
-            pem: (String::from_utf8_lossy(chain_pem).into_owned(), String::from_utf8_lossy(key_pem).into_owned()) })
+        Ok(Self {
+            id: facts.id,
+            serial: facts.serial,
+            not_before: facts.not_before,
+            not_after: facts.not_after,
+            chain,
+            key,
+            pem: (String::from_utf8_lossy(chain_pem).into_owned(), String::from_utf8_lossy(key_pem).into_owned()),
+        })
     }
 
     /// The private key (a copy; rustls takes ownership).
@@ -75,7 +86,8 @@ impl LeafFacts {
     pub(crate) fn read(der: &CertificateDer<'_>) -> Result<Self, Error> {
         let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| parse_err("certificate", e))?;
         let id = spiffe_id_of(&cert)?;
-        let ts = |t: x509_parser::time::ASN1Time| SystemTime::UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64);
+        let ts =
+            |t: x509_parser::time::ASN1Time| SystemTime::UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64);
         Ok(Self {
             id,
             serial: cert.raw_serial_as_string().replace(':', ""),
@@ -121,8 +133,9 @@ pub struct TrustBundle {
 impl TrustBundle {
     /// Parses one or more PEM certificates.
     pub fn from_pem(trust_domain: &str, pem: &[u8]) -> Result<Self, Error> {
-        let roots: Vec<CertificateDer<'static>> =
-            rustls_pemfile::certs(&mut &pem[..]).collect::<Result<_, _>>().map_err(|e| parse_err("trust bundle PEM", e))?;
+        let roots: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &pem[..])
+            .collect::<Result<_, _>>()
+            .map_err(|e| parse_err("trust bundle PEM", e))?;
         if roots.is_empty() {
             return Err(parse_err("trust bundle PEM", "no certificate"));
         }

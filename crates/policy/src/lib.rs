@@ -73,11 +73,21 @@ mod tests {
         let client = id("spiffe://weir.local/ns/default/sa/client");
         assert_eq!(p.authorize("echo", &client), Decision::Deny(DenyReason::UnknownService));
         p.allow("echo", []);
-        assert_eq!(p.authorize("echo", &client), Decision::Deny(DenyReason::NotAllowed), "empty allow-list admits nobody");
+        assert_eq!(
+            p.authorize("echo", &client),
+            Decision::Deny(DenyReason::NotAllowed),
+            "empty allow-list admits nobody"
+        );
         p.allow("echo", [client.clone()]);
         assert_eq!(p.authorize("echo", &client), Decision::Allow);
-        assert_eq!(p.authorize("echo", &id("spiffe://weir.local/ns/default/sa/intruder")), Decision::Deny(DenyReason::NotAllowed));
-        assert_eq!(p.authorize("echo", &id("spiffe://other.local/ns/default/sa/client")), Decision::Deny(DenyReason::NotAllowed));
+        assert_eq!(
+            p.authorize("echo", &id("spiffe://weir.local/ns/default/sa/intruder")),
+            Decision::Deny(DenyReason::NotAllowed)
+        );
+        assert_eq!(
+            p.authorize("echo", &id("spiffe://other.local/ns/default/sa/client")),
+            Decision::Deny(DenyReason::NotAllowed)
+        );
         assert_eq!(p.authorize("other", &client), Decision::Deny(DenyReason::UnknownService));
     }
 }

@@ -60,7 +60,13 @@ pub fn attach_tls_ulp(fd: BorrowedFd<'_>) -> Result<(), SyscallError> {
     let name = b"tls";
     // SAFETY: name points to 3 valid bytes; TCP_ULP takes a non-terminated string and length.
     let rc = unsafe {
-        libc::setsockopt(fd.as_raw_fd(), libc::SOL_TCP, libc::TCP_ULP, name.as_ptr().cast(), name.len() as libc::socklen_t)
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_TCP,
+            libc::TCP_ULP,
+            name.as_ptr().cast(),
+            name.len() as libc::socklen_t,
+        )
     };
     if rc < 0 {
         return Err(SyscallError::last("setsockopt(TCP_ULP, tls)"));

@@ -11,8 +11,8 @@ mod pipe;
 mod socket;
 
 pub use ktls::{
-    attach_tls_ulp, kernel_tls_ulp_available, recv_tls_record, send_tls_record, set_tls_crypto,
-    RecordType, TlsDirection,
+    attach_tls_ulp, kernel_tls_ulp_available, recv_tls_record, send_tls_record, set_tls_crypto, RecordType,
+    TlsDirection,
 };
 pub use pipe::{splice, Pipe, SpliceFlags};
 pub use socket::{abort_on_close, raise_fd_limit, shutdown_write};

@@ -61,7 +61,8 @@ pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize, flags: Splic
     }
     // SAFETY: both fds are valid for the duration of the call (borrowed); null offsets are
     // required for pipes and sockets.
-    let n = unsafe { libc::splice(from.as_raw_fd(), std::ptr::null_mut(), to.as_raw_fd(), std::ptr::null_mut(), len, f) };
+    let n =
+        unsafe { libc::splice(from.as_raw_fd(), std::ptr::null_mut(), to.as_raw_fd(), std::ptr::null_mut(), len, f) };
     if n < 0 {
         return Err(SyscallError::last("splice"));
     }

@@ -127,16 +127,28 @@ impl Metrics {
     /// Registers every family under the `weir_` prefix.
     pub fn registry(&self) -> Registry {
         let mut r = Registry::with_prefix("weir");
-        r.register("connections_opened", "Mesh connections opened (after handshake and authorization)", self.opened.clone());
+        r.register(
+            "connections_opened",
+            "Mesh connections opened (after handshake and authorization)",
+            self.opened.clone(),
+        );
         r.register("connections_closed", "Mesh connections closed, by outcome", self.closed.clone());
         r.register("connections_active", "Mesh connections open now", self.active.clone());
         r.register("bytes", "Plaintext bytes through the mesh leg, by flow", self.bytes.clone());
         r.register("userspace_bytes", "Payload bytes that crossed userspace", self.userspace_bytes.clone());
         r.register("connections_refused", "Connections refused, by reason", self.refused.clone());
-        r.register("ktls_fallbacks", "Connections that fell back from kTLS to userspace TLS", self.ktls_fallbacks.clone());
+        r.register(
+            "ktls_fallbacks",
+            "Connections that fell back from kTLS to userspace TLS",
+            self.ktls_fallbacks.clone(),
+        );
         r.register("ktls_enabled", "1 when new connections use kernel TLS", self.ktls_enabled.clone());
         r.register("svid_rotations", "SVID rotation attempts, by result", self.svid_rotations.clone());
-        r.register("svid_expiry_timestamp_seconds", "Unix time the current SVID expires", self.svid_expiry_seconds.clone());
+        r.register(
+            "svid_expiry_timestamp_seconds",
+            "Unix time the current SVID expires",
+            self.svid_expiry_seconds.clone(),
+        );
         r
     }
 

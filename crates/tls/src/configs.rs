@@ -32,11 +32,17 @@ impl std::fmt::Debug for TlsConfigs {
 impl TlsConfigs {
     /// Builds configurations for TLS 1.3 only. `suites` restricts cipher suites (e.g. to those
     /// the kernel can take over); `secret_extraction` must be on for the kTLS hand-off.
-    pub fn new(svid: Arc<Svid>, bundle: &TrustBundle, suites: Option<&[SupportedCipherSuite]>, secret_extraction: bool) -> Result<Self, rustls::Error> {
+    pub fn new(
+        svid: Arc<Svid>,
+        bundle: &TrustBundle,
+        suites: Option<&[SupportedCipherSuite]>,
+        secret_extraction: bool,
+    ) -> Result<Self, rustls::Error> {
         let mut provider = rustls::crypto::aws_lc_rs::default_provider();
         // AES-128-GCM first: cheapest with AES-NI and offloadable by every kTLS kernel.
         use rustls::crypto::aws_lc_rs::cipher_suite as cs;
-        let preferred = [cs::TLS13_AES_128_GCM_SHA256, cs::TLS13_AES_256_GCM_SHA384, cs::TLS13_CHACHA20_POLY1305_SHA256];
+        let preferred =
+            [cs::TLS13_AES_128_GCM_SHA256, cs::TLS13_AES_256_GCM_SHA384, cs::TLS13_CHACHA20_POLY1305_SHA256];
         provider.cipher_suites = preferred
             .into_iter()
             .filter(|s| suites.is_none_or(|allowed| allowed.iter().any(|a| a.suite() == s.suite())))
@@ -49,7 +55,12 @@ impl TlsConfigs {
         Ok(Self { provider, secret_extraction, built: RwLock::new(built) })
     }
 
-    fn build(provider: &Arc<CryptoProvider>, secret_extraction: bool, svid: Arc<Svid>, bundle: &TrustBundle) -> Result<Built, rustls::Error> {
+    fn build(
+        provider: &Arc<CryptoProvider>,
+        secret_extraction: bool,
+        svid: Arc<Svid>,
+        bundle: &TrustBundle,
+    ) -> Result<Built, rustls::Error> {
         let mut roots = RootCertStore::empty();
         for r in &bundle.roots {
             roots.add(r.clone())?;

@@ -32,10 +32,11 @@ pub async fn detect() -> Support {
         Err(e) => return Support::Unavailable(format!("kTLS cipher probe failed: {e}")),
     };
     use rustls::crypto::aws_lc_rs::cipher_suite as cs;
-    let suites: Vec<_> = [cs::TLS13_AES_128_GCM_SHA256, cs::TLS13_AES_256_GCM_SHA384, cs::TLS13_CHACHA20_POLY1305_SHA256]
-        .into_iter()
-        .filter(|s| compatible.is_compatible(*s))
-        .collect();
+    let suites: Vec<_> =
+        [cs::TLS13_AES_128_GCM_SHA256, cs::TLS13_AES_256_GCM_SHA384, cs::TLS13_CHACHA20_POLY1305_SHA256]
+            .into_iter()
+            .filter(|s| compatible.is_compatible(*s))
+            .collect();
     if suites.is_empty() {
         return Support::Unavailable("kernel kTLS accepts none of the TLS 1.3 cipher suites".into());
     }

@@ -6,9 +6,9 @@
 //! hand-off ([`ktls`]). Does not move bytes after the hand-off: that is `weir-forward`.
 #![forbid(unsafe_code)]
 
+mod configs;
 pub mod ktls;
 pub mod preamble;
-mod configs;
 mod verifier;
 
 pub use configs::{peer_spiffe_id, TlsConfigs};

@@ -55,7 +55,13 @@ pub fn run(cmd: CaCommand) -> anyhow::Result<()> {
             let (chain, key_pem) = svid.to_pem();
             std::fs::write(&cert, chain).with_context(|| cert.display().to_string())?;
             write_private(&key, key_pem.as_bytes())?;
-            println!("issued {} serial {} valid {ttl_secs}s -> {} {}", svid.id, svid.serial, cert.display(), key.display());
+            println!(
+                "issued {} serial {} valid {ttl_secs}s -> {} {}",
+                svid.id,
+                svid.serial,
+                cert.display(),
+                key.display()
+            );
         }
         CaCommand::Show { dir } => {
             let ca = Ca::load(&dir)?;
@@ -72,6 +78,12 @@ pub fn run(cmd: CaCommand) -> anyhow::Result<()> {
 fn write_private(path: &std::path::Path, data: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).with_context(|| path.display().to_string())?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| path.display().to_string())?;
     f.write_all(data).with_context(|| path.display().to_string())
 }

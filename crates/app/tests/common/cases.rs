@@ -16,8 +16,16 @@ pub async fn byte_exact(ktls: &'static str, mode: &str, sizes: &[u64]) {
     let n = sizes.len() as f64;
     let (c, s) = (mesh.client.metrics_text(), mesh.server.metrics_text());
     let mode_label = format!("mode=\"{mode}\"");
-    assert_eq!(metric(&c, "weir_connections_opened_total", &["direction=\"Outbound\"", &mode_label]), n, "client conns in {mode}:\n{c}");
-    assert_eq!(metric(&s, "weir_connections_opened_total", &["direction=\"Inbound\"", &mode_label]), n, "server conns in {mode}:\n{s}");
+    assert_eq!(
+        metric(&c, "weir_connections_opened_total", &["direction=\"Outbound\"", &mode_label]),
+        n,
+        "client conns in {mode}:\n{c}"
+    );
+    assert_eq!(
+        metric(&s, "weir_connections_opened_total", &["direction=\"Inbound\"", &mode_label]),
+        n,
+        "server conns in {mode}:\n{s}"
+    );
     assert_eq!(metric(&s, "weir_connections_closed_total", &["outcome=\"closed\""]), n, "clean closes:\n{s}");
     let total: u64 = sizes.iter().sum();
     for (text, who) in [(&c, "client"), (&s, "server")] {
@@ -67,7 +75,11 @@ pub async fn backend_reset_propagates(ktls: &'static str) {
     }
     mesh.settle().await;
     let s = mesh.server.metrics_text();
-    assert_eq!(metric(&s, "weir_connections_closed_total", &["outcome=\"reset_local\""]), 1.0, "server records the backend reset:\n{s}");
+    assert_eq!(
+        metric(&s, "weir_connections_closed_total", &["outcome=\"reset_local\""]),
+        1.0,
+        "server records the backend reset:\n{s}"
+    );
 }
 
 /// Many connections at once, each byte-exact.

@@ -40,12 +40,15 @@ pub enum Behaviour {
     ResetAfter(u64),
 }
 
+/// (bytes, sha256) of what each SpeakFirst connection received.
+pub type Received = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
+
 /// A backend service with counters.
 pub struct Backend {
     pub addr: SocketAddr,
     pub accepted: Arc<AtomicUsize>,
     /// (bytes, sha256) received by SpeakFirst connections after their own half-close.
-    pub received: Arc<Mutex<Vec<(u64, Vec<u8>)>>>,
+    pub received: Received,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -74,7 +77,7 @@ impl Backend {
     }
 }
 
-async fn serve(mut s: TcpStream, behaviour: Behaviour, rec: Arc<Mutex<Vec<(u64, Vec<u8>)>>>) {
+async fn serve(mut s: TcpStream, behaviour: Behaviour, rec: Received) {
     match behaviour {
         Behaviour::Echo => {
             let (mut r, mut w) = s.split();
@@ -201,8 +204,11 @@ impl Mesh {
             backend.addr,
             id("client")
         );
-        let server = Node::start(weir_config::parse(&server_cfg, "server.toml").expect("server config")).await.expect("server node");
-        let client = client_node(&common("client"), server.inbound_addr().expect("inbound"), &opts.expected_server).await;
+        let server = Node::start(weir_config::parse(&server_cfg, "server.toml").expect("server config"))
+            .await
+            .expect("server node");
+        let client =
+            client_node(&common("client"), server.inbound_addr().expect("inbound"), &opts.expected_server).await;
         Self { dir, ca, server, client, backend }
     }
 
@@ -217,7 +223,9 @@ impl Mesh {
     /// A TLS client config holding an SVID for `sa` issued by `ca` over `validity`, expecting
     /// the server node's identity.
     pub fn client_tls(&self, ca: &Ca, sa: &str, validity: Validity) -> Arc<rustls::ClientConfig> {
-        let svid = Arc::new(ca.issue(&SpiffeId::workload(ca.trust_domain(), "test", sa).expect("id"), validity).expect("issue"));
+        let svid = Arc::new(
+            ca.issue(&SpiffeId::workload(ca.trust_domain(), "test", sa).expect("id"), validity).expect("issue"),
+        );
         let bundle = weir_identity::IdentitySource::trust_bundle(&self.ca).expect("bundle");
         let cfgs = weir_tls::TlsConfigs::new(svid, &bundle, None, false).expect("tls configs");
         cfgs.client(&id("server")).expect("client config")
@@ -231,7 +239,11 @@ impl Mesh {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("connections still open: client {} server {}", self.client.active_connections(), self.server.active_connections());
+        panic!(
+            "connections still open: client {} server {}",
+            self.client.active_connections(),
+            self.server.active_connections()
+        );
     }
 }
 

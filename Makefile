@@ -1,0 +1,46 @@
+# One entry point for every task. `make demo` and `make test` are the README's two commands.
+CARGO ?= cargo
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: all setup build demo test test-host test-ktls lint bench clean
+
+all: build
+
+## setup: install every Debian package the build, demo and tests need (idempotent)
+setup:
+	@bash scripts/setup.sh
+
+## build: release build of the workspace
+build: setup
+	$(CARGO) build --release --workspace
+
+## demo: CA, two nodes, a backend, sample traffic, a summary (KTLS=1: inside a kTLS guest kernel)
+demo: build
+ifeq ($(KTLS),1)
+	tests/vm/run-in-uml.sh target/release/weir demo --large-mib 64
+else
+	target/release/weir demo
+endif
+
+## test: lint, unit, host-kernel (root, netns, tcpdump) and guest-kernel kTLS suites
+test: setup
+	@bash scripts/test.sh all
+
+## test-host: everything that runs on this kernel
+test-host: setup
+	@bash scripts/test.sh host
+
+## test-ktls: the guest-kernel kTLS suites alone
+test-ktls: setup
+	@bash scripts/test.sh ktls
+
+## lint: rustfmt check and clippy with warnings as errors
+lint: setup
+	@bash scripts/test.sh lint
+
+## bench: the hop benchmark (Weir vs a two-haproxy mTLS chain), figures as ratios
+bench: build
+	@bash scripts/bench-hop.sh
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,105 @@
+//! The demo's two `weir run` processes, their configs (the embedded default with ports and
+//! routes filled in) and their admin endpoints.
+use anyhow::{bail, Context};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use weir_identity::SpiffeId;
+
+/// Two running nodes. Dropping it stops them.
+pub struct Mesh {
+    children: Vec<Child>,
+    pub outbound: SocketAddr,
+    pub inbound: SocketAddr,
+    pub client_admin: SocketAddr,
+    pub server_admin: SocketAddr,
+    pub client_id: SpiffeId,
+    pub server_id: SpiffeId,
+}
+
+fn free_port() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+impl Mesh {
+    pub async fn start(dir: &Path, backend: SocketAddr) -> anyhow::Result<Self> {
+        let (outbound, inbound, client_admin, server_admin) = (free_port()?, free_port()?, free_port()?, free_port()?);
+        let client_id = SpiffeId::workload("weir.local", "demo", "client")?;
+        let server_id = SpiffeId::workload("weir.local", "demo", "server")?;
+        let base = |name: &str, sa: &str, admin: SocketAddr| {
+            weir_config::DEFAULT
+                .replace("name = \"weir\"", &format!("name = \"{name}\""))
+                .replace("namespace = \"default\"", "namespace = \"demo\"")
+                .replace("service_account = \"weir-node\"", &format!("service_account = \"{sa}\""))
+                .replace("/var/lib/weir/ca", &dir.join("ca").display().to_string())
+                .replace("127.0.0.1:15000", &admin.to_string())
+        };
+        let server = base("server-node", "server", server_admin).replace("0.0.0.0:15008", &inbound.to_string())
+            + &format!("\n[[inbound.services]]\nname = \"echo\"\nbackend = \"{backend}\"\nallow = [\"{client_id}\"]\n");
+        let client = base("client-node", "client", client_admin).replace("listen = \"0.0.0.0:15008\"", &format!("listen = \"{}\"", free_port()?))
+            + &format!("\n[[outbound]]\nlisten = \"{outbound}\"\nservice = \"echo\"\npeer = \"{inbound}\"\npeer_id = \"{server_id}\"\n");
+        let mut mesh =
+            Self { children: Vec::new(), outbound, inbound, client_admin, server_admin, client_id, server_id };
+        for (name, text) in [("server", server), ("client", client)] {
+            let cfg = dir.join(format!("{name}.toml"));
+            std::fs::write(&cfg, text)?;
+            let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+            let child = Command::new(std::env::current_exe()?)
+                .args(["run", "--config"])
+                .arg(&cfg)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("start the {name} node"))?;
+            mesh.children.push(child);
+        }
+        for admin in [server_admin, client_admin] {
+            mesh.wait_ready(admin).await?;
+        }
+        Ok(mesh)
+    }
+
+    async fn wait_ready(&mut self, admin: SocketAddr) -> anyhow::Result<()> {
+        for _ in 0..300 {
+            if let Ok((200, _)) = super::traffic::get_text(admin, "/readyz").await {
+                return Ok(());
+            }
+            for c in &mut self.children {
+                if let Ok(Some(status)) = c.try_wait() {
+                    bail!("a node exited during start-up ({status}); see its log");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("node with admin {admin} not ready after 30 s")
+    }
+
+    /// Stops both nodes (SIGTERM, then SIGKILL after 5 s).
+    pub fn stop(mut self) {
+        self.stop_children();
+    }
+
+    fn stop_children(&mut self) {
+        for c in &mut self.children {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        }
+        for c in &mut self.children {
+            for _ in 0..50 {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.children.clear();
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        self.stop_children();
+    }
+}
