@@ -38,9 +38,9 @@ test-ktls: setup
 lint: setup
 	@bash scripts/test.sh lint
 
-## bench: the hop benchmark (Weir vs a two-haproxy mTLS chain), figures as ratios
+## bench: the hop benchmark (Weir vs a two-haproxy mTLS chain vs no mesh), figures as ratios
 bench: build
-	@bash scripts/bench-hop.sh
+	target/release/weir bench $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

@@ -129,10 +129,14 @@ async fn outbound_refuses_a_peer_with_the_wrong_spiffe_id() {
     let mut opts = Opts::new("off");
     opts.expected_server = id("someone-else");
     let mesh = Mesh::start(opts).await;
-    let mut s = TcpStream::connect(mesh.outbound()).await.expect("connect");
-    let _ = s.write_all(b"secret").await;
-    let mut buf = [0u8; 8];
-    let r = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.expect("refusal arrives");
+    // The refusal is a reset; it may even beat the end of connect().
+    let r = async {
+        let mut s = TcpStream::connect(mesh.outbound()).await?;
+        let _ = s.write_all(b"secret").await;
+        let mut buf = [0u8; 8];
+        s.read(&mut buf).await
+    };
+    let r = tokio::time::timeout(Duration::from_secs(10), r).await.expect("refusal arrives");
     assert!(matches!(r, Err(ref e) if e.kind() == std::io::ErrorKind::ConnectionReset), "app sees a reset, got {r:?}");
     let c = mesh.client.metrics_text();
     assert_eq!(metric(&c, "weir_connections_refused_total", &["reason=\"peer_id_mismatch\""]), 1.0, "{c}");

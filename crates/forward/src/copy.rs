@@ -5,7 +5,10 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const BUF: usize = 32 * 1024;
+/// First read buffer: small, so an idle connection costs little.
+const BUF_MIN: usize = 4 * 1024;
+/// Largest read buffer, reached by doubling while reads keep filling it.
+const BUF_MAX: usize = 64 * 1024;
 
 /// A stream that runs over one TCP socket (to arm a reset on it).
 pub trait TcpBacked {
@@ -57,7 +60,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; BUF];
+    let mut buf = vec![0u8; BUF_MIN];
     loop {
         let n = match rd.read(&mut buf).await {
             Ok(n) => n,
@@ -73,5 +76,8 @@ where
         wr.flush().await.map_err(|e| Outcome::from_error(to, e))?;
         moved.inc_by(n as u64);
         userspace.inc_by(n as u64);
+        if n == buf.len() && buf.len() < BUF_MAX {
+            buf.resize(buf.len() * 2, 0);
+        }
     }
 }

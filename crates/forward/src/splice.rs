@@ -52,6 +52,8 @@ pub async fn splice_ktls(
 }
 
 async fn local_to_peer(local: &TcpStream, peer: &TcpStream, tally: &Tally, limits: Limits) -> Result<(), Outcome> {
+    // An idle connection holds no pipe: create it when the first bytes are ready.
+    local.readable().await.map_err(|e| Outcome::from_error(Side::Local, e))?;
     let pipe = Pipe::with_capacity(limits.pipe_size).map_err(|e| Outcome::Failed(Side::Local, e.into()))?;
     let mut sent = 0u64;
     loop {
@@ -81,6 +83,7 @@ async fn peer_to_local(
         tally.from_peer.inc_by(drained.len() as u64);
         tally.userspace.inc_by(drained.len() as u64);
     }
+    peer.readable().await.map_err(|e| Outcome::from_error(Side::Peer, e))?;
     let pipe = Pipe::with_capacity(limits.pipe_size).map_err(|e| Outcome::Failed(Side::Local, e.into()))?;
     loop {
         match fill_from_ktls(peer, &pipe).await.map_err(|e| Outcome::from_error(Side::Peer, e))? {

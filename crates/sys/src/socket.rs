@@ -22,14 +22,23 @@ pub fn abort_on_close(fd: BorrowedFd<'_>) -> Result<(), SyscallError> {
     Ok(())
 }
 
-/// Raises the soft open-file limit to the hard limit: each proxied connection holds two
-/// sockets and two pipes. Returns the new soft limit.
+/// Raises the open-file limit as far as allowed: to `fs.nr_open` where privileged, else the
+/// soft limit to the hard one. Each proxied connection holds two sockets and up to two pipes.
+/// Returns the new soft limit.
 pub fn raise_fd_limit() -> Result<u64, SyscallError> {
     // SAFETY: rlimit is plain old data; getrlimit fills it.
     let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
     // SAFETY: a valid pointer to an rlimit.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } < 0 {
         return Err(SyscallError::last("getrlimit(RLIMIT_NOFILE)"));
+    }
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse::<u64>().ok());
+    if let Some(max) = nr_open.filter(|&m| m > lim.rlim_max) {
+        let wide = libc::rlimit { rlim_cur: max, rlim_max: max };
+        // SAFETY: a valid pointer to an initialised rlimit; EPERM (unprivileged) is handled below.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wide) } == 0 {
+            return Ok(max);
+        }
     }
     lim.rlim_cur = lim.rlim_max;
     // SAFETY: a valid pointer to an initialised rlimit.

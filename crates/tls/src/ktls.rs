@@ -22,6 +22,13 @@ pub enum Support {
     Unavailable(String),
 }
 
+impl Support {
+    /// True when kTLS can be used.
+    pub fn is_available(&self) -> bool {
+        matches!(self, Self::Available(_))
+    }
+}
+
 /// Probes the kernel: the `tls` ULP, then which TLS 1.3 cipher suites it accepts.
 pub async fn detect() -> Support {
     if let Err(reason) = weir_sys::kernel_tls_ulp_available() {

@@ -1,8 +1,10 @@
 //! The `weir` binary: a thin clap front end over `weir-app` and friends.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod ca;
 mod demo;
+mod local_mesh;
 mod logging;
 mod run;
 
@@ -45,6 +47,8 @@ enum Command {
     },
     /// Run the local demo: CA, two nodes, a backend, sample traffic, a summary.
     Demo(demo::DemoArgs),
+    /// Benchmark the hop against haproxy and no mesh, side by side (figures, not tests).
+    Bench(bench::BenchArgs),
     /// Print the version.
     Version,
 }
@@ -77,6 +81,10 @@ fn main() -> ExitCode {
         Command::Demo(args) => {
             logging::init_cli();
             report(demo::run(args))
+        }
+        Command::Bench(args) => {
+            logging::init_cli();
+            report(bench::run(args))
         }
         Command::Version => {
             println!("weir {}", env!("CARGO_PKG_VERSION"));

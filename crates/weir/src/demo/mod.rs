@@ -4,10 +4,9 @@
 //! embedded default config, a sample HTTP backend, drives real traffic through the mesh (many
 //! small requests, a large download, an upload, and an impostor that must be refused), then
 //! prints what happened and stops everything it started.
-mod backend;
-mod nodes;
+pub mod backend;
 mod summary;
-mod traffic;
+pub mod traffic;
 
 use anyhow::Context;
 
@@ -37,7 +36,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("weir-demo.").tempdir()?;
     let ca = weir_identity::Ca::init(&dir.path().join("ca"), "weir.local")?;
     let backend = backend::start().await.context("sample backend")?;
-    let mesh = nodes::Mesh::start(dir.path(), backend).await?;
+    let mesh = crate::local_mesh::Mesh::start(dir.path(), ca.dir(), backend, None).await?;
     println!("Weir demo: two nodes, one trust domain (weir.local), a sample HTTP backend (working directory {}, kept with --keep)", dir.path().display());
     if let Ok(guest) = std::env::var("WEIR_IN_GUEST") {
         println!("Running in a {guest} guest kernel: kTLS is real, its crypto is emulated or generic C, so speeds below are not meaningful.");

@@ -1,7 +1,7 @@
 //! The demo's report: what the nodes' own `/metrics` and `/status` say, next to what the
 //! clients measured, in a form a person reads.
-use super::nodes::Mesh;
 use super::traffic::{get_text, Small};
+use crate::local_mesh::Mesh;
 use anyhow::bail;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

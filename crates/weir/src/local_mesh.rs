@@ -1,5 +1,6 @@
-//! The demo's two `weir run` processes, their configs (the embedded default with ports and
-//! routes filled in) and their admin endpoints.
+//! Two `weir run` processes on this machine (client side and server side) built from the
+//! embedded default config with ports and one route filled in: used by `weir demo` and
+//! `weir bench`.
 use anyhow::{bail, Context};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -23,7 +24,9 @@ fn free_port() -> anyhow::Result<SocketAddr> {
 }
 
 impl Mesh {
-    pub async fn start(dir: &Path, backend: SocketAddr) -> anyhow::Result<Self> {
+    /// Starts both nodes with SVIDs from the CA in `ca_dir`, configs and logs in `dir`; the
+    /// server node offers service `echo` at `backend`. `pin` runs them under `taskset -c`.
+    pub async fn start(dir: &Path, ca_dir: &Path, backend: SocketAddr, pin: Option<&str>) -> anyhow::Result<Self> {
         let (outbound, inbound, client_admin, server_admin) = (free_port()?, free_port()?, free_port()?, free_port()?);
         let client_id = SpiffeId::workload("weir.local", "demo", "client")?;
         let server_id = SpiffeId::workload("weir.local", "demo", "server")?;
@@ -32,7 +35,8 @@ impl Mesh {
                 .replace("name = \"weir\"", &format!("name = \"{name}\""))
                 .replace("namespace = \"default\"", "namespace = \"demo\"")
                 .replace("service_account = \"weir-node\"", &format!("service_account = \"{sa}\""))
-                .replace("/var/lib/weir/ca", &dir.join("ca").display().to_string())
+                .replace("/var/lib/weir/ca", &ca_dir.display().to_string())
+                .replace("create_ca_if_missing = true", "create_ca_if_missing = false")
                 .replace("127.0.0.1:15000", &admin.to_string())
         };
         let server = base("server-node", "server", server_admin).replace("0.0.0.0:15008", &inbound.to_string())
@@ -45,7 +49,16 @@ impl Mesh {
             let cfg = dir.join(format!("{name}.toml"));
             std::fs::write(&cfg, text)?;
             let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-            let child = Command::new(std::env::current_exe()?)
+            let exe = std::env::current_exe()?;
+            let mut cmd = match pin {
+                Some(cpus) => {
+                    let mut c = Command::new("taskset");
+                    c.args(["-c", cpus]).arg(exe);
+                    c
+                }
+                None => Command::new(exe),
+            };
+            let child = cmd
                 .args(["run", "--config"])
                 .arg(&cfg)
                 .stdout(Stdio::null())
@@ -62,7 +75,7 @@ impl Mesh {
 
     async fn wait_ready(&mut self, admin: SocketAddr) -> anyhow::Result<()> {
         for _ in 0..300 {
-            if let Ok((200, _)) = super::traffic::get_text(admin, "/readyz").await {
+            if let Ok((200, _)) = crate::demo::traffic::get_text(admin, "/readyz").await {
                 return Ok(());
             }
             for c in &mut self.children {
@@ -73,6 +86,11 @@ impl Mesh {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         bail!("node with admin {admin} not ready after 30 s")
+    }
+
+    /// Process ids of the nodes (server first).
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
     }
 
     /// Stops both nodes (SIGTERM, then SIGKILL after 5 s).

@@ -1,0 +1,86 @@
+//! Memory per idle proxied connection: hold N connections open through a path to a backend
+//! that accepts and waits, then read the mesh processes' RSS.
+use super::procs::memory_kib;
+use anyhow::{bail, Context};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+
+/// One path's idle figure.
+pub struct Idle {
+    pub name: &'static str,
+    pub conns: usize,
+    pub before_kib: u64,
+    pub after_kib: u64,
+}
+
+pub async fn measure(ca: &weir_identity::Ca, dir: &Path, conns: usize) -> anyhow::Result<Vec<Idle>> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let backend = listener.local_addr()?;
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let held = accepted.clone();
+    let server = tokio::spawn(async move {
+        let mut keep = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.fetch_add(1, Ordering::Relaxed);
+            keep.push(s);
+        }
+    });
+    let mut out = Vec::new();
+    let idle_dir = dir.join("idle");
+    std::fs::create_dir_all(&idle_dir)?;
+    let mesh = crate::local_mesh::Mesh::start(&idle_dir, ca.dir(), backend, Some(super::PROXY_CPU)).await?;
+    out.push(hold("weir (userspace TLS)", mesh.outbound, &mesh.pids(), conns, &accepted).await?);
+    mesh.stop();
+    if super::procs::installed("haproxy") {
+        let chain = super::haproxy::start(&idle_dir, ca, backend, super::PROXY_CPU)?;
+        out.push(hold("haproxy x2 (mTLS, splice)", chain.entry, &chain.pids(), conns, &accepted).await?);
+    }
+    server.abort();
+    Ok(out)
+}
+
+async fn hold(
+    name: &'static str,
+    entry: SocketAddr,
+    pids: &[u32],
+    conns: usize,
+    accepted: &AtomicUsize,
+) -> anyhow::Result<Idle> {
+    let rss = || pids.iter().map(|&p| memory_kib(p, "VmRSS")).sum::<u64>();
+    let start = accepted.load(Ordering::Relaxed);
+    // Warm up (allocator arenas, TLS session setup) so `before` is a steady idle state.
+    let warm: Vec<TcpStream> = open(entry, 10).await?;
+    wait_accepted(accepted, start + 10).await?;
+    drop(warm);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss();
+    let base = accepted.load(Ordering::Relaxed);
+    let streams = open(entry, conns).await?;
+    wait_accepted(accepted, base + conns).await.with_context(|| format!("{name}: {conns} idle connections"))?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss();
+    drop(streams);
+    Ok(Idle { name, conns, before_kib: before, after_kib: after })
+}
+
+async fn open(entry: SocketAddr, n: usize) -> anyhow::Result<Vec<TcpStream>> {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(TcpStream::connect(entry).await.context("open an idle connection")?);
+    }
+    Ok(v)
+}
+
+async fn wait_accepted(accepted: &AtomicUsize, want: usize) -> anyhow::Result<()> {
+    for _ in 0..1200 {
+        if accepted.load(Ordering::Relaxed) >= want {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("only {} of {want} connections reached the backend in 60 s", accepted.load(Ordering::Relaxed))
+}

@@ -1,0 +1,253 @@
+//! `weir bench`: the hop benchmark. Weir's two-node hop against the same two-hop mTLS mesh
+//! built from haproxy, and against no mesh at all, side by side in one run, on this machine.
+//!
+//! Bulk: iperf3 (a real load generator) sends N GiB through each path; client and server are
+//! pinned to CPU 0, the proxies to CPU 1; runs are interleaved (A B C A B C …) and reported as
+//! medians with min–max and as ratios to the other paths of the same run. Idle: N idle
+//! connections held open through each path, memory per connection from the proxies' RSS.
+//! Figures only: nothing here asserts a speed.
+mod haproxy;
+mod idle;
+mod procs;
+
+use anyhow::{bail, Context};
+use procs::{cpu_seconds, machine_busy_seconds, memory_kib, Proc};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+const CLIENT_CPU: &str = "0";
+const PROXY_CPU: &str = "1";
+
+/// Options of `weir bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Bytes per bulk run, MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub mib: u64,
+    /// Interleaved repetitions of every path.
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Idle connections held open per path for the memory figure (capped by the open-file
+    /// limit: each proxied connection costs a mesh node two descriptors).
+    #[arg(long, default_value_t = 10_000)]
+    pub idle_conns: usize,
+    /// Smoke run: 256 MiB, 1 repetition, 1000 idle connections.
+    #[arg(long)]
+    pub quick: bool,
+}
+
+pub(crate) fn free_port() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+pub(crate) fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing listening on {addr} after 5 s")
+}
+
+/// One bulk measurement.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    mib_s: f64,
+    proxy_cpu_per_gib: f64,
+    machine_cpu_per_gib: f64,
+}
+
+/// A path under test: where apps connect and which processes are the mesh.
+struct Path {
+    name: &'static str,
+    entry: SocketAddr,
+    pids: Vec<u32>,
+    runs: Vec<Run>,
+    idle_rss_kib: u64,
+    admin: Option<SocketAddr>,
+}
+
+pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
+    if args.quick {
+        (args.mib, args.reps, args.idle_conns) = (256, 1, 1000);
+    }
+    for tool in ["iperf3", "taskset"] {
+        if !procs::installed(tool) {
+            bail!("{tool} is not installed: run `make setup`");
+        }
+    }
+    let nofile = weir_app::raise_fd_limit().context("raise the open-file limit")?;
+    // A node holds two descriptors per proxied connection; haproxy reserves 2.5 per maxconn
+    // (its config caps at 7900 so it starts under a 20000 limit).
+    let fit = ((nofile.saturating_sub(250) * 2 / 5) as usize).min(7800);
+    if args.idle_conns > fit {
+        eprintln!("note: {} idle connections need more descriptors per proxy process than the open-file limit here ({nofile}) allows: measuring {fit}", args.idle_conns);
+        args.idle_conns = fit;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    rt.block_on(bench(args))
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new().prefix("weir-bench.").tempdir()?;
+    let ca = weir_identity::Ca::init(&dir.path().join("ca"), "weir.local")?;
+    let sink = free_port()?;
+    let port = sink.port().to_string();
+    let _iperf =
+        Proc::pinned(CLIENT_CPU, "iperf3", &["-s", "-B", "127.0.0.1", "-p", &port], &dir.path().join("iperf3.log"))?;
+    wait_listening(sink)?;
+
+    let mesh = crate::local_mesh::Mesh::start(dir.path(), ca.dir(), sink, Some(PROXY_CPU)).await?;
+    let mut paths = vec![
+        Path { name: "direct (no mesh)", entry: sink, pids: vec![], runs: vec![], idle_rss_kib: 0, admin: None },
+        Path {
+            name: "weir (userspace TLS)",
+            entry: mesh.outbound,
+            pids: mesh.pids(),
+            runs: vec![],
+            idle_rss_kib: 0,
+            admin: Some(mesh.client_admin),
+        },
+    ];
+    let mut notes = Vec::new();
+    let chain = if procs::installed("haproxy") {
+        let chain = haproxy::start(dir.path(), &ca, sink, PROXY_CPU)?;
+        paths.push(Path {
+            name: "haproxy x2 (mTLS, splice)",
+            entry: chain.entry,
+            pids: chain.pids(),
+            runs: vec![],
+            idle_rss_kib: 0,
+            admin: None,
+        });
+        Some(chain)
+    } else {
+        notes.push("haproxy: not installed (row omitted)".to_owned());
+        None
+    };
+    if weir_tls::ktls::detect().await.is_available() {
+        notes.push(
+            "this kernel has kTLS, but the bench host path runs userspace TLS; kTLS speed needs real hardware".into(),
+        );
+    } else {
+        notes.push("kTLS: not in this kernel (CONFIG_TLS): Weir runs userspace TLS here; kTLS is tested functionally in a guest, where speed is meaningless".into());
+    }
+    for p in &mut paths {
+        p.idle_rss_kib = p.pids.iter().map(|&pid| memory_kib(pid, "VmRSS")).sum();
+    }
+    let userspace_before = weir_userspace_bytes(&paths).await;
+    for rep in 0..args.reps {
+        for p in &mut paths {
+            let r = bulk(p, args.mib).with_context(|| format!("{} rep {rep}", p.name))?;
+            p.runs.push(r);
+        }
+    }
+    let userspace = weir_userspace_bytes(&paths).await - userspace_before;
+    let idle = idle::measure(&ca, dir.path(), args.idle_conns).await?;
+    drop(chain);
+    mesh.stop();
+    print!("{}", report(&args, &paths, userspace, &idle, &notes));
+    Ok(())
+}
+
+async fn weir_userspace_bytes(paths: &[Path]) -> f64 {
+    let Some(admin) = paths.iter().find_map(|p| p.admin) else { return 0.0 };
+    let text = crate::demo::traffic::get_text(admin, "/metrics").await.map(|(_, t)| t).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("weir_userspace_bytes_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// One iperf3 transfer of `mib` through `p`.
+fn bulk(p: &Path, mib: u64) -> anyhow::Result<Run> {
+    let cpu0: f64 = p.pids.iter().map(|&pid| cpu_seconds(pid)).sum();
+    let machine0 = machine_busy_seconds();
+    let out = std::process::Command::new("taskset")
+        .args([
+            "-c",
+            CLIENT_CPU,
+            "iperf3",
+            "-c",
+            "127.0.0.1",
+            "-p",
+            &p.entry.port().to_string(),
+            "-n",
+            &format!("{mib}M"),
+            "-J",
+        ])
+        .output()
+        .context("run iperf3")?;
+    let cpu = p.pids.iter().map(|&pid| cpu_seconds(pid)).sum::<f64>() - cpu0;
+    let machine = machine_busy_seconds() - machine0;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 JSON")?;
+    if let Some(err) = json["error"].as_str() {
+        bail!("iperf3: {err}");
+    }
+    let bytes = json["end"]["sum_received"]["bytes"].as_f64().context("iperf3 received bytes")?;
+    let secs = json["end"]["sum_received"]["seconds"].as_f64().context("iperf3 seconds")?;
+    let gib = bytes / (1u64 << 30) as f64;
+    Ok(Run { mib_s: bytes / (1 << 20) as f64 / secs, proxy_cpu_per_gib: cpu / gib, machine_cpu_per_gib: machine / gib })
+}
+
+fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let (lo, hi) = (v.first().copied().unwrap_or(0.0), v.last().copied().unwrap_or(0.0));
+    (v.get(v.len() / 2).copied().unwrap_or(0.0), lo, hi)
+}
+
+fn report(args: &BenchArgs, paths: &[Path], userspace: f64, idle: &[idle::Idle], notes: &[String]) -> String {
+    let mut t = String::new();
+    let stat = |p: &Path, f: fn(&Run) -> f64| median(p.runs.iter().map(f).collect());
+    let haproxy = paths.iter().find(|p| p.name.starts_with("haproxy"));
+    let direct = &paths[0];
+    let _ = writeln!(t, "\n## Hop benchmark: {} MiB bulk (iperf3), {} interleaved reps, proxies pinned to CPU {PROXY_CPU}, iperf3 to CPU {CLIENT_CPU}\n", args.mib, args.reps);
+    let _ = writeln!(t, "| path | MiB/s median (min–max) | × direct | × haproxy | proxy CPU s/GiB (min–max) | × haproxy | machine CPU s/GiB | idle RSS of the mesh |");
+    let _ = writeln!(t, "|---|---|---|---|---|---|---|---|");
+    for p in paths {
+        let (thr, tlo, thi) = stat(p, |r| r.mib_s);
+        let (cpu, clo, chi) = stat(p, |r| r.proxy_cpu_per_gib);
+        let (mach, _, _) = stat(p, |r| r.machine_cpu_per_gib);
+        let ratio =
+            |a: f64, b: Option<f64>| b.filter(|b| *b > 0.0).map_or("–".to_owned(), |b| format!("{:.2}", a / b));
+        let _ = writeln!(
+            t,
+            "| {} | {thr:.0} ({tlo:.0}–{thi:.0}) | {} | {} | {} | {} | {mach:.2} | {} |",
+            p.name,
+            ratio(thr, Some(stat(direct, |r| r.mib_s).0)),
+            ratio(thr, haproxy.map(|h| stat(h, |r| r.mib_s).0)),
+            if p.pids.is_empty() { "–".to_owned() } else { format!("{cpu:.2} ({clo:.2}–{chi:.2})") },
+            if p.pids.is_empty() {
+                "–".to_owned()
+            } else {
+                ratio(cpu, haproxy.map(|h| stat(h, |r| r.proxy_cpu_per_gib).0))
+            },
+            if p.pids.is_empty() {
+                "–".to_owned()
+            } else {
+                format!("{:.1} MiB ({} processes)", p.idle_rss_kib as f64 / 1024.0, p.pids.len())
+            },
+        );
+    }
+    let moved = (args.mib * args.reps as u64) as f64 * (1 << 20) as f64;
+    let _ = writeln!(t, "\nWeir payload bytes through userspace during the bulk runs (client node): {userspace:.0} = {:.2} × the bytes moved (userspace TLS must copy; the kTLS path is 0)", userspace / moved.max(1.0));
+    let _ = writeln!(t, "\n| path | idle connections held | mesh RSS before | after | per idle connection |");
+    let _ = writeln!(t, "|---|---|---|---|---|");
+    for i in idle {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {:.1} MiB | {:.1} MiB | {:.1} KiB |",
+            i.name,
+            i.conns,
+            i.before_kib as f64 / 1024.0,
+            i.after_kib as f64 / 1024.0,
+            (i.after_kib.saturating_sub(i.before_kib)) as f64 / i.conns.max(1) as f64
+        );
+    }
+    for n in notes {
+        let _ = writeln!(t, "\nnote: {n}");
+    }
+    t
+}
