@@ -57,6 +57,19 @@ impl Ca {
             return Err(Error::CaExists(dir.to_owned()));
         }
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| Error::io(dir, e))?;
+        write_file(&dir.join(TRUST_DOMAIN_FILE), trust_domain.as_bytes(), 0o644)?;
+        Self::new_root(dir, trust_domain)
+    }
+
+    /// Replaces the signing root with a new one and appends it to the bundle. The old root
+    /// stays in the bundle, so SVIDs it signed keep verifying until they expire; nodes pick up
+    /// the new bundle at their next rotation.
+    pub fn rotate(dir: &Path) -> Result<Self, Error> {
+        let old = Self::load(dir)?;
+        Self::new_root(dir, &old.trust_domain)
+    }
+
+    fn new_root(dir: &Path, trust_domain: &str) -> Result<Self, Error> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -76,7 +89,6 @@ impl Ca {
         write_file(&dir.join(CERT_FILE), cert_pem.as_bytes(), 0o644)?;
         // The bundle may later hold several roots (old and new during a CA rotation).
         append_file(&dir.join(BUNDLE_FILE), cert_pem.as_bytes())?;
-        write_file(&dir.join(TRUST_DOMAIN_FILE), trust_domain.as_bytes(), 0o644)?;
         Ok(Self { dir: dir.to_owned(), trust_domain: trust_domain.to_owned(), cert_pem, key })
     }
 
@@ -189,6 +201,19 @@ mod tests {
         assert!(matches!(Ca::init(&ca_dir, "weir.local"), Err(Error::CaExists(_))));
         let loaded = Ca::load(&ca_dir).expect("load");
         assert_eq!(loaded.trust_domain(), "weir.local");
+    }
+
+    #[test]
+    fn rotation_keeps_the_old_root_in_the_bundle() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = Ca::init(dir.path(), "weir.local").expect("init");
+        let new = Ca::rotate(dir.path()).expect("rotate");
+        assert_ne!(old.root_pem(), new.root_pem());
+        assert_eq!(new.trust_domain(), "weir.local");
+        let bundle = new.trust_bundle().expect("bundle");
+        assert_eq!(bundle.roots.len(), 2, "old and new roots");
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE)).expect("key").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the new key is private too");
     }
 
     #[test]

@@ -132,3 +132,63 @@ impl SvidStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Ca, Error};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A CA that can be told to fail, like an unreachable SPIRE agent.
+    struct Flaky {
+        ca: Ca,
+        broken: AtomicBool,
+    }
+
+    impl IdentitySource for Flaky {
+        fn fetch_svid(&self, id: &SpiffeId, ttl: Duration) -> Result<Svid, Error> {
+            if self.broken.load(Ordering::SeqCst) {
+                return Err(Error::Parse { what: "identity source".into(), reason: "unreachable".into() });
+            }
+            self.ca.fetch_svid(id, ttl)
+        }
+
+        fn trust_bundle(&self) -> Result<TrustBundle, Error> {
+            self.ca.trust_bundle()
+        }
+    }
+
+    #[test]
+    fn failed_rotation_makes_the_node_unready_until_a_rotation_succeeds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source =
+            Arc::new(Flaky { ca: Ca::init(dir.path(), "weir.local").expect("ca"), broken: AtomicBool::new(false) });
+        let id = SpiffeId::workload("weir.local", "default", "node").expect("id");
+        let store = SvidStore::new(source.clone(), id, Duration::from_secs(60)).expect("store");
+        let first = store.current().serial.clone();
+        assert_eq!(store.readiness(SystemTime::now()), Ok(()));
+
+        source.broken.store(true, Ordering::SeqCst);
+        assert!(store.rotate().is_err());
+        let err = store.readiness(SystemTime::now()).expect_err("unready after a failed rotation");
+        assert!(err.contains("rotation failed") && err.contains("unreachable"), "{err}");
+        assert_eq!(store.current().serial, first, "the old SVID stays in use");
+        assert_eq!(store.rotation_state().failures, 1);
+
+        source.broken.store(false, Ordering::SeqCst);
+        store.rotate().expect("rotation");
+        assert_eq!(store.readiness(SystemTime::now()), Ok(()));
+        assert_ne!(store.current().serial, first, "a new SVID after a successful rotation");
+    }
+
+    #[test]
+    fn an_expired_svid_makes_the_node_unready() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca: Arc<dyn IdentitySource> = Arc::new(Ca::init(dir.path(), "weir.local").expect("ca"));
+        let id = SpiffeId::workload("weir.local", "default", "node").expect("id");
+        let store = SvidStore::new(ca, id, Duration::from_secs(60)).expect("store");
+        let later = SystemTime::now() + Duration::from_secs(3600);
+        let err = store.readiness(later).expect_err("expired");
+        assert!(err.contains("outside its validity window"), "{err}");
+    }
+}

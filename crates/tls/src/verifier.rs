@@ -70,3 +70,42 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use weir_identity::{Ca, IdentitySource, Validity};
+
+    fn verify(v: &SpiffeServerVerifier, svid: &weir_identity::Svid) -> Result<ServerCertVerified, Error> {
+        let name = ServerName::try_from("weir.mesh").expect("name");
+        v.verify_server_cert(&svid.chain[0], &svid.chain[1..], &name, &[], UnixTime::now())
+    }
+
+    #[test]
+    fn a_bundle_with_two_roots_accepts_both_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = Ca::init(&dir.path().join("old"), "weir.local").expect("old ca");
+        let new = Ca::init(&dir.path().join("new"), "weir.local").expect("new ca");
+        let other = Ca::init(&dir.path().join("other"), "weir.local").expect("unrelated ca");
+        let mut bundle = old.trust_bundle().expect("bundle");
+        bundle.merge(new.trust_bundle().expect("bundle"));
+        let mut roots = RootCertStore::empty();
+        for r in &bundle.roots {
+            roots.add(r.clone()).expect("root");
+        }
+        let server = SpiffeId::workload("weir.local", "default", "server").expect("id");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let v = SpiffeServerVerifier::new(Arc::new(roots), server.clone(), provider);
+        let valid = Validity::starting_now(Duration::from_secs(600));
+        assert!(verify(&v, &old.issue(&server, valid).expect("svid")).is_ok(), "old root still trusted");
+        assert!(verify(&v, &new.issue(&server, valid).expect("svid")).is_ok(), "new root trusted");
+        assert!(verify(&v, &other.issue(&server, valid).expect("svid")).is_err(), "a root outside the bundle is not");
+        let wrong = SpiffeId::workload("weir.local", "default", "impostor").expect("id");
+        assert_eq!(
+            verify(&v, &new.issue(&wrong, valid).expect("svid")).map(|_| ()),
+            Err(Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)),
+            "right root, wrong SPIFFE ID"
+        );
+    }
+}

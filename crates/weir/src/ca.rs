@@ -1,4 +1,4 @@
-//! `weir ca init|issue|show`: the built-in CA from the command line.
+//! `weir ca init|issue|rotate|show`: the built-in CA from the command line.
 use anyhow::Context;
 use clap::Subcommand;
 use std::path::PathBuf;
@@ -34,6 +34,12 @@ pub enum CaCommand {
         #[arg(long)]
         key: PathBuf,
     },
+    /// Replace the signing root; the old root stays in the trust bundle until you remove it.
+    Rotate {
+        /// CA directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Show the CA: trust domain, root, bundle size.
     Show {
         /// CA directory.
@@ -61,6 +67,15 @@ pub fn run(cmd: CaCommand) -> anyhow::Result<()> {
                 svid.serial,
                 cert.display(),
                 key.display()
+            );
+        }
+        CaCommand::Rotate { dir } => {
+            let ca = Ca::rotate(&dir)?;
+            println!(
+                "new root for {} in {}; bundle now holds {} roots",
+                ca.trust_domain(),
+                dir.display(),
+                ca.trust_bundle()?.roots.len()
             );
         }
         CaCommand::Show { dir } => {
