@@ -23,7 +23,7 @@ ktls() {
   echo "== guest-kernel suites: kTLS in User-Mode Linux (tests/vm/run-in-uml.sh)"
   # Each test binary boots one guest; tests inside run one at a time (1 vCPU).
   CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/tests/vm/run-in-uml.sh" \
-    $CARGO test --release -p weir-app --features guest-tests --test ktls --test ktls_fallback -- --test-threads=1
+    $CARGO test --release -p weir-app --features guest-tests --test ktls --test ktls_fallback -- --test-threads=1 --color never
 }
 
 case "$what" in

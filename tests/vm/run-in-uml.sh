@@ -15,10 +15,18 @@ uml=${VM_UML:-/usr/bin/linux.uml}
 [ -x "$uml" ] || { echo "run-in-uml: $uml missing (make setup installs user-mode-linux)" >&2; exit 125; }
 
 workdir=$(pwd -P)
+# The guest mounts tmpfs over /tmp, /var/tmp, /root and /run, hiding host files there: share
+# the project root (which holds target/), the current directory and the command's directory
+# read-write at their own paths. A directory inside another shared one is not mounted twice.
+shares=()
+for d in "$(git rev-parse --show-toplevel 2>/dev/null || true)" "$workdir" "$(case "$1" in /*) dirname "$1";; esac)"; do
+  [ -n "$d" ] && [ -d "$d" ] && shares+=("$(cd "$d" && pwd -P)")
+done
 run=$(mktemp -d /dev/shm/weir-uml.XXXXXX) || exit 125
 trap 'rm -rf "$run"' EXIT
 {
   printf 'WEIR_VM_WORKDIR=%q\n' "$workdir"
+  printf 'WEIR_VM_SHARES=%q\n' "$(printf '%s\n' "${shares[@]}" | sort -u | awk 'NR==1||index($0,prev"/")!=1{print; prev=$0}' | tr '\n' ' ')"
   printf 'WEIR_VM_MODULES=%q\n' "${VM_MODULES-tls}"
 } > "$run/env.sh"
 {

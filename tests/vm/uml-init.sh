@@ -19,8 +19,10 @@ mount -t tmpfs tmpfs /dev/shm
 mount --bind /usr/lib/uml/modules /lib/modules
 # The cgroup v2 hierarchy and bpffs, for suites that need them.
 mount -t cgroup2 none /sys/fs/cgroup 2>/dev/null
-mkdir -p "$WEIR_VM_WORKDIR" 2>/dev/null
-mount -t hostfs -o "$WEIR_VM_WORKDIR" none "$WEIR_VM_WORKDIR"
+for d in $WEIR_VM_SHARES; do
+  mkdir -p "$d" 2>/dev/null
+  mount -t hostfs -o "$d" none "$d" || echo "weirvm: cannot share $d" >&2
+done
 hostname weir-guest
 ip link set lo up
 for m in $WEIR_VM_MODULES; do modprobe -q "$m" || echo "weirvm: modprobe $m failed" >&2; done
