@@ -2,8 +2,13 @@
 //!
 //! Owns: the inbound allow-lists (which SPIFFE IDs may reach which local service; default
 //! deny). Does not own how rules are loaded (`weir-config`) or enforced on sockets
-//! (`weir-app`). Later: L4 rules compiled to eBPF map entries, L7 rules on request heads.
+//! (`weir-app`), nor their compilation to eBPF maps (`weir-ebpf`). Also: per-workload L4 rules
+//! ([`WorkloadL4`]). Later: L7 rules on request heads.
 #![forbid(unsafe_code)]
+
+mod l4;
+
+pub use l4::{DenyRule, WorkloadL4};
 
 use std::collections::{BTreeSet, HashMap};
 use weir_identity::SpiffeId;

@@ -2,10 +2,11 @@
 //!
 //! Owns: pipes and splice(2), the kernel TLS socket options (`TCP_ULP`, `SOL_TLS`), TLS record
 //! control messages (`TLS_SET_RECORD_TYPE` / `TLS_GET_RECORD_TYPE`), abortive close (`SO_LINGER`
-//! 0) and kernel feature probes. Does not own any policy about when to call them: that is
+//! 0), the bpf(2) link and pin calls aya does not expose, and kernel feature probes. Does not own any policy about when to call them: that is
 //! `weir-forward` and `weir-tls`.
 #![allow(unsafe_code, reason = "this crate is the one place for unsafe syscalls")]
 
+pub mod bpf;
 mod ktls;
 mod pipe;
 mod socket;
