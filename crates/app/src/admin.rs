@@ -30,7 +30,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 fn route(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
-        "/readyz" => match shared.store.readiness(SystemTime::now()) {
+        "/readyz" => match readiness(shared) {
             Ok(()) => text(StatusCode::OK, "ready\n".into()),
             Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
         },
@@ -44,6 +44,16 @@ fn route(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Full
         "/status" => text(StatusCode::OK, status_json(shared)),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }
+}
+
+/// Ready when the node's SVID and every workload's SVID are valid and rotating.
+fn readiness(shared: &Shared) -> Result<(), String> {
+    let now = SystemTime::now();
+    shared.store.readiness(now)?;
+    for w in shared.workloads.values() {
+        w.store.readiness(now).map_err(|e| format!("workload {}: {e}", w.name))?;
+    }
+    Ok(())
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
@@ -88,7 +98,7 @@ fn status_json(shared: &Shared) -> String {
         "last_rotation_error": state.last_error,
         "ktls": ktls,
         "mode_reason": reason,
-        "ready": shared.store.readiness(SystemTime::now()).is_ok(),
+        "ready": readiness(shared).is_ok(),
     })
     .to_string()
         + "\n"

@@ -24,6 +24,20 @@ pub(crate) struct Shared {
     next_id: AtomicU64,
     /// Mesh connections open now (all listeners), for graceful shutdown.
     pub open: AtomicI64,
+    /// The eBPF kernel path, when it runs (taken out to detach it on a clean stop).
+    pub kernel: std::sync::Mutex<Option<weir_ebpf::KernelPath>>,
+    /// Workloads by kernel id.
+    pub workloads: std::collections::HashMap<u32, Workload>,
+    /// Captured service address -> the route that serves it.
+    pub captured: std::collections::HashMap<std::net::SocketAddr, Arc<weir_config::OutboundRoute>>,
+}
+
+/// A workload at run time: its rules and its own identity.
+pub(crate) struct Workload {
+    pub name: String,
+    pub l4: weir_policy::WorkloadL4,
+    pub tls: Arc<TlsConfigs>,
+    pub store: Arc<SvidStore>,
 }
 
 impl Shared {
@@ -45,6 +59,9 @@ impl Shared {
             handshake_timeout,
             next_id: AtomicU64::new(1),
             open: AtomicI64::new(0),
+            kernel: std::sync::Mutex::new(None),
+            workloads: std::collections::HashMap::new(),
+            captured: std::collections::HashMap::new(),
         }
     }
 
@@ -77,6 +94,8 @@ pub(crate) enum Refusal {
     BackendUnavailable,
     PeerRefused,
     KtlsSetupFailed,
+    NoOriginalDestination,
+    L4Denied,
 }
 
 impl Refusal {
@@ -93,6 +112,8 @@ impl Refusal {
             Self::BackendUnavailable => "backend_unavailable",
             Self::PeerRefused => "peer_refused",
             Self::KtlsSetupFailed => "ktls_setup_failed",
+            Self::NoOriginalDestination => "no_original_destination",
+            Self::L4Denied => "l4_denied",
         }
     }
 }

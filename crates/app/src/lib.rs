@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod capture;
 mod conn;
 mod inbound;
 mod node;

@@ -1,13 +1,13 @@
 //! Start-up and shutdown of a `node`-role Weir: identity, kTLS detection, TLS configurations,
 //! listeners and the admin endpoint.
-use crate::conn::Shared;
-use crate::{admin, inbound, outbound};
+use crate::conn::{Shared, Workload};
+use crate::{admin, capture, inbound, outbound};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use weir_config::{Config, KtlsMode};
+use weir_config::{Config, KernelMode, KtlsMode};
 use weir_identity::{Ca, IdentitySource, SvidStore};
 use weir_policy::InboundPolicy;
 use weir_tls::ktls::{self, Support};
@@ -31,6 +31,9 @@ pub enum StartError {
     /// The TLS configuration could not be built.
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+    /// The eBPF kernel path could not start: never run silently unenforced.
+    #[error("kernel path: {0}")]
+    Kernel(#[from] weir_ebpf::Error),
     /// A listener could not bind.
     #[error("cannot listen for {what} on {addr}: {source}")]
     Bind {
@@ -55,7 +58,7 @@ impl Node {
             other => other?,
         };
         let source: Arc<dyn IdentitySource> = Arc::new(ca);
-        let store = SvidStore::new(source, config.identity.id.clone(), config.identity.svid_ttl)?;
+        let store = SvidStore::new(source.clone(), config.identity.id.clone(), config.identity.svid_ttl)?;
         let svid = store.current();
         tracing::info!(id = %svid.id, serial = %svid.serial, "SVID issued");
 
@@ -83,13 +86,73 @@ impl Node {
             backends.insert(s.name.clone(), s.backend);
         }
         let limits = weir_forward::Limits { max_session_bytes: config.ktls.max_session_bytes, ..Default::default() };
-        let shared = Arc::new(Shared::new(tls.clone(), store.clone(), support, limits, policy, handshake_timeout));
+        let suites: Option<Vec<_>> = suites.map(<[_]>::to_vec);
+        let suites = suites.as_deref();
+        let mut shared = Shared::new(tls.clone(), store.clone(), support.clone(), limits, policy, handshake_timeout);
         shared.metrics.ktls_enabled.set(i64::from(shared.ktls_available()));
-
         let mut tasks = vec![tokio::spawn(store.clone().run_rotation()), tokio::spawn(tls.follow(store.clone()))];
         let bind = |what, addr| async move {
             TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source })
         };
+
+        let mut capture_listeners = Vec::new();
+        if config.kernel.mode == KernelMode::Ebpf {
+            for (n, w) in config.workloads.iter().enumerate() {
+                let wstore = SvidStore::new(source.clone(), w.id.clone(), config.identity.svid_ttl)?;
+                let wtls = Arc::new(TlsConfigs::new(wstore.current(), &wstore.bundle(), suites, suites.is_some())?);
+                tasks.push(tokio::spawn(wstore.clone().run_rotation()));
+                tasks.push(tokio::spawn(wtls.clone().follow(wstore.clone())));
+                let workload = Workload { name: w.name.clone(), l4: w.l4.clone(), tls: wtls, store: wstore };
+                shared.workloads.insert(n as u32 + 1, workload);
+            }
+            let mut services = Vec::new();
+            for (n, route) in config.outbound.iter().enumerate() {
+                let route = Arc::new(route.clone());
+                for dst in &route.capture {
+                    services.push((*dst, n as u32));
+                    shared.captured.insert(*dst, route.clone());
+                }
+            }
+            let v4 = config.kernel.capture_listen;
+            capture_listeners.push(bind("capture", v4).await?);
+            let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, v4.port()));
+            match TcpListener::bind(v6).await {
+                Ok(l) => capture_listeners.push(l),
+                Err(e) => {
+                    tracing::warn!(error = %e, addr = %v6, "no IPv6 capture listener: captured IPv6 connections will be refused")
+                }
+            }
+            let plan = weir_ebpf::Plan {
+                workloads: config
+                    .workloads
+                    .iter()
+                    .enumerate()
+                    .map(|(n, w)| weir_ebpf::WorkloadPlan { id: n as u32 + 1, name: w.name.clone(), l4: w.l4.clone() })
+                    .collect(),
+                services,
+                capture: match v4 {
+                    SocketAddr::V4(a) => {
+                        Some(weir_ebpf::Capture { v4: *a.ip(), v6: std::net::Ipv6Addr::LOCALHOST, port: a.port() })
+                    }
+                    SocketAddr::V6(_) => None,
+                },
+            };
+            let opts =
+                weir_ebpf::Options { cgroup: config.kernel.cgroup.clone(), pin_dir: config.kernel.pin_dir.clone() };
+            let mut kernel = weir_ebpf::KernelPath::start(&opts)?;
+            kernel.apply(&plan)?;
+            tracing::info!(
+                workloads = config.workloads.len(),
+                captured_services = shared.captured.len(),
+                adopted = kernel.adopted(),
+                "kernel path enforcing"
+            );
+            shared.kernel = std::sync::Mutex::new(Some(kernel));
+        }
+        let shared = Arc::new(shared);
+        for l in capture_listeners {
+            tasks.push(tokio::spawn(capture::serve(l, shared.clone())));
+        }
 
         let admin_listener = bind("admin", config.admin).await?;
         let admin_addr = local_addr(&admin_listener, config.admin);
@@ -103,8 +166,9 @@ impl Node {
         }
         let mut outbound_addrs = Vec::new();
         for route in &config.outbound {
-            let l = bind("outbound", route.listen).await?;
-            outbound_addrs.push(local_addr(&l, route.listen));
+            let Some(listen) = route.listen else { continue };
+            let l = bind("outbound", listen).await?;
+            outbound_addrs.push(local_addr(&l, listen));
             tasks.push(tokio::spawn(outbound::serve(l, Arc::new(route.clone()), shared.clone())));
         }
         tracing::info!(node = config.node_name, admin = %admin_addr, inbound = ?inbound_addr, outbound = ?outbound_addrs, "node ready");
@@ -116,7 +180,7 @@ impl Node {
         self.inbound_addr
     }
 
-    /// Where each outbound route is bound, in config order.
+    /// Where each outbound route with a listen address is bound, in config order.
     pub fn outbound_addrs(&self) -> &[SocketAddr] {
         &self.outbound_addrs
     }
@@ -149,6 +213,12 @@ impl Node {
         let deadline = tokio::time::Instant::now() + grace;
         while self.active_connections() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let kernel = self.shared.kernel.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(k) = kernel {
+            if let Err(e) = k.detach() {
+                tracing::error!(error = %e, "could not detach the kernel path");
+            }
         }
         tracing::info!(open = self.active_connections(), "node stopped");
     }

@@ -13,7 +13,7 @@ use weir_config::OutboundRoute;
 use weir_telemetry::Direction;
 use weir_tls::ktls::{self, CorkStream};
 use weir_tls::preamble::{Protocol, Request, Status, RESPONSE_LEN};
-use weir_tls::Mode;
+use weir_tls::{Mode, TlsConfigs};
 
 /// Accepts local apps on one route's port until the task is aborted.
 pub(crate) async fn serve(listener: TcpListener, route: Arc<OutboundRoute>, shared: Arc<Shared>) {
@@ -21,18 +21,20 @@ pub(crate) async fn serve(listener: TcpListener, route: Arc<OutboundRoute>, shar
         match listener.accept().await {
             Ok((app, _)) => {
                 let (route, shared) = (route.clone(), shared.clone());
-                tokio::spawn(async move { handle(app, &route, &shared).await });
+                tokio::spawn(async move { handle(app, &route, &shared.tls, &shared).await });
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, listen = %route.listen, "outbound accept failed");
+                tracing::warn!(error = %e, service = route.service, "outbound accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
     }
 }
 
-async fn handle(app: TcpStream, route: &OutboundRoute, shared: &Shared) {
+/// Carries one app connection to `route`'s peer, presenting the SVID in `tls` (the node's, or
+/// a captured workload's).
+pub(crate) async fn handle(app: TcpStream, route: &OutboundRoute, tls: &TlsConfigs, shared: &Shared) {
     let id = shared.next_id();
     let _ = app.set_nodelay(true);
     let peer = match timeout(shared.handshake_timeout, TcpStream::connect(route.peer)).await {
@@ -43,7 +45,7 @@ async fn handle(app: TcpStream, route: &OutboundRoute, shared: &Shared) {
         }
     };
     let _ = peer.set_nodelay(true);
-    let connector = match shared.tls.client(&route.peer_id) {
+    let connector = match tls.client(&route.peer_id) {
         Ok(c) => TlsConnector::from(c),
         Err(e) => return refuse_app(app, shared, id, Refusal::TlsHandshake, &e),
     };
@@ -139,7 +141,7 @@ where
     }
 }
 
-fn refuse_app(app: TcpStream, shared: &Shared, id: u64, reason: Refusal, detail: &dyn std::fmt::Display) {
+pub(crate) fn refuse_app(app: TcpStream, shared: &Shared, id: u64, reason: Refusal, detail: &dyn std::fmt::Display) {
     shared.refuse(id, Direction::Outbound, reason, detail);
     reset(app);
 }

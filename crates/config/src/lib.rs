@@ -10,7 +10,8 @@ mod raw;
 mod typed;
 
 pub use typed::{
-    Config, IdentityConfig, InboundConfig, KtlsConfig, KtlsMode, LogConfig, LogFormat, OutboundRoute, ServiceConfig,
+    Config, IdentityConfig, InboundConfig, KernelConfig, KernelMode, KtlsConfig, KtlsMode, LogConfig, LogFormat,
+    OutboundRoute, ServiceConfig, WorkloadConfig,
 };
 
 /// The embedded default configuration.

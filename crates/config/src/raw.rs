@@ -14,6 +14,28 @@ pub(crate) struct RawConfig {
     pub inbound: Option<RawInbound>,
     #[serde(default)]
     pub outbound: Vec<RawOutbound>,
+    pub kernel: Option<RawKernel>,
+    #[serde(default)]
+    pub workloads: Vec<RawWorkload>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawKernel {
+    pub mode: Option<Spanned<String>>,
+    pub cgroup: Option<Spanned<String>>,
+    pub pin_dir: Option<Spanned<String>>,
+    pub capture_listen: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWorkload {
+    pub name: Option<Spanned<String>>,
+    pub service_account: Option<Spanned<String>>,
+    #[serde(default)]
+    pub deny: Vec<Spanned<String>>,
+    pub max_connections: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,6 +96,8 @@ pub(crate) struct RawService {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawOutbound {
     pub listen: Option<Spanned<String>>,
+    #[serde(default)]
+    pub capture: Vec<Spanned<String>>,
     pub service: Option<Spanned<String>>,
     pub peer: Option<Spanned<String>>,
     pub peer_id: Option<Spanned<String>>,

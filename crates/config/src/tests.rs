@@ -93,3 +93,26 @@ fn duplicate_names_and_ports_are_errors() {
     let paths: Vec<&str> = err.fields.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(paths, vec!["inbound.services[1].name", "outbound[1].listen"]);
 }
+
+#[test]
+fn workloads_and_capture_compile_or_name_the_bad_field() {
+    let good = format!(
+        "{GOOD}\n[kernel]\nmode = \"ebpf\"\n\n[[workloads]]\nname = \"web\"\nservice_account = \"web\"\ndeny = [\"10.0.0.0/8:443\", \"::1\"]\nmax_connections = 5\n"
+    )
+    .replace("peer_id = \"spiffe://weir.local/ns/default/sa/server\"", "peer_id = \"spiffe://weir.local/ns/default/sa/server\"\ncapture = [\"10.96.0.1:80\"]");
+    let c = parse(&good, "k.toml").expect("valid");
+    assert_eq!(c.kernel.mode, KernelMode::Ebpf);
+    assert_eq!(c.workloads[0].id.as_str(), "spiffe://weir.local/ns/default/sa/web");
+    assert_eq!(c.workloads[0].l4.max_connections, 5);
+    assert_eq!(c.outbound[0].capture, vec!["10.96.0.1:80".parse::<std::net::SocketAddr>().expect("addr")]);
+
+    let bad = good.replace("\"10.0.0.0/8:443\"", "\"10.0.0.1/8\"").replace("\"::1\"", "\"10.0.0.0/8:0\"");
+    let err = parse(&bad, "k.toml").expect_err("bad rules");
+    let got: Vec<&str> = err.fields.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(got, vec!["workloads[0].deny[0]", "workloads[0].deny[1]"], "{err}");
+    assert!(err.to_string().contains("host bits") && err.to_string().contains("port 0"), "{err}");
+
+    let no_kernel = good.replace("mode = \"ebpf\"", "mode = \"off\"");
+    let err = parse(&no_kernel, "k.toml").expect_err("workloads need the kernel path");
+    assert_eq!(err.fields[0].path, "workloads");
+}

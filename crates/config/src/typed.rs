@@ -27,6 +27,43 @@ pub struct Config {
     pub inbound: Option<InboundConfig>,
     /// Local ports mapped to mesh services.
     pub outbound: Vec<OutboundRoute>,
+    /// The eBPF kernel path.
+    pub kernel: KernelConfig,
+    /// Workloads: cgroups Weir manages, each with an identity and L4 rules.
+    pub workloads: Vec<WorkloadConfig>,
+}
+
+/// The eBPF kernel path.
+#[derive(Debug, Clone)]
+pub struct KernelConfig {
+    /// Whether it runs.
+    pub mode: KernelMode,
+    /// Weir's parent cgroup, relative to the cgroup v2 root (never the root itself).
+    pub cgroup: String,
+    /// bpffs folder for pinned maps and links.
+    pub pin_dir: PathBuf,
+    /// Where captured connections arrive (IPv4; the same port on `[::1]` takes IPv6).
+    pub capture_listen: SocketAddr,
+}
+
+/// Whether the eBPF kernel path runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelMode {
+    /// Explicit listeners only: no capture, no kernel policy (and no workloads).
+    Off,
+    /// eBPF capture, L4 policy and telemetry; failing to attach stops Weir.
+    Ebpf,
+}
+
+/// A workload: a cgroup Weir manages, its identity and its L4 rules.
+#[derive(Debug, Clone)]
+pub struct WorkloadConfig {
+    /// Name (also its cgroup directory).
+    pub name: String,
+    /// Its SPIFFE ID (`identity.namespace`, this service account).
+    pub id: SpiffeId,
+    /// Its L4 rules.
+    pub l4: weir_policy::WorkloadL4,
 }
 
 /// Where this node's SVID comes from.
@@ -103,8 +140,10 @@ pub struct ServiceConfig {
 /// A local port mapped to a mesh service.
 #[derive(Debug, Clone)]
 pub struct OutboundRoute {
-    /// Local listen address for apps.
-    pub listen: SocketAddr,
+    /// Local listen address for apps, if any (a route may be reached by capture only).
+    pub listen: Option<SocketAddr>,
+    /// Service addresses whose connections the kernel path captures to this route.
+    pub capture: Vec<SocketAddr>,
     /// Destination service name.
     pub service: String,
     /// The peer node's inbound address.
@@ -273,9 +312,42 @@ impl Config {
             mode.zip(max).map(|(mode, max)| KtlsConfig { mode, max_session_bytes: max as u64 })
         };
         let inbound = raw.inbound.as_ref().map(|i| inbound(&mut c, i));
+        let kernel = kernel(&mut c, raw.kernel.as_ref());
+        let namespace = raw.identity.as_ref().and_then(|i| i.namespace.as_ref()).map(|n| n.get_ref().clone());
+        let workloads: Vec<_> = raw
+            .workloads
+            .iter()
+            .enumerate()
+            .map(|(n, w)| workload(&mut c, n, w, trust_domain.as_deref(), namespace.as_deref()))
+            .collect();
+        if kernel.as_ref().is_some_and(|k| k.mode == KernelMode::Off) && !raw.workloads.is_empty() {
+            c.error("workloads", None, "workloads need the kernel path: set [kernel] mode = \"ebpf\"");
+        }
+        let mut names = HashSet::new();
+        for (n, w) in raw.workloads.iter().enumerate() {
+            if let Some(name) = &w.name {
+                if !names.insert(name.get_ref().clone()) {
+                    c.error(
+                        &format!("workloads[{n}].name"),
+                        Some(name.span().start),
+                        format!("workload {:?} is defined twice", name.get_ref()),
+                    );
+                }
+            }
+        }
         let outbound: Vec<_> = raw.outbound.iter().enumerate().map(|(n, o)| outbound(&mut c, n, o)).collect();
         let mut seen = HashSet::new();
+        let mut captured = HashSet::new();
         for (n, o) in raw.outbound.iter().enumerate() {
+            for (k, a) in o.capture.iter().enumerate() {
+                if !captured.insert(a.get_ref().clone()) {
+                    c.error(
+                        &format!("outbound[{n}].capture[{k}]"),
+                        Some(a.span().start),
+                        format!("{} is captured by another route", a.get_ref()),
+                    );
+                }
+            }
             if let Some(l) = &o.listen {
                 if !seen.insert(l.get_ref().clone()) {
                     c.error(
@@ -300,6 +372,8 @@ impl Config {
             ktls: ktls.ok_or_else(incomplete)?,
             inbound: inbound.map(|i| i.ok_or_else(incomplete)).transpose()?,
             outbound: outbound.into_iter().map(|o| o.ok_or_else(incomplete)).collect::<Result<_, _>>()?,
+            kernel: kernel.ok_or_else(incomplete)?,
+            workloads: workloads.into_iter().map(|w| w.ok_or_else(incomplete)).collect::<Result<_, _>>()?,
         })
     }
 }
@@ -330,9 +404,112 @@ fn inbound(c: &mut Check<'_>, i: &RawInbound) -> Option<InboundConfig> {
 
 fn outbound(c: &mut Check<'_>, n: usize, o: &RawOutbound) -> Option<OutboundRoute> {
     let p = |f: &str| format!("outbound[{n}].{f}");
-    let listen = c.required(&o.listen, &p("listen"), addr);
+    let listen = o.listen.as_ref().map(|l| c.value(l, &p("listen"), addr));
+    // IPv4-mapped IPv6 addresses are IPv4 to the kernel path: store them that way.
+    let canonical = |s: &String| addr(s).map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()));
+    let capture: Vec<_> =
+        o.capture.iter().enumerate().map(|(k, a)| c.value(a, &p(&format!("capture[{k}]")), canonical)).collect();
+    if o.listen.is_none() && o.capture.is_empty() {
+        c.error(&p("listen"), None, "a route needs a listen address, a capture list, or both");
+    }
     let service = c.required(&o.service, &p("service"), service_name);
     let peer = c.required(&o.peer, &p("peer"), addr);
     let peer_id = c.required(&o.peer_id, &p("peer_id"), spiffe_id);
-    Some(OutboundRoute { listen: listen?, service: service?, peer: peer?, peer_id: peer_id? })
+    Some(OutboundRoute {
+        listen: listen.map_or(Some(None), |l| l.map(Some))?,
+        capture: capture.into_iter().collect::<Option<_>>()?,
+        service: service?,
+        peer: peer?,
+        peer_id: peer_id?,
+    })
+}
+
+/// Deny rules per workload compile to LPM-trie entries; the maps hold 4096 of each family.
+const MAX_RULES: usize = 4096;
+
+fn kernel(c: &mut Check<'_>, k: Option<&crate::raw::RawKernel>) -> Option<KernelConfig> {
+    let mode = c.optional(&k.and_then(|k| k.mode.clone()), "kernel.mode", KernelMode::Off, |m| match m.as_str() {
+        "off" => Ok(KernelMode::Off),
+        "ebpf" => Ok(KernelMode::Ebpf),
+        o => Err(format!("{o:?} is not one of off, ebpf")),
+    });
+    let cgroup = c.optional(&k.and_then(|k| k.cgroup.clone()), "kernel.cgroup", "weir".to_owned(), |g| {
+        let g = g.trim_matches('/');
+        if g.is_empty() || g.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+            Err(format!("{g:?} is not a cgroup below the root (the root cgroup is never used)"))
+        } else {
+            Ok(g.to_owned())
+        }
+    });
+    let pin_dir =
+        c.optional(&k.and_then(|k| k.pin_dir.clone()), "kernel.pin_dir", PathBuf::from("/sys/fs/bpf/weir"), |p| {
+            let p = PathBuf::from(p);
+            if p.is_absolute() && p.parent().is_some_and(|d| d != std::path::Path::new("/")) {
+                Ok(p)
+            } else {
+                Err(format!("{} is not an absolute folder on bpffs", p.display()))
+            }
+        });
+    let capture_listen = c.optional(
+        &k.and_then(|k| k.capture_listen.clone()),
+        "kernel.capture_listen",
+        SocketAddr::from(([127, 0, 0, 1], 15006)),
+        |a| match addr(a)? {
+            SocketAddr::V4(v4) if v4.port() != 0 => Ok(SocketAddr::V4(v4)),
+            _ => Err(format!("{a:?} must be an IPv4 address with a port (IPv6 uses [::1] and the same port)")),
+        },
+    );
+    Some(KernelConfig { mode: mode?, cgroup: cgroup?, pin_dir: pin_dir?, capture_listen: capture_listen? })
+}
+
+fn workload(
+    c: &mut Check<'_>,
+    n: usize,
+    w: &crate::raw::RawWorkload,
+    td: Option<&str>,
+    ns: Option<&str>,
+) -> Option<WorkloadConfig> {
+    let p = |f: &str| format!("workloads[{n}].{f}");
+    let name = c.required(&w.name, &p("name"), |s| {
+        if !s.is_empty()
+            && s.len() <= 64
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && s != "."
+            && s != ".."
+        {
+            Ok(s.clone())
+        } else {
+            Err(format!("{s:?} is not a workload name (1-64 of A-Z a-z 0-9 - _ .)"))
+        }
+    });
+    let sa = c.required(&w.service_account, &p("service_account"), |s| Ok(s.clone()));
+    let deny: Vec<_> = w
+        .deny
+        .iter()
+        .enumerate()
+        .map(|(k, r)| c.value(r, &p(&format!("deny[{k}]")), |s| weir_policy::DenyRule::parse(s)))
+        .collect();
+    if w.deny.len() > MAX_RULES {
+        c.error(&p("deny"), None, format!("{} rules: the kernel maps hold {MAX_RULES}", w.deny.len()));
+    }
+    let max = c.optional(&w.max_connections, &p("max_connections"), 0, ranged(0, 1_000_000));
+    let id = match (td, ns, &sa) {
+        (Some(td), Some(ns), Some(sa)) => match SpiffeId::workload(td, ns, sa) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                c.error(
+                    &p("service_account"),
+                    w.service_account.as_ref().map(|s| s.span().start),
+                    format!("{sa:?} does not make a SPIFFE ID: {e}"),
+                );
+                None
+            }
+        },
+        _ => None,
+    };
+    Some(WorkloadConfig {
+        name: name?,
+        id: id?,
+        l4: weir_policy::WorkloadL4 { deny: deny.into_iter().collect::<Option<_>>()?, max_connections: max? as u32 },
+    })
 }

@@ -4,6 +4,7 @@
 mod bench;
 mod ca;
 mod demo;
+mod exec;
 mod local_mesh;
 mod logging;
 mod run;
@@ -49,6 +50,14 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Benchmark the hop against haproxy and no mesh, side by side (figures, not tests).
     Bench(bench::BenchArgs),
+    /// Start a command inside a workload's cgroup (captured and policed by the kernel path).
+    Exec(exec::ExecArgs),
+    /// Remove everything the kernel path attached and pinned (after a crash, or to uninstall).
+    EbpfDetach {
+        /// The node's configuration (the embedded default when absent).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Print the version.
     Version,
 }
@@ -86,11 +95,35 @@ fn main() -> ExitCode {
             logging::init_cli();
             report(bench::run(args))
         }
+        Command::Exec(args) => {
+            logging::init_cli();
+            report(exec::run(args))
+        }
+        Command::EbpfDetach { config } => {
+            logging::init_cli();
+            report(ebpf_detach(config))
+        }
         Command::Version => {
             println!("weir {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
     }
+}
+
+/// Adopts whatever a previous `weir run` left pinned, then detaches and unpins it.
+fn ebpf_detach(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = match &config {
+        Some(p) => weir_config::load(p).map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => weir_config::default_config(),
+    };
+    if !config.kernel.pin_dir.exists() {
+        println!("nothing pinned at {}", config.kernel.pin_dir.display());
+        return Ok(());
+    }
+    let opts = weir_ebpf::Options { cgroup: config.kernel.cgroup.clone(), pin_dir: config.kernel.pin_dir.clone() };
+    weir_ebpf::KernelPath::start(&opts)?.detach()?;
+    println!("detached; removed {}", config.kernel.pin_dir.display());
+    Ok(())
 }
 
 fn report(r: anyhow::Result<()>) -> ExitCode {

@@ -1,0 +1,64 @@
+//! The capture listener: connections the eBPF programs redirected from workload cgroups. The
+//! kernel recorded each one's original destination and workload; this recovers them, checks
+//! the workload's L4 rules again (defence in depth), and carries the connection like an
+//! outbound one, presenting the workload's own SVID.
+use crate::conn::{Refusal, Shared};
+use crate::outbound;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::{TcpListener, TcpStream};
+
+/// Accepts captured connections until the task is aborted.
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((app, from)) => {
+                let shared = shared.clone();
+                tokio::spawn(async move { handle(app, from, &shared).await });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "capture accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn handle(app: TcpStream, from: SocketAddr, shared: &Shared) {
+    let id = shared.next_id();
+    let _ = app.set_nodelay(true);
+    let found =
+        shared.kernel.lock().unwrap_or_else(|p| p.into_inner()).as_mut().map(|k| k.take_original_destination(from));
+    let (workload, dst) = match found {
+        Some(Ok(Some(found))) => found,
+        Some(Ok(None)) | None => {
+            return outbound::refuse_app(app, shared, id, Refusal::NoOriginalDestination, &format_args!("from {from}"));
+        }
+        Some(Err(e)) => return outbound::refuse_app(app, shared, id, Refusal::NoOriginalDestination, &e),
+    };
+    let Some(w) = shared.workloads.get(&workload) else {
+        return outbound::refuse_app(
+            app,
+            shared,
+            id,
+            Refusal::NoOriginalDestination,
+            &format_args!("unknown workload {workload}"),
+        );
+    };
+    if w.l4.denies(dst) {
+        // The kernel should have refused this connect(): a rule changed in between, or the
+        // programs are not the ones this config compiled. Refuse here too.
+        return outbound::refuse_app(app, shared, id, Refusal::L4Denied, &format_args!("{} -> {dst}", w.name));
+    }
+    let Some(route) = shared.captured.get(&dst) else {
+        return outbound::refuse_app(
+            app,
+            shared,
+            id,
+            Refusal::NoOriginalDestination,
+            &format_args!("{dst} is not a captured service"),
+        );
+    };
+    tracing::debug!(conn = id, workload = w.name, %dst, service = route.service, "captured connection");
+    outbound::handle(app, route, &w.tls, shared).await;
+}

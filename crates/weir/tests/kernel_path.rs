@@ -1,0 +1,190 @@
+//! The kernel path end to end on this host kernel, as root: a process started with
+//! `weir exec` reaches mesh services through eBPF capture (raw TCP and curl), the server node
+//! sees the workload's own SPIFFE ID, deny rules refuse `connect()` with no packet sent, and a
+//! clean stop leaves nothing attached.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const TD: &str = "weir.local";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Echo backend (raw TCP).
+async fn echo() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    a
+}
+
+/// HTTP/1.0 backend: answers every request with a fixed body and closes.
+async fn http() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 14\r\n\r\nhello via weir").await;
+            });
+        }
+    });
+    a
+}
+
+fn weir_exec(config: &std::path::Path, workload: &str, script: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["exec", "--config", config.to_str().unwrap(), "--workload", workload, "--", "bash", "-c", script])
+        .output()
+        .expect("run weir exec");
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)).trim().to_owned()
+}
+
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|w| l.contains(w)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Removes pins and cgroups if the test fails before the node's clean stop.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/{}", self.0));
+        if let Ok(root) = weir_ebpf::cgroup::v2_root() {
+            let _ = weir_ebpf::cgroup::remove(&root.join(&self.0).join("web"));
+            let _ = weir_ebpf::cgroup::remove(&root.join(&self.0));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_capture_identity_deny_and_clean_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    weir_identity::Ca::init(&ca_dir, TD).unwrap();
+    let (echo, http) = (echo().await, http().await);
+    let web = format!("spiffe://{TD}/ns/test/sa/web");
+    let common = |sa: &str| {
+        format!("trust_domain = \"{TD}\"\n[identity]\nnamespace = \"test\"\nservice_account = \"{sa}\"\nca_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[ktls]\nmode = \"off\"\n", ca_dir.display())
+    };
+    let server_cfg = format!(
+        "{}[inbound]\nlisten = \"127.0.0.1:0\"\n[[inbound.services]]\nname = \"echo\"\nbackend = \"{echo}\"\nallow = [\"{web}\"]\n[[inbound.services]]\nname = \"http\"\nbackend = \"{http}\"\nallow = [\"{web}\"]\n",
+        common("server")
+    );
+    let server =
+        weir_app::Node::start(weir_config::parse(&server_cfg, "server.toml").unwrap()).await.expect("server node");
+    let inbound = server.inbound_addr().unwrap();
+
+    let tag = format!("weir-it-{}", std::process::id());
+    let _cleanup = Cleanup(tag.clone());
+    let blocked = free_port();
+    let blocked_listener = std::net::TcpListener::bind(("127.0.0.1", blocked)).unwrap();
+    let client_cfg = format!(
+        "{}[kernel]\nmode = \"ebpf\"\ncgroup = \"{tag}\"\npin_dir = \"/sys/fs/bpf/{tag}\"\ncapture_listen = \"127.0.0.1:{}\"\n\
+         [[workloads]]\nname = \"web\"\nservice_account = \"web\"\ndeny = [\"127.0.0.1:{blocked}\"]\nmax_connections = 50\n\
+         [[outbound]]\nservice = \"echo\"\npeer = \"{inbound}\"\npeer_id = \"spiffe://{TD}/ns/test/sa/server\"\ncapture = [\"127.0.0.77:7\", \"[::ffff:127.0.0.78]:7\"]\n\
+         [[outbound]]\nservice = \"http\"\npeer = \"{inbound}\"\npeer_id = \"spiffe://{TD}/ns/test/sa/server\"\ncapture = [\"127.0.0.77:80\"]\n",
+        common("client"),
+        free_port()
+    );
+    let client_path = dir.path().join("client.toml");
+    std::fs::write(&client_path, &client_cfg).unwrap();
+    let client = weir_app::Node::start(weir_config::load(&client_path).unwrap())
+        .await
+        .expect("client node with the kernel path");
+
+    let cfg = client_path.clone();
+    let raw = tokio::task::spawn_blocking(move || {
+        weir_exec(
+            &cfg,
+            "web",
+            "exec 3<>/dev/tcp/127.0.0.77/7 && printf 'mesh-bytes-0123456789' >&3 && timeout 5 head -c 21 <&3",
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(raw, "mesh-bytes-0123456789", "raw TCP through capture, byte-exact");
+
+    let cfg = client_path.clone();
+    let curl = tokio::task::spawn_blocking(move || weir_exec(&cfg, "web", "curl -s --max-time 5 http://127.0.0.77/"))
+        .await
+        .unwrap();
+    assert_eq!(curl, "hello via weir", "curl through capture");
+
+    let cfg = client_path.clone();
+    let mapped = tokio::task::spawn_blocking(move || {
+        weir_exec(&cfg, "web", "exec 3<>/dev/tcp/::ffff:127.0.0.78/7 && printf 'v6' >&3 && timeout 5 head -c 2 <&3")
+    })
+    .await
+    .unwrap();
+    assert_eq!(mapped, "v6", "IPv4-mapped IPv6 destination captured like IPv4");
+
+    // Deny: connect() fails in the kernel, and no SYN reaches the wire.
+    let pcap = dir.path().join("deny.pcap");
+    let mut dump = Command::new("tcpdump")
+        .args(["-i", "lo", "--immediate-mode", "-U", "-w", pcap.to_str().unwrap(), "tcp", "port", &blocked.to_string()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tcpdump");
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(dump.stderr.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.contains("listening"), "tcpdump: {line}");
+    }
+    let cfg = client_path.clone();
+    let denied = tokio::task::spawn_blocking(move || {
+        weir_exec(&cfg, "web", &format!("exec 3<>/dev/tcp/127.0.0.1/{blocked} && echo CONNECTED"))
+    })
+    .await
+    .unwrap();
+    assert!(denied.contains("Operation not permitted"), "denied connect fails in connect(): {denied}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Command::new("kill").args(["-INT", &dump.id().to_string()]).status().unwrap();
+    let out = dump.wait_with_output().unwrap();
+    let captured = std::fs::read(&pcap).unwrap();
+    assert_eq!(
+        captured.len(),
+        24,
+        "the capture holds only its header: no packet was sent ({})",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(blocked_listener);
+
+    let s = server.metrics_text();
+    assert_eq!(
+        metric(&s, "weir_connections_opened_total", &[&format!("peer=\"{web}\"")]),
+        3.0,
+        "the server saw the workload's own identity:\n{s}"
+    );
+
+    client.shutdown(Duration::from_secs(5)).await;
+    assert!(!std::path::Path::new(&format!("/sys/fs/bpf/{tag}")).exists(), "a clean stop removes the pins");
+    let root = weir_ebpf::cgroup::v2_root().unwrap();
+    assert!(!root.join(&tag).exists(), "a clean stop removes Weir's cgroups");
+}
