@@ -42,6 +42,7 @@ fn route(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Full
             r
         }
         "/status" => text(StatusCode::OK, status_json(shared)),
+        "/kernel/connections" => text(StatusCode::OK, crate::kernel_facts::connections_json(shared)),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }
 }
@@ -65,6 +66,7 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 /// Refreshes the gauges read from identity state, then encodes every metric.
 pub(crate) fn metrics_text(shared: &Shared) -> String {
     let m = &shared.metrics;
+    crate::kernel_facts::fold(shared, &mut shared.kernel_reported.lock().unwrap_or_else(|p| p.into_inner()));
     let svid = shared.store.current();
     let expiry = svid.not_after.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     m.svid_expiry_seconds.set(i64::try_from(expiry).unwrap_or(i64::MAX));

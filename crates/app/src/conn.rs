@@ -28,6 +28,8 @@ pub(crate) struct Shared {
     pub kernel: std::sync::Mutex<Option<weir_ebpf::KernelPath>>,
     /// Workloads by kernel id.
     pub workloads: std::collections::HashMap<u32, Workload>,
+    /// Cookies of closed kernel connections already folded into metrics.
+    pub kernel_reported: std::sync::Mutex<std::collections::HashSet<u64>>,
     /// Captured service address -> the route that serves it.
     pub captured: std::collections::HashMap<std::net::SocketAddr, Arc<weir_config::OutboundRoute>>,
 }
@@ -61,6 +63,7 @@ impl Shared {
             open: AtomicI64::new(0),
             kernel: std::sync::Mutex::new(None),
             workloads: std::collections::HashMap::new(),
+            kernel_reported: std::sync::Mutex::new(std::collections::HashSet::new()),
             captured: std::collections::HashMap::new(),
         }
     }

@@ -11,6 +11,7 @@ mod admin;
 mod capture;
 mod conn;
 mod inbound;
+mod kernel_facts;
 mod node;
 mod outbound;
 

@@ -153,6 +153,9 @@ impl Node {
         for l in capture_listeners {
             tasks.push(tokio::spawn(capture::serve(l, shared.clone())));
         }
+        if config.kernel.mode == KernelMode::Ebpf {
+            tasks.push(tokio::spawn(crate::kernel_facts::collect(shared.clone())));
+        }
 
         let admin_listener = bind("admin", config.admin).await?;
         let admin_addr = local_addr(&admin_listener, config.admin);

@@ -9,6 +9,7 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Which listener a connection came through.
@@ -98,9 +99,70 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// Labels carrying a workload name.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkloadLabels {
+    /// Workload name (bounded by the config).
+    pub workload: String,
+}
+
+/// Labels of kernel-refused connects.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KernelRefusedLabels {
+    /// `deny` (a rule) or `limit` (the connection limit).
+    pub reason: &'static str,
+}
+
+/// Labels of kernel byte counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KernelBytesLabels {
+    /// Workload name.
+    pub workload: String,
+    /// `acked` (sent and acknowledged) or `received`.
+    pub direction: &'static str,
+}
+
+fn rtt_histogram() -> Histogram {
+    // 50 us .. ~3.3 s, doubling.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(50.0, 2.0, 17))
+}
+
+/// Metrics from the eBPF kernel path (sockops facts of workload connections, connect()
+/// verdicts). Connection facts are folded in when a connection closes.
+#[derive(Debug)]
+pub struct KernelMetrics {
+    /// Smoothed RTT at close, per workload connection.
+    pub srtt_us: Family<WorkloadLabels, Histogram, fn() -> Histogram>,
+    /// Retransmitted segments of closed connections.
+    pub retransmits: Family<WorkloadLabels, Counter>,
+    /// Bytes of closed connections.
+    pub bytes: Family<KernelBytesLabels, Counter>,
+    /// Connections open now, as the kernel counts them for the limit.
+    pub open: Family<WorkloadLabels, Gauge>,
+    /// connect() calls refused in the kernel.
+    pub refused: Family<KernelRefusedLabels, Counter>,
+    /// Connections captured to this node.
+    pub captured: Counter,
+}
+
+impl Default for KernelMetrics {
+    fn default() -> Self {
+        Self {
+            srtt_us: Family::new_with_constructor(rtt_histogram),
+            retransmits: Family::default(),
+            bytes: Family::default(),
+            open: Family::default(),
+            refused: Family::default(),
+            captured: Counter::default(),
+        }
+    }
+}
+
 /// Every metric of a node.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// The eBPF kernel path's metrics (empty when it does not run).
+    pub kernel: KernelMetrics,
     /// Connections opened (handshake and authorization passed).
     pub opened: Family<ConnLabels, Counter>,
     /// Connections closed, by outcome.
@@ -149,6 +211,21 @@ impl Metrics {
             "Unix time the current SVID expires",
             self.svid_expiry_seconds.clone(),
         );
+        let k = &self.kernel;
+        r.register(
+            "kernel_tcp_srtt_microseconds",
+            "Smoothed RTT of workload connections at close (sockops)",
+            k.srtt_us.clone(),
+        );
+        r.register(
+            "kernel_tcp_retransmits",
+            "Retransmitted segments of closed workload connections (sockops)",
+            k.retransmits.clone(),
+        );
+        r.register("kernel_tcp_bytes", "Bytes of closed workload connections (sockops)", k.bytes.clone());
+        r.register("kernel_tcp_connections_open", "Workload connections open now (kernel count)", k.open.clone());
+        r.register("kernel_connect_refused", "connect() calls refused in the kernel, by reason", k.refused.clone());
+        r.register("kernel_captured", "Workload connections captured to this node", k.captured.clone());
         r
     }
 

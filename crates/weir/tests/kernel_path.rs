@@ -188,3 +188,108 @@ async fn exec_capture_identity_deny_and_clean_stop() {
     let root = weir_ebpf::cgroup::v2_root().unwrap();
     assert!(!root.join(&tag).exists(), "a clean stop removes Weir's cgroups");
 }
+
+/// A network namespace joined to this one by a veth pair, torn down on drop.
+struct LossyPeer {
+    ns: String,
+}
+
+impl LossyPeer {
+    /// Peer at 10.201.<n>.2 behind a veth whose host end has a tbf queue; `loss_pct` of the
+    /// packets sent to it are dropped by nftables (there is no netem here).
+    fn new(n: u8, loss_pct: u32) -> Self {
+        let id = std::process::id() % 100_000;
+        let (ns, host_if, peer_if, table) =
+            (format!("weirloss{id}"), format!("wlh{id}"), format!("wlp{id}"), format!("weirloss{id}"));
+        let sh = |cmd: &str| {
+            let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
+            assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let me = Self { ns: ns.clone() };
+        sh(&format!("ip netns add {ns}"));
+        sh(&format!("ip link add {host_if} type veth peer name {peer_if}"));
+        sh(&format!("ip link set {peer_if} netns {ns}"));
+        sh(&format!("ip addr add 10.201.{n}.1/24 dev {host_if} && ip link set {host_if} up"));
+        sh(&format!("nsenter --net=/run/netns/{ns} sh -c 'ip addr add 10.201.{n}.2/24 dev {peer_if} && ip link set {peer_if} up && ip link set lo up'"));
+        sh(&format!("tc qdisc add dev {host_if} root tbf rate 40mbit burst 32kb latency 200ms"));
+        // Dropped on arrival in the peer's namespace: a drop in our own OUTPUT hook would be a
+        // local send failure, which TCP does not count as a retransmission.
+        sh(&format!(
+            "nsenter --net=/run/netns/{ns} sh -c \"nft add table inet {table} && nft add chain inet {table} in '{{ type filter hook input priority 0; }}' && \
+             nft add rule inet {table} in tcp dport 9000 numgen random mod 100 '<' {loss_pct} drop\""
+        ));
+        me
+    }
+
+    /// A sink on 10.201.<n>.2:9000 in the namespace that reads one connection to its end.
+    fn sink(&self, n: u8) -> std::process::Child {
+        let py = format!(
+            "import socket\ns=socket.socket()\ns.bind(('10.201.{n}.2',9000))\ns.listen()\nprint('ready',flush=True)\nc,_=s.accept()\nt=0\nwhile True:\n  d=c.recv(65536)\n  if not d: break\n  t+=len(d)\nprint(t,flush=True)\n"
+        );
+        let mut child = Command::new("nsenter")
+            .args([&format!("--net=/run/netns/{}", self.ns), "python3", "-c", &py])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 sink in the namespace");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+        child
+    }
+}
+
+impl Drop for LossyPeer {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "delete", &self.ns]).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l4_telemetry_under_loss_shows_retransmits_and_rtt_rise() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    weir_identity::Ca::init(&ca_dir, TD).unwrap();
+    let tag = format!("weir-loss-{}", std::process::id());
+    let _cleanup = Cleanup(tag.clone());
+    let cfg = format!(
+        "trust_domain = \"{TD}\"\n[identity]\nnamespace = \"test\"\nservice_account = \"node\"\nca_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [kernel]\nmode = \"ebpf\"\ncgroup = \"{tag}\"\npin_dir = \"/sys/fs/bpf/{tag}\"\ncapture_listen = \"127.0.0.1:{}\"\n\
+         [[workloads]]\nname = \"web\"\nservice_account = \"web\"\n",
+        ca_dir.display(),
+        free_port()
+    );
+    let path = dir.path().join("node.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let node = weir_app::Node::start(weir_config::load(&path).unwrap()).await.expect("node with the kernel path");
+
+    let peer = LossyPeer::new(7, 5);
+    let sink = peer.sink(7);
+    let cfg = path.clone();
+    let sent = tokio::task::spawn_blocking(move || {
+        weir_exec(&cfg, "web", "head -c 6000000 /dev/zero > /dev/tcp/10.201.7.2/9000 && echo SENT")
+    })
+    .await
+    .unwrap();
+    assert_eq!(sent, "SENT");
+    let out = sink.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "6000000", "the sink got every byte despite the loss");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let m = node.metrics_text();
+    let retrans = metric(&m, "weir_kernel_tcp_retransmits_total", &["workload=\"web\""]);
+    assert!(retrans > 0.0, "retransmits visible for the workload under 5% loss:\n{m}");
+    assert!(
+        metric(&m, "weir_kernel_tcp_bytes_total", &["workload=\"web\"", "direction=\"acked\""]) >= 6_000_000.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "weir_kernel_tcp_srtt_microseconds_count", &["workload=\"web\""]),
+        1.0,
+        "one closed connection observed:\n{m}"
+    );
+    // Loopback RTT is tens of microseconds; the tbf queue behind the veth pushes it to
+    // milliseconds under a bulk send.
+    let srtt = metric(&m, "weir_kernel_tcp_srtt_microseconds_sum", &["workload=\"web\""]);
+    assert!(srtt > 1000.0, "RTT rise visible: srtt at close {srtt} us");
+    node.shutdown(Duration::from_secs(5)).await;
+}

@@ -1,0 +1,81 @@
+//! Off the data path, once a second: reads the kernel path's per-connection facts and
+//! counters and folds them into metrics (each closed connection exactly once).
+use crate::conn::Shared;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use weir_telemetry::{KernelBytesLabels, KernelRefusedLabels, WorkloadLabels};
+
+const TCP_CLOSE: u32 = 7;
+
+/// Runs until the task is aborted.
+pub(crate) async fn collect(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        fold(&shared, &mut shared.kernel_reported.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
+/// One pass; public to the crate so a scrape can force it.
+pub(crate) fn fold(shared: &Shared, reported: &mut HashSet<u64>) {
+    let mut guard = shared.kernel.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(kernel) = guard.as_mut() else { return };
+    let k = &shared.metrics.kernel;
+    let name = |id: u32| shared.workloads.get(&id).map_or_else(|| "none".to_owned(), |w| w.name.clone());
+    match kernel.connections() {
+        Ok(conns) => {
+            let present: HashSet<u64> = conns.iter().map(|c| c.cookie).collect();
+            for c in conns.iter().filter(|c| c.state == TCP_CLOSE && c.workload != 0) {
+                if !reported.insert(c.cookie) {
+                    continue;
+                }
+                let workload = name(c.workload);
+                k.srtt_us.get_or_create(&WorkloadLabels { workload: workload.clone() }).observe(f64::from(c.srtt_us.0));
+                k.retransmits
+                    .get_or_create(&WorkloadLabels { workload: workload.clone() })
+                    .inc_by(u64::from(c.retransmits));
+                k.bytes
+                    .get_or_create(&KernelBytesLabels { workload: workload.clone(), direction: "acked" })
+                    .inc_by(c.bytes_acked);
+                k.bytes.get_or_create(&KernelBytesLabels { workload, direction: "received" }).inc_by(c.bytes_received);
+            }
+            // Entries the LRU map dropped can never be reported twice: forget them.
+            reported.retain(|c| present.contains(c));
+        }
+        Err(e) => tracing::warn!(error = %e, "reading kernel connection facts"),
+    }
+    for id in shared.workloads.keys() {
+        if let Ok(n) = kernel.open_connections(*id) {
+            k.open.get_or_create(&WorkloadLabels { workload: name(*id) }).set(n);
+        }
+    }
+    if let Ok(c) = kernel.counters() {
+        // Kernel counters are totals: bring ours level with them.
+        for (reason, total) in [("deny", c.denied), ("limit", c.limited)] {
+            let counter = k.refused.get_or_create(&KernelRefusedLabels { reason });
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+        k.captured.inc_by(c.captured.saturating_sub(k.captured.get()));
+    }
+}
+
+/// The kernel's facts about open and recently closed workload connections, as JSON lines for
+/// `/kernel/connections`.
+pub(crate) fn connections_json(shared: &Shared) -> String {
+    let mut guard = shared.kernel.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(kernel) = guard.as_mut() else { return "kernel path off\n".into() };
+    let conns = kernel.connections().unwrap_or_default();
+    let mut out = String::new();
+    for c in conns.iter().filter(|c| c.workload != 0) {
+        let workload = shared.workloads.get(&c.workload).map_or("none", |w| w.name.as_str());
+        let line = serde_json::json!({
+            "cookie": c.cookie, "workload": workload, "local": c.local.to_string(), "remote": c.remote.to_string(),
+            "srtt_us": c.srtt_us.0, "min_srtt_us": c.srtt_us.1, "max_srtt_us": c.srtt_us.2,
+            "retransmits": c.retransmits, "bytes_acked": c.bytes_acked, "bytes_received": c.bytes_received, "state": c.state,
+        });
+        out.push_str(&line.to_string());
+        out.push('\n');
+    }
+    out
+}
