@@ -45,7 +45,7 @@ async fn handle(app: TcpStream, from: SocketAddr, shared: &Shared) {
             &format_args!("unknown workload {workload}"),
         );
     };
-    if w.l4.denies(dst) {
+    if w.l4.read().unwrap_or_else(|p| p.into_inner()).denies(dst) {
         // The kernel should have refused this connect(): a rule changed in between, or the
         // programs are not the ones this config compiled. Refuse here too.
         return outbound::refuse_app(app, shared, id, Refusal::L4Denied, &format_args!("{} -> {dst}", w.name));

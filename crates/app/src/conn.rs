@@ -19,7 +19,8 @@ pub(crate) struct Shared {
     pub store: Arc<SvidStore>,
     pub ktls: Support,
     pub limits: weir_forward::Limits,
-    pub policy: InboundPolicy,
+    /// Inbound allow-lists (swapped on reload).
+    pub policy: std::sync::RwLock<InboundPolicy>,
     pub handshake_timeout: Duration,
     next_id: AtomicU64,
     /// Mesh connections open now (all listeners), for graceful shutdown.
@@ -37,7 +38,8 @@ pub(crate) struct Shared {
 /// A workload at run time: its rules and its own identity.
 pub(crate) struct Workload {
     pub name: String,
-    pub l4: weir_policy::WorkloadL4,
+    /// L4 rules, re-checked on captured connections (swapped on reload).
+    pub l4: std::sync::RwLock<weir_policy::WorkloadL4>,
     pub tls: Arc<TlsConfigs>,
     pub store: Arc<SvidStore>,
 }
@@ -57,7 +59,7 @@ impl Shared {
             store,
             ktls,
             limits,
-            policy,
+            policy: std::sync::RwLock::new(policy),
             handshake_timeout,
             next_id: AtomicU64::new(1),
             open: AtomicI64::new(0),

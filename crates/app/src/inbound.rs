@@ -83,7 +83,8 @@ where
         let peer = weir_tls::peer_spiffe_id(tls.get_ref().1)
             .ok_or((Refusal::NoSpiffeId, "client certificate has no SPIFFE ID".to_owned()))?;
         let request = read_request(&mut tls).await.map_err(|e| (Refusal::PreambleMalformed, format!("{peer}: {e}")))?;
-        let (status, refusal) = match shared.policy.authorize(&request.service, &peer) {
+        let decision = shared.policy.read().unwrap_or_else(|p| p.into_inner()).authorize(&request.service, &peer);
+        let (status, refusal) = match decision {
             Decision::Allow => (Status::Ok, None),
             Decision::Deny(DenyReason::UnknownService) => (Status::UnknownService, Some(Refusal::UnknownService)),
             Decision::Deny(DenyReason::NotAllowed) => (Status::Denied, Some(Refusal::NotAllowed)),

@@ -15,6 +15,7 @@ use weir_tls::TlsConfigs;
 
 /// A running node. Dropping it stops its listeners (open connections end with the runtime).
 pub struct Node {
+    config: Config,
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
     inbound_addr: Option<SocketAddr>,
@@ -32,7 +33,10 @@ pub enum StartError {
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
     /// The eBPF kernel path could not start: never run silently unenforced.
-    #[error("kernel path: {0}")]
+    #[error(
+        "kernel path: {0} (it needs root, or CAP_BPF + CAP_NET_ADMIN + CAP_SYS_ADMIN, with cgroup v2 and bpffs; \
+         set kernel.mode = \"off\" to run with explicit listeners only)"
+    )]
     Kernel(#[from] weir_ebpf::Error),
     /// A listener could not bind.
     #[error("cannot listen for {what} on {addr}: {source}")]
@@ -78,11 +82,10 @@ impl Node {
         };
         let tls = Arc::new(TlsConfigs::new(svid, &store.bundle(), suites, suites.is_some())?);
 
-        let mut policy = InboundPolicy::default();
+        let policy = inbound_policy(&config);
         let mut backends = inbound::Backends::new();
         let handshake_timeout = config.inbound.as_ref().map_or(Duration::from_secs(10), |i| i.handshake_timeout);
         for s in config.inbound.iter().flat_map(|i| &i.services) {
-            policy.allow(&s.name, s.allow.iter().cloned());
             backends.insert(s.name.clone(), s.backend);
         }
         let limits = weir_forward::Limits { max_session_bytes: config.ktls.max_session_bytes, ..Default::default() };
@@ -102,14 +105,17 @@ impl Node {
                 let wtls = Arc::new(TlsConfigs::new(wstore.current(), &wstore.bundle(), suites, suites.is_some())?);
                 tasks.push(tokio::spawn(wstore.clone().run_rotation()));
                 tasks.push(tokio::spawn(wtls.clone().follow(wstore.clone())));
-                let workload = Workload { name: w.name.clone(), l4: w.l4.clone(), tls: wtls, store: wstore };
+                let workload = Workload {
+                    name: w.name.clone(),
+                    l4: std::sync::RwLock::new(w.l4.clone()),
+                    tls: wtls,
+                    store: wstore,
+                };
                 shared.workloads.insert(n as u32 + 1, workload);
             }
-            let mut services = Vec::new();
-            for (n, route) in config.outbound.iter().enumerate() {
+            for route in &config.outbound {
                 let route = Arc::new(route.clone());
                 for dst in &route.capture {
-                    services.push((*dst, n as u32));
                     shared.captured.insert(*dst, route.clone());
                 }
             }
@@ -122,21 +128,7 @@ impl Node {
                     tracing::warn!(error = %e, addr = %v6, "no IPv6 capture listener: captured IPv6 connections will be refused")
                 }
             }
-            let plan = weir_ebpf::Plan {
-                workloads: config
-                    .workloads
-                    .iter()
-                    .enumerate()
-                    .map(|(n, w)| weir_ebpf::WorkloadPlan { id: n as u32 + 1, name: w.name.clone(), l4: w.l4.clone() })
-                    .collect(),
-                services,
-                capture: match v4 {
-                    SocketAddr::V4(a) => {
-                        Some(weir_ebpf::Capture { v4: *a.ip(), v6: std::net::Ipv6Addr::LOCALHOST, port: a.port() })
-                    }
-                    SocketAddr::V6(_) => None,
-                },
-            };
+            let plan = kernel_plan(&config);
             let opts =
                 weir_ebpf::Options { cgroup: config.kernel.cgroup.clone(), pin_dir: config.kernel.pin_dir.clone() };
             let mut kernel = weir_ebpf::KernelPath::start(&opts)?;
@@ -175,7 +167,7 @@ impl Node {
             tasks.push(tokio::spawn(outbound::serve(l, Arc::new(route.clone()), shared.clone())));
         }
         tracing::info!(node = config.node_name, admin = %admin_addr, inbound = ?inbound_addr, outbound = ?outbound_addrs, "node ready");
-        Ok(Self { shared, tasks, inbound_addr, outbound_addrs, admin_addr })
+        Ok(Self { config, shared, tasks, inbound_addr, outbound_addrs, admin_addr })
     }
 
     /// Where the inbound listener is bound.
@@ -208,6 +200,59 @@ impl Node {
         admin::active_connections(&self.shared)
     }
 
+    /// Applies what can change while running: inbound allow-lists and workloads' L4 rules
+    /// (kernel maps are updated in place: no re-attach, open connections stay). Anything else
+    /// that differs (listeners, routes, services, workloads, identity) is refused with the
+    /// reason, and the running configuration stays as it was.
+    pub fn reload(&self, new: &Config) -> Result<(), String> {
+        let old = &self.config;
+        let names = |c: &Config| c.workloads.iter().map(|w| w.name.clone()).collect::<Vec<_>>();
+        let services = |c: &Config| {
+            c.inbound.as_ref().map(|i| i.services.iter().map(|s| (s.name.clone(), s.backend)).collect::<Vec<_>>())
+        };
+        let routes = |c: &Config| {
+            c.outbound
+                .iter()
+                .map(|r| (r.listen, r.capture.clone(), r.service.clone(), r.peer, r.peer_id.clone()))
+                .collect::<Vec<_>>()
+        };
+        let mut needs_restart = Vec::new();
+        if names(old) != names(new) {
+            needs_restart.push("workloads (added, removed or renamed)");
+        }
+        if services(old) != services(new)
+            || old.inbound.as_ref().map(|i| i.listen) != new.inbound.as_ref().map(|i| i.listen)
+        {
+            needs_restart.push("inbound listener or services");
+        }
+        if routes(old) != routes(new) {
+            needs_restart.push("outbound routes");
+        }
+        if old.kernel.mode != new.kernel.mode
+            || old.kernel.cgroup != new.kernel.cgroup
+            || old.kernel.pin_dir != new.kernel.pin_dir
+        {
+            needs_restart.push("kernel");
+        }
+        if old.identity.id != new.identity.id || old.admin != new.admin {
+            needs_restart.push("identity or admin");
+        }
+        if !needs_restart.is_empty() {
+            return Err(format!("changes to {} need a restart; nothing was applied", needs_restart.join(", ")));
+        }
+        if let Some(k) = self.shared.kernel.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            k.apply(&kernel_plan(new)).map_err(|e| e.to_string())?;
+        }
+        for (n, w) in new.workloads.iter().enumerate() {
+            if let Some(run) = self.shared.workloads.get(&(n as u32 + 1)) {
+                *run.l4.write().unwrap_or_else(|p| p.into_inner()) = w.l4.clone();
+            }
+        }
+        *self.shared.policy.write().unwrap_or_else(|p| p.into_inner()) = inbound_policy(new);
+        tracing::info!("configuration reloaded: allow-lists and L4 rules applied");
+        Ok(())
+    }
+
     /// Stops accepting, then waits up to `grace` for open connections to finish.
     pub async fn shutdown(mut self, grace: Duration) {
         for t in self.tasks.drain(..) {
@@ -233,6 +278,39 @@ impl Drop for Node {
             t.abort();
         }
     }
+}
+
+/// What the kernel path enforces for `config`: workloads (ids from 1, in config order), their
+/// rules, and the captured services.
+fn kernel_plan(config: &Config) -> weir_ebpf::Plan {
+    let workloads = config
+        .workloads
+        .iter()
+        .enumerate()
+        .map(|(n, w)| weir_ebpf::WorkloadPlan { id: n as u32 + 1, name: w.name.clone(), l4: w.l4.clone() })
+        .collect();
+    let services = config
+        .outbound
+        .iter()
+        .enumerate()
+        .flat_map(|(n, r)| r.capture.iter().map(move |dst| (*dst, n as u32)))
+        .collect();
+    let capture = match config.kernel.capture_listen {
+        SocketAddr::V4(a) => {
+            Some(weir_ebpf::Capture { v4: *a.ip(), v6: std::net::Ipv6Addr::LOCALHOST, port: a.port() })
+        }
+        SocketAddr::V6(_) => None,
+    };
+    weir_ebpf::Plan { workloads, services, capture }
+}
+
+/// Inbound allow-lists from `config` (default deny).
+fn inbound_policy(config: &Config) -> InboundPolicy {
+    let mut policy = InboundPolicy::default();
+    for s in config.inbound.iter().flat_map(|i| &i.services) {
+        policy.allow(&s.name, s.allow.iter().cloned());
+    }
+    policy
 }
 
 fn local_addr(l: &TcpListener, fallback: SocketAddr) -> SocketAddr {

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 pub fn run(config: Option<PathBuf>, role: &str) -> ExitCode {
+    let path = config.clone();
     let loaded = match &config {
         Some(path) => weir_config::load(path),
         None => Ok(weir_config::default_config()),
@@ -41,7 +42,7 @@ pub fn run(config: Option<PathBuf>, role: &str) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        wait_for_signal().await;
+        serve_until_stopped(&node, path.as_deref()).await;
         tracing::info!("shutting down: no new connections, waiting up to 10 s for open ones");
         node.shutdown(Duration::from_secs(10)).await;
         ExitCode::SUCCESS
@@ -52,19 +53,36 @@ fn weir_sys_limits() -> Result<u64, String> {
     weir_app::raise_fd_limit().map_err(|e| e.to_string())
 }
 
-async fn wait_for_signal() {
+/// Runs until SIGINT/SIGTERM. SIGHUP, or a change of the file's modification time, reloads
+/// the configuration: an invalid file is reported field by field and the running
+/// configuration stays.
+async fn serve_until_stopped(node: &weir_app::Node, path: Option<&std::path::Path>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).ok();
-    let term = async {
-        match term.as_mut() {
-            Some(t) => {
-                t.recv().await;
-            }
-            None => std::future::pending().await,
-        }
+    let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+        tracing::warn!("cannot install signal handlers: stopping only on Ctrl-C");
+        let _ = tokio::signal::ctrl_c().await;
+        return;
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = path.and_then(modified);
+    let mut poll = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        let changed = tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            _ = hup.recv() => true,
+            _ = poll.tick() => {
+                let now = path.and_then(modified);
+                std::mem::replace(&mut seen, now) != now
+            }
+        };
+        let Some(path) = path.filter(|_| changed) else { continue };
+        match weir_config::load(path) {
+            Err(e) => tracing::error!(errors = %e, "new configuration is invalid: keeping the running one"),
+            Ok(c) => match node.reload(&c) {
+                Ok(()) => tracing::info!(file = %path.display(), "configuration reloaded"),
+                Err(e) => tracing::error!(error = %e, "configuration not reloaded"),
+            },
+        }
     }
 }

@@ -293,3 +293,100 @@ async fn l4_telemetry_under_loss_shows_retransmits_and_rtt_rise() {
     assert!(srtt > 1000.0, "RTT rise visible: srtt at close {srtt} us");
     node.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_changes_kernel_rules_in_place_and_keeps_open_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    weir_identity::Ca::init(&ca_dir, TD).unwrap();
+    let (a, b) = (echo().await, echo().await);
+    let tag = format!("weir-reload-{}", std::process::id());
+    let _cleanup = Cleanup(tag.clone());
+    let capture = free_port();
+    let cfg = |deny: SocketAddr, extra: &str| {
+        format!(
+            "trust_domain = \"{TD}\"\n[identity]\nnamespace = \"test\"\nservice_account = \"node\"\nca_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [kernel]\nmode = \"ebpf\"\ncgroup = \"{tag}\"\npin_dir = \"/sys/fs/bpf/{tag}\"\ncapture_listen = \"127.0.0.1:{capture}\"\n\
+             [[workloads]]\nname = \"web\"\nservice_account = \"web\"\ndeny = [\"{deny}\"]\n{extra}",
+            ca_dir.display()
+        )
+    };
+    let path = dir.path().join("node.toml");
+    std::fs::write(&path, cfg(a, "")).unwrap();
+    let node = weir_app::Node::start(weir_config::load(&path).unwrap()).await.expect("node");
+    let try_connect = |dst: SocketAddr| {
+        let p = path.clone();
+        move || weir_exec(&p, "web", &format!("exec 3<>/dev/tcp/127.0.0.1/{} && echo OK", dst.port()))
+    };
+    assert!(tokio::task::spawn_blocking(try_connect(a)).await.unwrap().contains("Operation not permitted"));
+    assert_eq!(tokio::task::spawn_blocking(try_connect(b)).await.unwrap(), "OK");
+
+    // A connection to b opened before the reload must survive it.
+    let p = path.clone();
+    let held = std::thread::spawn(move || {
+        weir_exec(
+            &p,
+            "web",
+            &format!(
+                "exec 3<>/dev/tcp/127.0.0.1/{} && sleep 1.5 && printf ping >&3 && timeout 5 head -c 4 <&3",
+                b.port()
+            ),
+        )
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refused = node.reload(
+        &weir_config::parse(&cfg(b, "[[workloads]]\nname = \"db\"\nservice_account = \"db\"\n"), "x.toml").unwrap(),
+    );
+    assert!(refused.is_err_and(|e| e.contains("restart")), "adding a workload needs a restart");
+    assert!(
+        tokio::task::spawn_blocking(try_connect(a)).await.unwrap().contains("Operation not permitted"),
+        "a refused reload changed nothing"
+    );
+    node.reload(&weir_config::parse(&cfg(b, ""), "x.toml").unwrap()).expect("rule change applies in place");
+    assert_eq!(tokio::task::spawn_blocking(try_connect(a)).await.unwrap(), "OK", "a is allowed after the reload");
+    assert!(
+        tokio::task::spawn_blocking(try_connect(b)).await.unwrap().contains("Operation not permitted"),
+        "b is denied after the reload"
+    );
+    assert_eq!(held.join().unwrap(), "ping", "the connection opened before the reload kept working");
+    node.shutdown(Duration::from_secs(5)).await;
+}
+
+#[test]
+fn without_privileges_the_kernel_path_refuses_to_start_and_says_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    weir_identity::Ca::init(&ca_dir, TD).unwrap();
+    let tag = format!("weir-nocap-{}", std::process::id());
+    let _cleanup = Cleanup(tag.clone());
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "trust_domain = \"{TD}\"\n[identity]\nnamespace = \"t\"\nservice_account = \"n\"\nca_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [kernel]\nmode = \"ebpf\"\ncgroup = \"{tag}\"\npin_dir = \"/sys/fs/bpf/{tag}\"\ncapture_listen = \"127.0.0.1:{}\"\n\
+             [[workloads]]\nname = \"web\"\nservice_account = \"web\"\n",
+            ca_dir.display(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    // Every capability dropped from the bounding set: root without privileges.
+    let out = Command::new("setpriv")
+        .args([
+            "--bounding-set=-all",
+            "--inh-caps=-all",
+            env!("CARGO_BIN_EXE_weir"),
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
+        .output()
+        .expect("setpriv (util-linux)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "must not run unenforced:\n{text}");
+    assert!(
+        text.contains("CAP_BPF") && text.contains("kernel.mode = \"off\""),
+        "names what is missing and the alternative:\n{text}"
+    );
+}
