@@ -16,4 +16,4 @@ mod node;
 mod outbound;
 
 pub use node::{Node, StartError};
-pub use weir_sys::raise_fd_limit;
+pub use weir_sys::{abort_on_close, raise_fd_limit};

@@ -100,10 +100,11 @@ struct sock_info {
     __u16 port;
     __u16 counted;                      /* 1 once it holds a slot of the connection limit */
 };
+/* Socket-local storage: freed with the socket, no hashing on the connect() path. */
 struct {
-    __uint(type, BPF_MAP_TYPE_LRU_HASH);
-    __uint(max_entries, 65536);
-    __type(key, __u64);                 /* socket cookie */
+    __uint(type, BPF_MAP_TYPE_SK_STORAGE);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, int);
     __type(value, struct sock_info);
     __uint(pinning, LIBBPF_PIN_BY_NAME);
 } weir_socks SEC(".maps");
@@ -213,7 +214,6 @@ static __always_inline int over_limit(const struct workload *wl)
 static __always_inline int record(struct bpf_sock_addr *ctx, const struct workload *wl, __u32 *addr, __u16 port, int v4, const int prog4)
 {
     struct sock_info info = { .workload = wl->id };
-    __u64 cookie = bpf_get_socket_cookie(ctx);
     int rewritten = 0;
     if (ctx->type == SOCK_STREAM) {
         struct svc_key sk = { .port = port };
@@ -248,7 +248,11 @@ static __always_inline int record(struct bpf_sock_addr *ctx, const struct worklo
             rewritten = 1;
         }
     }
-    if (bpf_map_update_elem(&weir_socks, &cookie, &info, BPF_ANY))
+    struct bpf_sock *sk = ctx->sk;
+    struct sock_info *stored = sk ? bpf_sk_storage_get(&weir_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE) : 0;
+    if (stored)
+        *stored = info;
+    else
         bump(SOCKS_FULL);
     return rewritten;
 }
@@ -370,7 +374,7 @@ int weir_sockops(struct bpf_sock_ops *skops)
         struct conn_stats init = { .cookie = cookie, .established_ns = bpf_ktime_get_ns(), .state = 1 };
         bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_RTT_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RETRANS_CB_FLAG);
         conn_key_of(skops, &k);
-        info = bpf_map_lookup_elem(&weir_socks, &cookie);
+        info = skops->sk ? bpf_sk_storage_get(&weir_socks, skops->sk, 0, 0) : 0;
         if (info) {
             init.workload = info->workload;
             if (!info->counted) {
@@ -407,11 +411,10 @@ int weir_sockops(struct bpf_sock_ops *skops)
                 st->closed_ns = bpf_ktime_get_ns();
         }
         if (skops->args[1] == TCP_CLOSE) {
-            info = bpf_map_lookup_elem(&weir_socks, &cookie);
-            if (info) {
-                if (info->counted)
-                    add_conn(info->workload, -1);
-                bpf_map_delete_elem(&weir_socks, &cookie);
+            info = skops->sk ? bpf_sk_storage_get(&weir_socks, skops->sk, 0, 0) : 0;
+            if (info && info->counted) {
+                add_conn(info->workload, -1);
+                info->counted = 0;
             }
         }
         break;

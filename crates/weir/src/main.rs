@@ -58,6 +58,9 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Internal: the connect() probe of `weir bench --scenario connect`.
+    #[command(hide = true)]
+    ProbeConnect(bench::connect::ProbeArgs),
     /// Print the version.
     Version,
 }
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
             logging::init_cli();
             report(ebpf_detach(config))
         }
+        Command::ProbeConnect(args) => report(bench::connect::probe(args)),
         Command::Version => {
             println!("weir {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS

@@ -6,6 +6,7 @@
 //! medians with min–max and as ratios to the other paths of the same run. Idle: N idle
 //! connections held open through each path, memory per connection from the proxies' RSS.
 //! Figures only: nothing here asserts a speed.
+pub mod connect;
 mod haproxy;
 mod idle;
 mod procs;
@@ -32,9 +33,23 @@ pub struct BenchArgs {
     /// limit: each proxied connection costs a mesh node two descriptors).
     #[arg(long, default_value_t = 10_000)]
     pub idle_conns: usize,
-    /// Smoke run: 256 MiB, 1 repetition, 1000 idle connections.
+    /// Smoke run: 256 MiB, 1 repetition, 1000 idle connections, fewer connects.
     #[arg(long)]
     pub quick: bool,
+    /// What to measure.
+    #[arg(long, value_enum, default_value = "all")]
+    pub scenario: Scenario,
+}
+
+/// Benchmark scenarios.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// Everything below.
+    All,
+    /// Bulk and idle through the mesh hop vs haproxy vs direct.
+    Hop,
+    /// connect() latency with the kernel path attached vs not (needs root).
+    Connect,
 }
 
 pub(crate) fn free_port() -> anyhow::Result<SocketAddr> {
@@ -87,11 +102,18 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         eprintln!("note: {} idle connections need more descriptors per proxy process than the open-file limit here ({nofile}) allows: measuring {fit}", args.idle_conns);
         args.idle_conns = fit;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    rt.block_on(bench(args))
+    let connects = if args.quick { 2000 } else { 20_000 };
+    if args.scenario != Scenario::Connect {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+        rt.block_on(bench(&args))?;
+    }
+    if args.scenario != Scenario::Hop {
+        print!("{}", connect::run(args.reps.max(3), connects)?);
+    }
+    Ok(())
 }
 
-async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("weir-bench.").tempdir()?;
     let ca = weir_identity::Ca::init(&dir.path().join("ca"), "weir.local")?;
     let sink = free_port()?;
@@ -149,7 +171,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let idle = idle::measure(&ca, dir.path(), args.idle_conns).await?;
     drop(chain);
     mesh.stop();
-    print!("{}", report(&args, &paths, userspace, &idle, &notes));
+    print!("{}", report(args, &paths, userspace, &idle, &notes));
     Ok(())
 }
 
