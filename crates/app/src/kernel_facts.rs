@@ -4,7 +4,7 @@ use crate::conn::Shared;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
-use weir_telemetry::{KernelBytesLabels, KernelRefusedLabels, WorkloadLabels};
+use weir_telemetry::{HttpMethodLabels, KernelBytesLabels, KernelRefusedLabels, WorkloadLabels};
 
 const TCP_CLOSE: u32 = 7;
 
@@ -57,6 +57,12 @@ pub(crate) fn fold(shared: &Shared, reported: &mut HashSet<u64>) {
             counter.inc_by(total.saturating_sub(counter.get()));
         }
         k.captured.inc_by(c.captured.saturating_sub(k.captured.get()));
+    }
+    if let Ok(counts) = kernel.http_requests() {
+        for (id, method, total) in counts {
+            let counter = k.http_requests.get_or_create(&HttpMethodLabels { workload: name(id), method });
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
     }
 }
 

@@ -287,7 +287,12 @@ fn kernel_plan(config: &Config) -> weir_ebpf::Plan {
         .workloads
         .iter()
         .enumerate()
-        .map(|(n, w)| weir_ebpf::WorkloadPlan { id: n as u32 + 1, name: w.name.clone(), l4: w.l4.clone() })
+        .map(|(n, w)| weir_ebpf::WorkloadPlan {
+            id: n as u32 + 1,
+            name: w.name.clone(),
+            l4: w.l4.clone(),
+            count_http: w.count_http,
+        })
         .collect();
     let services = config
         .outbound

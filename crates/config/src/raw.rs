@@ -36,6 +36,7 @@ pub(crate) struct RawWorkload {
     #[serde(default)]
     pub deny: Vec<Spanned<String>>,
     pub max_connections: Option<Spanned<i64>>,
+    pub count_http: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

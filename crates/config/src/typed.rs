@@ -64,6 +64,9 @@ pub struct WorkloadConfig {
     pub id: SpiffeId,
     /// Its L4 rules.
     pub l4: weir_policy::WorkloadL4,
+    /// Count its HTTP/1.x requests in the kernel (sk_msg). Its sockets join a sockhash, where
+    /// blocking reads may see spurious EAGAIN: for apps with non-blocking I/O.
+    pub count_http: bool,
 }
 
 /// Where this node's SVID comes from.
@@ -511,5 +514,6 @@ fn workload(
         name: name?,
         id: id?,
         l4: weir_policy::WorkloadL4 { deny: deny.into_iter().collect::<Option<_>>()?, max_connections: max? as u32 },
+        count_http: w.count_http.unwrap_or(false),
     })
 }

@@ -22,7 +22,9 @@ char LICENSE[] SEC("license") = "GPL";
 struct workload {
     __u32 id;
     __u32 max_conns;    /* 0 = unlimited */
+    __u32 flags;        /* WL_COUNT_HTTP */
 };
+#define WL_COUNT_HTTP 1
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
     __uint(max_entries, 1024);
@@ -99,6 +101,7 @@ struct sock_info {
     __u32 addr[4];                      /* original destination, svc_key layout */
     __u16 port;
     __u16 counted;                      /* 1 once it holds a slot of the connection limit */
+    __u32 flags;                        /* the workload's flags at connect() */
 };
 /* Socket-local storage: freed with the socket, no hashing on the connect() path. */
 struct {
@@ -130,6 +133,29 @@ struct {
     __type(value, __s64);
     __uint(pinning, LIBBPF_PIN_BY_NAME);
 } weir_conns SEC(".maps");
+
+/* Sockets of workloads that count HTTP requests in the kernel (sk_msg runs on their sends). */
+struct {
+    __uint(type, BPF_MAP_TYPE_SOCKHASH);
+    __uint(max_entries, 65536);
+    __type(key, __u64);                 /* socket cookie */
+    __type(value, __u32);               /* the socket (an fd from userspace) */
+    __uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_http_socks SEC(".maps");
+
+/* Kernel-counted HTTP/1.x requests: (workload, method) -> count. */
+struct http_key {
+    __u32 workload;
+    __u32 method;                       /* enum method */
+};
+enum method { M_GET = 0, M_POST, M_PUT, M_HEAD, M_DELETE, M_PATCH, M_OPTIONS, M_OTHER };
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 8192);
+    __type(key, struct http_key);
+    __type(value, __u64);
+    __uint(pinning, LIBBPF_PIN_BY_NAME);
+} weir_http_requests SEC(".maps");
 
 /* Per-connection L4 facts. */
 struct conn_key {
@@ -213,7 +239,7 @@ static __always_inline int over_limit(const struct workload *wl)
  * Returns 1 if the destination was rewritten. */
 static __always_inline int record(struct bpf_sock_addr *ctx, const struct workload *wl, __u32 *addr, __u16 port, int v4, const int prog4)
 {
-    struct sock_info info = { .workload = wl->id };
+    struct sock_info info = { .workload = wl->id, .flags = wl->flags };
     int rewritten = 0;
     if (ctx->type == SOCK_STREAM) {
         struct svc_key sk = { .port = port };
@@ -381,6 +407,8 @@ int weir_sockops(struct bpf_sock_ops *skops)
                 info->counted = 1;
                 add_conn(info->workload, 1);
             }
+            if (info->flags & WL_COUNT_HTTP)
+                bpf_sock_hash_update(skops, &weir_http_socks, &cookie, BPF_ANY);
             if (info->captured) {
                 struct src_key src = { .port = k.lport };
                 src.addr[0] = k.laddr[0];
@@ -420,4 +448,52 @@ int weir_sockops(struct bpf_sock_ops *skops)
         break;
     }
     return 1;
+}
+
+/* The method of a message that starts with an HTTP/1.x request line, else -1. Only the
+ * start of each sendmsg() is looked at: a client that pipelines several requests in one
+ * send is counted once for them. */
+static __always_inline int method_of(const unsigned char *p)
+{
+    if (p[0] == 'G' && p[1] == 'E' && p[2] == 'T' && p[3] == ' ')
+        return M_GET;
+    if (p[0] == 'P' && p[1] == 'O' && p[2] == 'S' && p[3] == 'T' && p[4] == ' ')
+        return M_POST;
+    if (p[0] == 'P' && p[1] == 'U' && p[2] == 'T' && p[3] == ' ')
+        return M_PUT;
+    if (p[0] == 'H' && p[1] == 'E' && p[2] == 'A' && p[3] == 'D' && p[4] == ' ')
+        return M_HEAD;
+    if (p[0] == 'D' && p[1] == 'E' && p[2] == 'L' && p[3] == 'E' && p[4] == 'T' && p[5] == 'E' && p[6] == ' ')
+        return M_DELETE;
+    if (p[0] == 'P' && p[1] == 'A' && p[2] == 'T' && p[3] == 'C' && p[4] == 'H' && p[5] == ' ')
+        return M_PATCH;
+    if (p[0] == 'O' && p[1] == 'P' && p[2] == 'T' && p[3] == 'I' && p[4] == 'O' && p[5] == 'N' && p[6] == 'S')
+        return M_OPTIONS;
+    return -1;
+}
+
+SEC("sk_msg")
+int weir_http_count(struct sk_msg_md *msg)
+{
+    struct bpf_sock *sk = msg->sk;
+    if (!sk)
+        return SK_PASS;
+    struct sock_info *info = bpf_sk_storage_get(&weir_socks, sk, 0, 0);
+    if (!info)
+        return SK_PASS;
+    if (bpf_msg_pull_data(msg, 0, 8, 0))
+        return SK_PASS;
+    unsigned char *p = msg->data;
+    if (p + 8 > (unsigned char *)msg->data_end)
+        return SK_PASS;
+    int m = method_of(p);
+    if (m < 0)
+        return SK_PASS;
+    struct http_key k = { .workload = info->workload, .method = m };
+    __u64 one = 1, *n = bpf_map_lookup_elem(&weir_http_requests, &k);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+    else
+        bpf_map_update_elem(&weir_http_requests, &k, &one, BPF_NOEXIST);
+    return SK_PASS;
 }

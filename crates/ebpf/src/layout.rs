@@ -20,13 +20,20 @@ pub fn ip_of(b: [u8; 16]) -> IpAddr {
     }
 }
 
+/// `WL_COUNT_HTTP` in `struct workload.flags`.
+pub const COUNT_HTTP: u32 = 1;
+
 /// `struct workload`.
-pub fn workload(id: u32, max_conns: u32) -> [u8; 8] {
-    let mut b = [0u8; 8];
+pub fn workload(id: u32, max_conns: u32, flags: u32) -> [u8; 12] {
+    let mut b = [0u8; 12];
     b[..4].copy_from_slice(&id.to_ne_bytes());
-    b[4..].copy_from_slice(&max_conns.to_ne_bytes());
+    b[4..8].copy_from_slice(&max_conns.to_ne_bytes());
+    b[8..].copy_from_slice(&flags.to_ne_bytes());
     b
 }
+
+/// HTTP methods in `enum method`, by index.
+pub const METHODS: [&str; 8] = ["GET", "POST", "PUT", "HEAD", "DELETE", "PATCH", "OPTIONS", "OTHER"];
 
 /// The data part (after `prefixlen`) of `struct deny4_key`.
 pub fn deny4(workload: u32, port: u16, addr: Ipv4Addr) -> [u8; 12] {
@@ -92,7 +99,7 @@ fn addr_at(b: &[u8], at: usize) -> [u8; 16] {
 }
 
 /// `struct sock_info` as the capture listener needs it: (workload, original destination).
-pub fn sock_info(b: &[u8; 28]) -> (u32, Option<SocketAddr>) {
+pub fn sock_info(b: &[u8; 32]) -> (u32, Option<SocketAddr>) {
     let port = u16::from_be_bytes([b[24], b[25]]);
     let dst = (u32_at(b, 4) != 0).then(|| SocketAddr::new(ip_of(addr_at(b, 8)), port));
     (u32_at(b, 0), dst)
@@ -150,7 +157,7 @@ mod tests {
         assert_eq!(&svc[16..18], &[0x1f, 0x90]);
         assert_eq!(ip_of(addr16("10.0.0.1".parse().expect("ip"))), "10.0.0.1".parse::<IpAddr>().expect("ip"));
         assert_eq!(ip_of(addr16("::1".parse().expect("ip"))), "::1".parse::<IpAddr>().expect("ip"));
-        let mut info = [0u8; 28];
+        let mut info = [0u8; 32];
         info[0] = 3;
         info[4] = 1;
         info[8..24].copy_from_slice(&addr16("192.0.2.9".parse().expect("ip")));

@@ -17,7 +17,8 @@ mod maps;
 pub use layout::ConnFacts;
 pub use maps::{Capture, Counters, Plan, WorkloadPlan};
 
-use aya::programs::{CgroupSockAddr, SockOps};
+use aya::maps::SockHash;
+use aya::programs::{CgroupSockAddr, SkMsg, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -126,6 +127,21 @@ impl KernelPath {
                     .map_err(|e| Error::Load(format!("{name}: {e}")))?;
                 weir_sys::bpf::pin(link.as_fd(), &pin).map_err(|e| Error::Bpffs(format!("{}: {e}", pin.display())))?;
             }
+            // sk_msg attaches to the (pinned) sockhash, not to a cgroup: the attachment lives as
+            // long as the map, so the link handle is deliberately not kept (dropping it would
+            // detach the program).
+            let map = bpf.map("weir_http_socks").ok_or_else(|| Error::Load("map weir_http_socks missing".into()))?;
+            let socks: SockHash<_, u64> =
+                SockHash::try_from(map).map_err(|e| Error::Load(format!("weir_http_socks: {e}")))?;
+            let socks_fd = socks.fd().try_clone().map_err(|e| Error::Load(format!("weir_http_socks: {e}")))?;
+            let prog: &mut SkMsg = bpf
+                .program_mut("weir_http_count")
+                .ok_or_else(|| Error::Load("program weir_http_count missing".into()))?
+                .try_into()
+                .map_err(|e| Error::Load(format!("weir_http_count: {e}")))?;
+            prog.load().map_err(|e| Error::Load(format!("weir_http_count: {e}")))?;
+            let link = prog.attach(&socks_fd).map_err(|e| Error::Load(format!("weir_http_count: {e}")))?;
+            std::mem::forget(prog.take_link(link).map_err(|e| Error::Load(format!("weir_http_count: {e}")))?);
             tracing::info!(cgroup = %parent.display(), pins = %opts.pin_dir.display(), "eBPF programs attached");
         } else {
             tracing::info!(cgroup = %parent.display(), pins = %opts.pin_dir.display(), "adopted eBPF programs left attached by a previous Weir");

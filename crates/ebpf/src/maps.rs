@@ -18,6 +18,8 @@ pub struct WorkloadPlan {
     pub name: String,
     /// Its L4 rules.
     pub l4: WorkloadL4,
+    /// Count its HTTP/1.x requests in the kernel (sk_msg; its sockets join a sockhash).
+    pub count_http: bool,
 }
 
 /// The node's capture listener, where captured connections are sent.
@@ -70,9 +72,12 @@ impl KernelPath {
         for w in &plan.workloads {
             let dir = self.workload_cgroup(&w.name);
             cgroup::ensure(&dir)?;
-            ids.push((cgroup::id(&dir)?, layout::workload(w.id, w.l4.max_connections)));
+            ids.push((
+                cgroup::id(&dir)?,
+                layout::workload(w.id, w.l4.max_connections, if w.count_http { layout::COUNT_HTTP } else { 0 }),
+            ));
         }
-        let mut workloads: HashMap<&mut MapData, u64, [u8; 8]> =
+        let mut workloads: HashMap<&mut MapData, u64, [u8; 12]> =
             HashMap::try_from(self.map_data("weir_workloads")?).map_err(map_err("weir_workloads"))?;
         sync_hash(&mut workloads, ids, "weir_workloads")?;
 
@@ -110,7 +115,7 @@ impl KernelPath {
     /// The original destination and workload of a captured connection, by its source address
     /// (the capture listener's peer address). The entry is consumed.
     pub fn take_original_destination(&mut self, src: SocketAddr) -> Result<Option<(u32, SocketAddr)>, Error> {
-        let mut m: HashMap<&mut MapData, [u8; 20], [u8; 28]> =
+        let mut m: HashMap<&mut MapData, [u8; 20], [u8; 32]> =
             HashMap::try_from(self.map_data("weir_orig_dst")?).map_err(map_err("weir_orig_dst"))?;
         let key = layout::source(src);
         match m.get(&key, 0) {
@@ -140,6 +145,20 @@ impl KernelPath {
             Err(aya::maps::MapError::KeyNotFound) => Ok(0),
             Err(e) => Err(map_err("weir_conns")(e)),
         }
+    }
+
+    /// Kernel-counted HTTP/1.x requests: (workload id, method, count).
+    pub fn http_requests(&mut self) -> Result<Vec<(u32, &'static str, u64)>, Error> {
+        let m: HashMap<&mut MapData, [u8; 8], u64> =
+            HashMap::try_from(self.map_data("weir_http_requests")?).map_err(map_err("weir_http_requests"))?;
+        Ok(m.iter()
+            .filter_map(Result::ok)
+            .map(|(k, n)| {
+                let workload = u32::from_ne_bytes([k[0], k[1], k[2], k[3]]);
+                let method = u32::from_ne_bytes([k[4], k[5], k[6], k[7]]) as usize;
+                (workload, layout::METHODS.get(method).copied().unwrap_or("OTHER"), n)
+            })
+            .collect())
     }
 
     /// The programs' counters.

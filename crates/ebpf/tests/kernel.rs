@@ -34,6 +34,7 @@ fn workload(id: u32, name: &str, deny: &[&str], max: u32) -> WorkloadPlan {
         id,
         name: name.into(),
         l4: WorkloadL4 { deny: deny.iter().map(|d| DenyRule::parse(d).expect("rule")).collect(), max_connections: max },
+        count_http: false,
     }
 }
 
@@ -171,4 +172,72 @@ fn policy_outlives_the_loader_and_a_restart_adopts_it() {
     k.detach().expect("detach");
     assert!(!o.pin_dir.exists(), "no pins left");
     assert!(!cg.exists(), "no workload cgroup left");
+}
+
+/// A keep-alive HTTP/1.1 server answering every request head (and its Content-Length body).
+fn http_server() -> SocketAddr {
+    use std::io::{BufRead, Read, Write};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut w = s.try_clone().unwrap();
+                let mut r = std::io::BufReader::new(s);
+                loop {
+                    let mut len = 0usize;
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0u8; len];
+                    if r.read_exact(&mut body).is_err()
+                        || w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn kernel_counts_every_http_request_of_a_counting_workload() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let server = http_server();
+    let o = opts("http");
+    let mut k = KernelPath::start(&o).expect("attach");
+    let mut w = workload(4, "counted", &[], 0);
+    w.count_http = true;
+    k.apply(&Plan { workloads: vec![w, workload(6, "uncounted", &[], 0)], ..Default::default() }).expect("apply");
+    let run = |cg: &str, args: &str| {
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && exec curl -s -o /dev/null -w '%{{http_code}}\\n' {args}",
+            k.workload_cgroup(cg).display()
+        );
+        let out = Command::new("bash").arg("-c").arg(script).output().expect("curl");
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| *l == "200").count()
+    };
+    // curl's URL range sends 1000 requests over one keep-alive connection.
+    assert_eq!(run("counted", &format!("'http://{server}/[1-1000]'")), 1000, "curl got 1000 answers");
+    assert_eq!(run("counted", &format!("-d hello 'http://{server}/[1-7]'")), 7);
+    assert_eq!(run("uncounted", &format!("'http://{server}/[1-5]'")), 5);
+    let mut counts = k.http_requests().expect("read counts");
+    counts.sort();
+    assert_eq!(
+        counts,
+        vec![(4, "GET", 1000), (4, "POST", 7)],
+        "kernel counts equal the requests sent, only for the counting workload"
+    );
+    k.detach().expect("detach");
 }

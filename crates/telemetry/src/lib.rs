@@ -127,6 +127,15 @@ fn rtt_histogram() -> Histogram {
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(50.0, 2.0, 17))
 }
 
+/// Labels of kernel-counted HTTP requests.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpMethodLabels {
+    /// Workload name.
+    pub workload: String,
+    /// Request method.
+    pub method: &'static str,
+}
+
 /// Metrics from the eBPF kernel path (sockops facts of workload connections, connect()
 /// verdicts). Connection facts are folded in when a connection closes.
 #[derive(Debug)]
@@ -143,6 +152,8 @@ pub struct KernelMetrics {
     pub refused: Family<KernelRefusedLabels, Counter>,
     /// Connections captured to this node.
     pub captured: Counter,
+    /// HTTP/1.x requests counted by sk_msg in the kernel (workloads with `count_http`).
+    pub http_requests: Family<HttpMethodLabels, Counter>,
 }
 
 impl Default for KernelMetrics {
@@ -154,6 +165,7 @@ impl Default for KernelMetrics {
             open: Family::default(),
             refused: Family::default(),
             captured: Counter::default(),
+            http_requests: Family::default(),
         }
     }
 }
@@ -226,6 +238,11 @@ impl Metrics {
         r.register("kernel_tcp_connections_open", "Workload connections open now (kernel count)", k.open.clone());
         r.register("kernel_connect_refused", "connect() calls refused in the kernel, by reason", k.refused.clone());
         r.register("kernel_captured", "Workload connections captured to this node", k.captured.clone());
+        r.register(
+            "kernel_http_requests",
+            "HTTP/1.x requests counted in the kernel by sk_msg (request lines at the start of a send), not by a proxy",
+            k.http_requests.clone(),
+        );
         r
     }
 

@@ -88,6 +88,7 @@ pub fn run(reps: usize, count: usize) -> anyhow::Result<String> {
             id: 1,
             name: "bench".into(),
             l4: weir_policy::WorkloadL4 { deny, max_connections: 100_000 },
+            count_http: false,
         }],
         services: vec![("127.0.0.99:1".parse()?, 0)],
         capture: Some(weir_ebpf::Capture { v4: "127.0.0.1".parse()?, v6: "::1".parse()?, port: 1 }),
