@@ -107,7 +107,7 @@ async fn exec_capture_identity_deny_and_clean_stop() {
     let client_cfg = format!(
         "{}[kernel]\nmode = \"ebpf\"\ncgroup = \"{tag}\"\npin_dir = \"/sys/fs/bpf/{tag}\"\ncapture_listen = \"127.0.0.1:{}\"\n\
          [[workloads]]\nname = \"web\"\nservice_account = \"web\"\ndeny = [\"127.0.0.1:{blocked}\"]\nmax_connections = 50\n\
-         [[outbound]]\nservice = \"echo\"\npeer = \"{inbound}\"\npeer_id = \"spiffe://{TD}/ns/test/sa/server\"\ncapture = [\"127.0.0.77:7\", \"[::ffff:127.0.0.78]:7\"]\n\
+         [[outbound]]\nservice = \"echo\"\npeer = \"{inbound}\"\npeer_id = \"spiffe://{TD}/ns/test/sa/server\"\ncapture = [\"127.0.0.77:7\", \"[::ffff:127.0.0.78]:7\", \"[::1]:7\"]\n\
          [[outbound]]\nservice = \"http\"\npeer = \"{inbound}\"\npeer_id = \"spiffe://{TD}/ns/test/sa/server\"\ncapture = [\"127.0.0.77:80\"]\n",
         common("client"),
         free_port()
@@ -144,6 +144,14 @@ async fn exec_capture_identity_deny_and_clean_stop() {
     .unwrap();
     assert_eq!(mapped, "v6", "IPv4-mapped IPv6 destination captured like IPv4");
 
+    let cfg = client_path.clone();
+    let v6 = tokio::task::spawn_blocking(move || {
+        weir_exec(&cfg, "web", "exec 3<>/dev/tcp/::1/7 && printf 'ipv6' >&3 && timeout 5 head -c 4 <&3")
+    })
+    .await
+    .unwrap();
+    assert_eq!(v6, "ipv6", "IPv6 destination captured");
+
     // Deny: connect() fails in the kernel, and no SYN reaches the wire.
     let pcap = dir.path().join("deny.pcap");
     let mut dump = Command::new("tcpdump")
@@ -179,7 +187,7 @@ async fn exec_capture_identity_deny_and_clean_stop() {
     let s = server.metrics_text();
     assert_eq!(
         metric(&s, "weir_connections_opened_total", &[&format!("peer=\"{web}\"")]),
-        3.0,
+        4.0,
         "the server saw the workload's own identity:\n{s}"
     );
 
