@@ -4,7 +4,7 @@ use crate::conn::Shared;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
-use weir_telemetry::{HttpMethodLabels, KernelBytesLabels, KernelRefusedLabels, WorkloadLabels};
+use weir_telemetry::{HttpMethodLabels, KernelBytesLabels, KernelRefusedLabels, WorkloadLabels, WorkloadPeerLabels};
 
 const TCP_CLOSE: u32 = 7;
 
@@ -31,14 +31,17 @@ pub(crate) fn fold(shared: &Shared, reported: &mut HashSet<u64>) {
                     continue;
                 }
                 let workload = name(c.workload);
-                k.srtt_us.get_or_create(&WorkloadLabels { workload: workload.clone() }).observe(f64::from(c.srtt_us.0));
-                k.retransmits
-                    .get_or_create(&WorkloadLabels { workload: workload.clone() })
-                    .inc_by(u64::from(c.retransmits));
-                k.bytes
-                    .get_or_create(&KernelBytesLabels { workload: workload.clone(), direction: "acked" })
-                    .inc_by(c.bytes_acked);
-                k.bytes.get_or_create(&KernelBytesLabels { workload, direction: "received" }).inc_by(c.bytes_received);
+                // Bounded: mesh peers come from the config, everything else is one value.
+                let peer = match shared.captured.get(&c.peer) {
+                    Some(route) if c.captured => route.peer_id.to_string(),
+                    _ => "external".to_owned(),
+                };
+                let labels = WorkloadPeerLabels { workload: workload.clone(), peer: peer.clone() };
+                k.srtt_us.get_or_create(&labels).observe(f64::from(c.srtt_us.0));
+                k.retransmits.get_or_create(&labels).inc_by(u64::from(c.retransmits));
+                let bytes = |direction| KernelBytesLabels { workload: workload.clone(), peer: peer.clone(), direction };
+                k.bytes.get_or_create(&bytes("acked")).inc_by(c.bytes_acked);
+                k.bytes.get_or_create(&bytes("received")).inc_by(c.bytes_received);
             }
             // Entries the LRU map dropped can never be reported twice: forget them.
             reported.retain(|c| present.contains(c));
@@ -77,6 +80,7 @@ pub(crate) fn connections_json(shared: &Shared) -> String {
         let workload = shared.workloads.get(&c.workload).map_or("none", |w| w.name.as_str());
         let line = serde_json::json!({
             "cookie": c.cookie, "workload": workload, "local": c.local.to_string(), "remote": c.remote.to_string(),
+            "peer": c.peer.to_string(), "captured": c.captured,
             "srtt_us": c.srtt_us.0, "min_srtt_us": c.srtt_us.1, "max_srtt_us": c.srtt_us.2,
             "retransmits": c.retransmits, "bytes_acked": c.bytes_acked, "bytes_received": c.bytes_received, "state": c.state,
         });

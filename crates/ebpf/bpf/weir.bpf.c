@@ -165,6 +165,9 @@ struct conn_key {
     __u32 rport;                        /* host order */
 };
 struct conn_stats {
+    __u32 peer[4];                      /* original destination if captured, else remote */
+    __u32 peer_port;                    /* host order */
+    __u32 captured;
     __u64 cookie;
     __u64 established_ns;
     __u64 closed_ns;
@@ -400,9 +403,22 @@ int weir_sockops(struct bpf_sock_ops *skops)
         struct conn_stats init = { .cookie = cookie, .established_ns = bpf_ktime_get_ns(), .state = 1 };
         bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_RTT_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RETRANS_CB_FLAG);
         conn_key_of(skops, &k);
+        init.peer[0] = k.raddr[0];
+        init.peer[1] = k.raddr[1];
+        init.peer[2] = k.raddr[2];
+        init.peer[3] = k.raddr[3];
+        init.peer_port = k.rport;
         info = skops->sk ? bpf_sk_storage_get(&weir_socks, skops->sk, 0, 0) : 0;
         if (info) {
             init.workload = info->workload;
+            if (info->captured) {
+                init.captured = 1;
+                init.peer[0] = info->addr[0];
+                init.peer[1] = info->addr[1];
+                init.peer[2] = info->addr[2];
+                init.peer[3] = info->addr[3];
+                init.peer_port = bpf_ntohs(info->port);
+            }
             if (!info->counted) {
                 info->counted = 1;
                 add_conn(info->workload, 1);

@@ -116,6 +116,10 @@ pub struct ConnFacts {
     pub cookie: u64,
     /// Workload id (0: none).
     pub workload: u32,
+    /// Who the connection is to: the original destination if it was captured, else the remote.
+    pub peer: SocketAddr,
+    /// Whether it was captured to the node.
+    pub captured: bool,
     /// Smoothed RTT now, and its min and max over the connection, microseconds.
     pub srtt_us: (u32, u32, u32),
     /// Retransmitted segments.
@@ -129,19 +133,21 @@ pub struct ConnFacts {
 }
 
 /// Decodes a `weir_conn_stats` entry.
-pub fn conn_facts(k: &[u8; 40], v: &[u8; 64]) -> ConnFacts {
+pub fn conn_facts(k: &[u8; 40], v: &[u8; 88]) -> ConnFacts {
     let local = SocketAddr::new(ip_of(addr_at(k, 0)), u32_at(k, 32) as u16);
     let remote = SocketAddr::new(ip_of(addr_at(k, 16)), u32_at(k, 36) as u16);
     ConnFacts {
         local,
         remote,
-        cookie: u64_at(v, 0),
-        bytes_received: u64_at(v, 24),
-        bytes_acked: u64_at(v, 32),
-        workload: u32_at(v, 40),
-        srtt_us: (u32_at(v, 44), u32_at(v, 48), u32_at(v, 52)),
-        retransmits: u32_at(v, 56),
-        state: u32_at(v, 60),
+        peer: SocketAddr::new(ip_of(addr_at(v, 0)), u32_at(v, 16) as u16),
+        captured: u32_at(v, 20) != 0,
+        cookie: u64_at(v, 24),
+        bytes_received: u64_at(v, 48),
+        bytes_acked: u64_at(v, 56),
+        workload: u32_at(v, 64),
+        srtt_us: (u32_at(v, 68), u32_at(v, 72), u32_at(v, 76)),
+        retransmits: u32_at(v, 80),
+        state: u32_at(v, 84),
     }
 }
 

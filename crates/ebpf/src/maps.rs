@@ -131,7 +131,7 @@ impl KernelPath {
 
     /// Every connection the sockops program has seen (open, and recently closed).
     pub fn connections(&mut self) -> Result<Vec<ConnFacts>, Error> {
-        let m: HashMap<&mut MapData, [u8; 40], [u8; 64]> =
+        let m: HashMap<&mut MapData, [u8; 40], [u8; 88]> =
             HashMap::try_from(self.map_data("weir_conn_stats")?).map_err(map_err("weir_conn_stats"))?;
         Ok(m.iter().filter_map(Result::ok).map(|(k, v)| layout::conn_facts(&k, &v)).collect())
     }

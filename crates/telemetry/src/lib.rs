@@ -113,11 +113,22 @@ pub struct KernelRefusedLabels {
     pub reason: &'static str,
 }
 
+/// Labels of per-connection kernel facts: the workload and whom it talked to.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkloadPeerLabels {
+    /// Workload name.
+    pub workload: String,
+    /// The mesh peer's SPIFFE ID for captured connections, else `external` (bounded).
+    pub peer: String,
+}
+
 /// Labels of kernel byte counters.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KernelBytesLabels {
     /// Workload name.
     pub workload: String,
+    /// As in [`WorkloadPeerLabels`].
+    pub peer: String,
     /// `acked` (sent and acknowledged) or `received`.
     pub direction: &'static str,
 }
@@ -141,9 +152,9 @@ pub struct HttpMethodLabels {
 #[derive(Debug)]
 pub struct KernelMetrics {
     /// Smoothed RTT at close, per workload connection.
-    pub srtt_us: Family<WorkloadLabels, Histogram, fn() -> Histogram>,
+    pub srtt_us: Family<WorkloadPeerLabels, Histogram, fn() -> Histogram>,
     /// Retransmitted segments of closed connections.
-    pub retransmits: Family<WorkloadLabels, Counter>,
+    pub retransmits: Family<WorkloadPeerLabels, Counter>,
     /// Bytes of closed connections.
     pub bytes: Family<KernelBytesLabels, Counter>,
     /// Connections open now, as the kernel counts them for the limit.

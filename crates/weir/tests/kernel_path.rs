@@ -191,6 +191,12 @@ async fn exec_capture_identity_deny_and_clean_stop() {
         "the server saw the workload's own identity:\n{s}"
     );
 
+    let c = client.metrics_text();
+    let server_id = format!("peer=\"spiffe://{TD}/ns/test/sa/server\"");
+    assert!(
+        metric(&c, "weir_kernel_tcp_bytes_total", &["workload=\"web\"", &server_id, "direction=\"acked\""]) > 0.0,
+        "kernel facts of captured connections are labelled with the mesh peer:\n{c}"
+    );
     client.shutdown(Duration::from_secs(5)).await;
     assert!(!std::path::Path::new(&format!("/sys/fs/bpf/{tag}")).exists(), "a clean stop removes the pins");
     let root = weir_ebpf::cgroup::v2_root().unwrap();
