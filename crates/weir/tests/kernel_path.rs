@@ -404,3 +404,60 @@ fn without_privileges_the_kernel_path_refuses_to_start_and_says_what_is_missing(
         "names what is missing and the alternative:\n{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_weir_leaves_policy_enforced_restart_adopts_clean_stop_removes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    weir_identity::Ca::init(&ca_dir, TD).unwrap();
+    let tag = format!("weir-kill-{}", std::process::id());
+    let _cleanup = Cleanup(tag.clone());
+    let blocked = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = blocked.local_addr().unwrap().port();
+    let admin = free_port();
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "trust_domain = \"{TD}\"\n[identity]\nnamespace = \"t\"\nservice_account = \"n\"\nca_dir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+             [kernel]\nmode = \"ebpf\"\ncgroup = \"{tag}\"\npin_dir = \"/sys/fs/bpf/{tag}\"\ncapture_listen = \"127.0.0.1:{}\"\n\
+             [[workloads]]\nname = \"web\"\nservice_account = \"web\"\ndeny = [\"127.0.0.1:{port}\"]\n",
+            ca_dir.display(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let start = |log: &str| {
+        let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["run", "--config", cfg.to_str().unwrap()])
+            .stderr(std::fs::File::create(dir.path().join(log)).unwrap())
+            .spawn()
+            .expect("weir run");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", admin)).is_ok() {
+                return child;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("weir run did not come up: {}", std::fs::read_to_string(dir.path().join(log)).unwrap_or_default());
+    };
+    let probe = || weir_exec(&cfg, "web", &format!("exec 3<>/dev/tcp/127.0.0.1/{port} && echo OK"));
+
+    let mut first = start("first.log");
+    assert!(probe().contains("Operation not permitted"), "enforced while running");
+    first.kill().unwrap(); // SIGKILL: no clean stop
+    first.wait().unwrap();
+    assert!(probe().contains("Operation not permitted"), "still enforced with no Weir running");
+
+    let second = start("second.log");
+    let log = std::fs::read_to_string(dir.path().join("second.log")).unwrap();
+    assert!(log.contains("adopted eBPF programs"), "the restart adopts the pinned programs:\n{log}");
+    assert!(probe().contains("Operation not permitted"), "enforced after adoption");
+    Command::new("kill").args(["-TERM", &second.id().to_string()]).status().unwrap();
+    let status = second.wait_with_output().unwrap().status;
+    assert!(status.success(), "clean stop");
+    assert!(!std::path::Path::new(&format!("/sys/fs/bpf/{tag}")).exists(), "a clean stop removes the pins");
+    let root = weir_ebpf::cgroup::v2_root().unwrap();
+    assert!(!root.join(&tag).exists(), "and the cgroups");
+    drop(blocked);
+}
