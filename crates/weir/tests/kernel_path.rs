@@ -428,7 +428,7 @@ async fn killed_weir_leaves_policy_enforced_restart_adopts_clean_stop_removes_it
     )
     .unwrap();
     let start = |log: &str| {
-        let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(["run", "--config", cfg.to_str().unwrap()])
             .stderr(std::fs::File::create(dir.path().join(log)).unwrap())
             .spawn()
@@ -439,6 +439,8 @@ async fn killed_weir_leaves_policy_enforced_restart_adopts_clean_stop_removes_it
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("weir run did not come up: {}", std::fs::read_to_string(dir.path().join(log)).unwrap_or_default());
     };
     let probe = || weir_exec(&cfg, "web", &format!("exec 3<>/dev/tcp/127.0.0.1/{port} && echo OK"));
