@@ -173,20 +173,21 @@ fn syntax(e: httparse::Error, limits: &Limits) -> Error {
     }
 }
 
+/// The head's length once complete, `None` while partial; either way within the size limit.
+fn head_len(parsed: httparse::Result<usize>, have: usize, limits: &Limits) -> Result<Option<usize>, Error> {
+    match parsed.map_err(|e| syntax(e, limits))? {
+        httparse::Status::Partial if have >= limits.max_head_bytes => Err(Error::HeadTooLarge(limits.max_head_bytes)),
+        httparse::Status::Partial => Ok(None),
+        httparse::Status::Complete(n) if n > limits.max_head_bytes => Err(Error::HeadTooLarge(limits.max_head_bytes)),
+        httparse::Status::Complete(n) => Ok(Some(n)),
+    }
+}
+
 /// Parses a request head from the start of `buf`.
 pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parsed<RequestHead>, Error> {
     let mut raw = vec![httparse::EMPTY_HEADER; limits.max_headers];
     let mut req = httparse::Request::new(&mut raw);
-    let len = match req.parse(buf).map_err(|e| syntax(e, limits))? {
-        httparse::Status::Partial if buf.len() >= limits.max_head_bytes => {
-            return Err(Error::HeadTooLarge(limits.max_head_bytes))
-        }
-        httparse::Status::Partial => return Ok(Parsed::Partial),
-        httparse::Status::Complete(n) if n > limits.max_head_bytes => {
-            return Err(Error::HeadTooLarge(limits.max_head_bytes))
-        }
-        httparse::Status::Complete(n) => n,
-    };
+    let Some(len) = head_len(req.parse(buf), buf.len(), limits)? else { return Ok(Parsed::Partial) };
     let (method, target, minor_version) = match (req.method, req.path, req.version) {
         (Some(m), Some(p), Some(v)) => (m.to_owned(), p.to_owned(), v),
         _ => return Err(Error::Syntax("incomplete request line")),
@@ -215,16 +216,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parsed<RequestHead>,
 pub fn parse_response(buf: &[u8], limits: &Limits, request_method: &str) -> Result<Parsed<ResponseHead>, Error> {
     let mut raw = vec![httparse::EMPTY_HEADER; limits.max_headers];
     let mut resp = httparse::Response::new(&mut raw);
-    let len = match resp.parse(buf).map_err(|e| syntax(e, limits))? {
-        httparse::Status::Partial if buf.len() >= limits.max_head_bytes => {
-            return Err(Error::HeadTooLarge(limits.max_head_bytes))
-        }
-        httparse::Status::Partial => return Ok(Parsed::Partial),
-        httparse::Status::Complete(n) if n > limits.max_head_bytes => {
-            return Err(Error::HeadTooLarge(limits.max_head_bytes))
-        }
-        httparse::Status::Complete(n) => n,
-    };
+    let Some(len) = head_len(resp.parse(buf), buf.len(), limits)? else { return Ok(Parsed::Partial) };
     let (status, minor_version) = match (resp.code, resp.version) {
         (Some(c), Some(v)) => (c, v),
         _ => return Err(Error::Syntax("incomplete status line")),

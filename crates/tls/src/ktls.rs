@@ -90,9 +90,7 @@ pub async fn switch_client(mut tls: tokio_rustls::client::TlsStream<CorkStream<T
     tls.get_mut().0.corked = true;
     let drained = drain(&mut tls).await?;
     let (io, conn) = tls.into_inner();
-    let suite = conn.negotiated_cipher_suite().ok_or(Error::NoSuite)?;
-    install(&io.io, suite, conn.dangerous_extract_secrets().map_err(Error::Secrets)?)?;
-    Ok(Switched { socket: io.io, drained })
+    hand_over(io.io, conn.into(), drained)
 }
 
 /// Moves a server connection's keys into the kernel.
@@ -100,9 +98,7 @@ pub async fn switch_server(mut tls: tokio_rustls::server::TlsStream<CorkStream<T
     tls.get_mut().0.corked = true;
     let drained = drain(&mut tls).await?;
     let (io, conn) = tls.into_inner();
-    let suite = conn.negotiated_cipher_suite().ok_or(Error::NoSuite)?;
-    install(&io.io, suite, conn.dangerous_extract_secrets().map_err(Error::Secrets)?)?;
-    Ok(Switched { socket: io.io, drained })
+    hand_over(io.io, conn.into(), drained)
 }
 
 /// Reads what rustls has buffered, up to the next record boundary (the corked stream then
@@ -118,6 +114,13 @@ async fn drain<S: AsyncRead + Unpin>(s: &mut S) -> Result<Vec<u8>, Error> {
             Err(e) => return Err(Error::Drain(e)),
         }
     }
+}
+
+/// Moves a drained connection's keys into the kernel.
+fn hand_over(socket: TcpStream, conn: rustls::Connection, drained: Vec<u8>) -> Result<Switched, Error> {
+    let suite = conn.negotiated_cipher_suite().ok_or(Error::NoSuite)?;
+    install(&socket, suite, conn.dangerous_extract_secrets().map_err(Error::Secrets)?)?;
+    Ok(Switched { socket, drained })
 }
 
 fn install(socket: &TcpStream, suite: SupportedCipherSuite, secrets: ExtractedSecrets) -> Result<(), Error> {
