@@ -27,8 +27,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 async fn handle(app: TcpStream, from: SocketAddr, shared: &Shared) {
     let id = shared.next_id();
     let _ = app.set_nodelay(true);
-    let found =
-        shared.kernel.lock().unwrap_or_else(|p| p.into_inner()).as_mut().map(|k| k.take_original_destination(from));
+    let found = shared.orig_dst.as_ref().map(|o| o.take(from));
     let (workload, dst) = match found {
         Some(Ok(Some(found))) => found,
         Some(Ok(None)) | None => {

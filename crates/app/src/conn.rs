@@ -25,6 +25,9 @@ pub(crate) struct Shared {
     next_id: AtomicU64,
     /// Mesh connections open now (all listeners), for graceful shutdown.
     pub open: AtomicI64,
+    /// Original destinations of captured connections (its own lock: the capture path never
+    /// waits behind the telemetry walk of `kernel`).
+    pub orig_dst: Option<weir_ebpf::OriginalDestinations>,
     /// The eBPF kernel path, when it runs (taken out to detach it on a clean stop).
     pub kernel: std::sync::Mutex<Option<weir_ebpf::KernelPath>>,
     /// Workloads by kernel id.
@@ -63,6 +66,7 @@ impl Shared {
             handshake_timeout,
             next_id: AtomicU64::new(1),
             open: AtomicI64::new(0),
+            orig_dst: None,
             kernel: std::sync::Mutex::new(None),
             workloads: std::collections::HashMap::new(),
             kernel_reported: std::sync::Mutex::new(std::collections::HashSet::new()),

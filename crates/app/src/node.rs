@@ -139,6 +139,7 @@ impl Node {
                 adopted = kernel.adopted(),
                 "kernel path enforcing"
             );
+            shared.orig_dst = Some(kernel.original_destinations()?);
             shared.kernel = std::sync::Mutex::new(Some(kernel));
         }
         let shared = Arc::new(shared);

@@ -15,7 +15,7 @@ mod layout;
 mod maps;
 
 pub use layout::ConnFacts;
-pub use maps::{Capture, Counters, Plan, WorkloadPlan};
+pub use maps::{Capture, Counters, OriginalDestinations, Plan, WorkloadPlan};
 
 use aya::maps::SockHash;
 use aya::programs::{CgroupSockAddr, SkMsg, SockOps};

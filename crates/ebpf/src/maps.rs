@@ -112,21 +112,16 @@ impl KernelPath {
         Ok(())
     }
 
-    /// The original destination and workload of a captured connection, by its source address
-    /// (the capture listener's peer address). The entry is consumed.
-    pub fn take_original_destination(&mut self, src: SocketAddr) -> Result<Option<(u32, SocketAddr)>, Error> {
-        let mut m: HashMap<&mut MapData, [u8; 20], [u8; 32]> =
-            HashMap::try_from(self.map_data("weir_orig_dst")?).map_err(map_err("weir_orig_dst"))?;
-        let key = layout::source(src);
-        match m.get(&key, 0) {
-            Ok(v) => {
-                let _ = m.remove(&key);
-                let (workload, dst) = layout::sock_info(&v);
-                Ok(dst.map(|d| (workload, d)))
-            }
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(map_err("weir_orig_dst")(e)),
-        }
+    /// Takes the original-destination map out of the loader, for the capture listener to use
+    /// under its own lock: a capture accept must never wait behind a telemetry map walk.
+    /// Call once; later calls fail.
+    pub fn original_destinations(&mut self) -> Result<OriginalDestinations, Error> {
+        let map = self
+            .bpf
+            .take_map("weir_orig_dst")
+            .ok_or(Error::Map { map: "weir_orig_dst", reason: "already taken".into() })?;
+        let map = HashMap::try_from(map).map_err(map_err("weir_orig_dst"))?;
+        Ok(OriginalDestinations { map: std::sync::Mutex::new(map) })
     }
 
     /// Every connection the sockops program has seen (open, and recently closed).
@@ -201,4 +196,33 @@ fn sync_trie<K: aya::Pod + Eq + Hash>(
         m.remove(&k).map_err(map_err(name))?;
     }
     Ok(())
+}
+
+/// Original destinations of captured connections, keyed by their source address.
+pub struct OriginalDestinations {
+    map: std::sync::Mutex<HashMap<MapData, [u8; 20], [u8; 32]>>,
+}
+
+impl std::fmt::Debug for OriginalDestinations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OriginalDestinations")
+    }
+}
+
+impl OriginalDestinations {
+    /// The workload and original destination of the captured connection from `src` (the
+    /// capture listener's peer address). The entry is consumed.
+    pub fn take(&self, src: SocketAddr) -> Result<Option<(u32, SocketAddr)>, Error> {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let key = layout::source(src);
+        match m.get(&key, 0) {
+            Ok(v) => {
+                let _ = m.remove(&key);
+                let (workload, dst) = layout::sock_info(&v);
+                Ok(dst.map(|d| (workload, d)))
+            }
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err("weir_orig_dst")(e)),
+        }
+    }
 }

@@ -94,8 +94,9 @@ fn captured_connections_reach_the_capture_listener_with_their_original_destinati
     let client = std::thread::spawn(move || connect_from(&cg, service));
     let (conn, peer) = capture.accept().expect("captured connection arrives at the capture listener");
     assert_eq!(client.join().unwrap(), "OK", "the app saw a normal connect");
-    assert_eq!(k.take_original_destination(peer).expect("lookup"), Some((5, service)));
-    assert_eq!(k.take_original_destination(peer).expect("lookup"), None, "consumed");
+    let orig = k.original_destinations().expect("take the map");
+    assert_eq!(orig.take(peer).expect("lookup"), Some((5, service)));
+    assert_eq!(orig.take(peer).expect("lookup"), None, "consumed");
     drop(conn);
     let facts = k.connections().expect("conn stats");
     assert!(
