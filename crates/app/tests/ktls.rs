@@ -84,8 +84,14 @@ async fn session_byte_limit_ends_the_session_with_a_reset() {
     let (mut r, mut w) = s.into_split();
     let writer = tokio::spawn(async move { write_pattern(&mut w, 8 * MIB, 3).await });
     let got = read_hash(&mut r).await;
-    assert!(got.is_err(), "the app must see the session end as an error, not a clean EOF: {got:?}");
-    let _ = writer.await;
+    let wrote = writer.await.expect("writer task");
+    // The kernel reports a reset once per socket: whichever of the app's calls runs first (the
+    // read or the write) gets the error, the other may then see a closed socket.
+    assert!(
+        got.is_err() || wrote.is_err(),
+        "the app must see the session end as an error, not a clean end: read {got:?}, write {wrote:?}"
+    );
+    assert!(got.as_ref().map_or(true, |(n, _)| *n < 8 * MIB), "the transfer must not look complete: {got:?}");
     mesh.settle().await;
     let c = mesh.client.metrics_text();
     assert_eq!(metric(&c, "weir_connections_closed_total", &["outcome=\"session_limit\""]), 1.0, "{c}");
