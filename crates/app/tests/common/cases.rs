@@ -107,7 +107,7 @@ impl Capture {
         use std::io::BufRead;
         let file = dir.join(format!("port-{port}.pcap"));
         let mut child = std::process::Command::new("tcpdump")
-            .args(["-i", "lo", "--immediate-mode", "-U", "-s", "0", "-w"])
+            .args(["-i", "lo", "--immediate-mode", "-B", "32768", "-U", "-s", "0", "-w"])
             .arg(&file)
             .args(["tcp", "port", &port.to_string()])
             .stderr(std::process::Stdio::piped())
@@ -121,8 +121,15 @@ impl Capture {
         Self { child, file }
     }
 
-    /// Stops tcpdump (SIGINT flushes the file) and returns the capture.
-    pub fn finish(mut self) -> Vec<u8> {
+    /// Waits (up to 5 s: tcpdump lags on a 1-vCPU guest) until the file holds at least
+    /// `expect` bytes, then stops tcpdump (SIGINT flushes the file) and returns the capture.
+    pub fn finish(mut self, expect: usize) -> Vec<u8> {
+        for _ in 0..100 {
+            if std::fs::metadata(&self.file).map_or(0, |m| m.len() as usize) >= expect {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = std::process::Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
         let _ = self.child.wait();
         std::fs::read(&self.file).expect("pcap written")
@@ -148,7 +155,7 @@ pub async fn plaintext_never_on_the_wire(ktls: &'static str, mode: &str) {
     assert_eq!(n, payload.len() as u64, "echo through the mesh");
     mesh.settle().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (wire, plain) = (wire.finish(), plain.finish());
+    let (wire, plain) = (wire.finish(payload.len() * 2), plain.finish(payload.len() * 2));
     assert!(contains(&plain, marker), "positive control: the marker is visible on the plaintext backend leg");
     assert!(wire.len() > payload.len(), "the inter-node capture holds the traffic ({} bytes)", wire.len());
     assert!(!contains(&wire, marker), "plaintext marker found on the inter-node leg");
