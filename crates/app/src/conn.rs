@@ -21,6 +21,8 @@ pub(crate) struct Shared {
     pub limits: weir_forward::Limits,
     /// Inbound allow-lists (swapped on reload).
     pub policy: std::sync::RwLock<InboundPolicy>,
+    /// HTTP handling of inbound services with `protocol = "http"` (swapped on reload).
+    pub http: std::sync::RwLock<std::collections::HashMap<String, Arc<crate::http::HttpService>>>,
     pub handshake_timeout: Duration,
     next_id: AtomicU64,
     /// Mesh connections open now (all listeners), for graceful shutdown.
@@ -63,6 +65,7 @@ impl Shared {
             ktls,
             limits,
             policy: std::sync::RwLock::new(policy),
+            http: Default::default(),
             handshake_timeout,
             next_id: AtomicU64::new(1),
             open: AtomicI64::new(0),
@@ -132,9 +135,9 @@ pub(crate) struct Tracked<'a> {
     shared: &'a Shared,
     pub id: u64,
     direction: Direction,
-    mode: Mode,
-    peer: SpiffeId,
-    service: String,
+    pub mode: Mode,
+    pub peer: SpiffeId,
+    pub service: String,
     started: Instant,
     pub tally: Tally,
 }
@@ -159,6 +162,7 @@ impl<'a> Tracked<'a> {
             to_peer: bytes(Flow::ToPeer),
             from_peer: bytes(Flow::FromPeer),
             userspace: m.userspace_bytes.get_or_create(&ModeLabels { mode: label }).clone(),
+            userspace_body: Default::default(),
         };
         tracing::info!(conn = id, ?direction, mode = label, peer = %peer, service, "connection open");
         Self { shared, id, direction, mode, peer, service, started: Instant::now(), tally }

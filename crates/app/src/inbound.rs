@@ -53,16 +53,35 @@ async fn handle(socket: TcpStream, from: SocketAddr, backends: &Backends, shared
             Ok(s) => s,
             Err(e) => return shared.refuse(id, Direction::Inbound, Refusal::KtlsSetupFailed, &e),
         };
+        let http = http_service(shared, &a.service);
+        if http.is_some() && !switched.drained.is_empty() {
+            // Our own outbound side waits for the preamble answer before sending: bytes this
+            // early are not a request we can frame.
+            let detail = format_args!("{}: data before the preamble answer", a.peer);
+            return shared.refuse(id, Direction::Inbound, Refusal::PreambleMalformed, &detail);
+        }
         let t = Tracked::open(shared, id, Direction::Inbound, Mode::KtlsSw, a.peer, a.service);
-        let outcome =
-            weir_forward::splice_ktls(a.backend, switched.socket, switched.drained, &t.tally, shared.limits).await;
+        let outcome = match http {
+            Some(svc) => crate::http::inbound_ktls(shared, &svc, &t, a.backend, switched.socket).await,
+            None => {
+                weir_forward::splice_ktls(a.backend, switched.socket, switched.drained, &t.tally, shared.limits).await
+            }
+        };
         t.close(outcome);
     } else {
         let Some(a) = accept(acceptor, socket, from, backends, shared, id).await else { return };
+        let http = http_service(shared, &a.service);
         let t = Tracked::open(shared, id, Direction::Inbound, Mode::Userspace, a.peer, a.service);
-        let outcome = weir_forward::copy_tls(a.backend, a.tls, &t.tally).await;
+        let outcome = match http {
+            Some(svc) => crate::http::inbound_tls(shared, &svc, &t, a.backend, a.tls).await,
+            None => weir_forward::copy_tls(a.backend, a.tls, &t.tally).await,
+        };
         t.close(outcome);
     }
+}
+
+fn http_service(shared: &Shared, service: &str) -> Option<Arc<crate::http::HttpService>> {
+    shared.http.read().unwrap_or_else(|p| p.into_inner()).get(service).cloned()
 }
 
 /// Handshake, preamble, authorization and backend connect, all within the handshake timeout.

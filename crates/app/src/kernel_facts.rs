@@ -55,9 +55,16 @@ pub(crate) fn fold(shared: &Shared, reported: &mut HashSet<u64>) {
     }
     if let Ok(c) = kernel.counters() {
         // Kernel counters are totals: bring ours level with them.
-        for (reason, total) in [("deny", c.denied), ("limit", c.limited)] {
+        for (reason, total) in [("deny", c.denied), ("limit", c.limited), ("map_full", c.map_full)] {
             let counter = k.refused.get_or_create(&KernelRefusedLabels { reason });
-            counter.inc_by(total.saturating_sub(counter.get()));
+            let new = total.saturating_sub(counter.get());
+            if reason == "map_full" && new > 0 {
+                tracing::error!(
+                    refused = new,
+                    "kernel socket storage full: new workload connections refused (fail closed)"
+                );
+            }
+            counter.inc_by(new);
         }
         k.captured.inc_by(c.captured.saturating_sub(k.captured.get()));
     }

@@ -3,13 +3,14 @@
 //!
 //! Owns: node start-up and shutdown ([`Node`]), the outbound listener (local app -> peer node),
 //! the inbound listener (peer node -> local backend), the handshake + preamble + authorization
-//! sequence, and the admin endpoint. Delegates: TLS to `weir-tls`, byte moving to
+//! sequence, the HTTP/1.1 hooks of `protocol = "http"` services, and the admin endpoint. Delegates: TLS to `weir-tls`, byte moving to
 //! `weir-forward`, decisions to `weir-policy`, metric families to `weir-telemetry`.
 #![forbid(unsafe_code)]
 
 mod admin;
 mod capture;
 mod conn;
+mod http;
 mod inbound;
 mod kernel_facts;
 mod node;

@@ -2,6 +2,7 @@
 //! listeners and the admin endpoint.
 use crate::conn::{Shared, Workload};
 use crate::{admin, capture, inbound, outbound};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,6 +94,7 @@ impl Node {
         let suites = suites.as_deref();
         let mut shared = Shared::new(tls.clone(), store.clone(), support.clone(), limits, policy, handshake_timeout);
         shared.metrics.ktls_enabled.set(i64::from(shared.ktls_available()));
+        *shared.http.get_mut().unwrap_or_else(|p| p.into_inner()) = http_services(&config);
         let mut tasks = vec![tokio::spawn(store.clone().run_rotation()), tokio::spawn(tls.follow(store.clone()))];
         let bind = |what, addr| async move {
             TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source })
@@ -250,7 +252,9 @@ impl Node {
             }
         }
         *self.shared.policy.write().unwrap_or_else(|p| p.into_inner()) = inbound_policy(new);
-        tracing::info!("configuration reloaded: allow-lists and L4 rules applied");
+        // Rate-limit buckets start afresh: their keys are positions in the old rule set.
+        *self.shared.http.write().unwrap_or_else(|p| p.into_inner()) = http_services(new);
+        tracing::info!("configuration reloaded: allow-lists, HTTP rules and L4 rules applied");
         Ok(())
     }
 
@@ -311,6 +315,11 @@ fn kernel_plan(config: &Config) -> weir_ebpf::Plan {
 }
 
 /// Inbound allow-lists from `config` (default deny).
+fn http_services(config: &Config) -> HashMap<String, Arc<crate::http::HttpService>> {
+    let services = config.inbound.iter().flat_map(|i| &i.services);
+    services.filter_map(|s| Some((s.name.clone(), Arc::new(crate::http::HttpService::new(s.http.clone()?))))).collect()
+}
+
 fn inbound_policy(config: &Config) -> InboundPolicy {
     let mut policy = InboundPolicy::default();
     for s in config.inbound.iter().flat_map(|i| &i.services) {

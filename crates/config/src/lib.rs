@@ -6,9 +6,11 @@
 //! a bad value. Does not own reloading or any runtime state.
 #![forbid(unsafe_code)]
 
+mod http;
 mod raw;
 mod typed;
 
+pub use http::HttpConfig;
 pub use typed::{
     Config, IdentityConfig, InboundConfig, KernelConfig, KernelMode, KtlsConfig, KtlsMode, LogConfig, LogFormat,
     OutboundRoute, ServiceConfig, WorkloadConfig,

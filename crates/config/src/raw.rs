@@ -91,6 +91,53 @@ pub(crate) struct RawService {
     pub backend: Option<Spanned<String>>,
     #[serde(default)]
     pub allow: Vec<Spanned<String>>,
+    pub protocol: Option<Spanned<String>>,
+    pub http: Option<RawHttp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHttp {
+    pub mode: Option<Spanned<String>>,
+    pub max_head_bytes: Option<Spanned<i64>>,
+    pub max_headers: Option<Spanned<i64>>,
+    pub request_head_timeout_ms: Option<Spanned<i64>>,
+    pub response_timeout_ms: Option<Spanned<i64>>,
+    pub default: Option<Spanned<String>>,
+    #[serde(default)]
+    pub rules: Vec<RawHttpRule>,
+    #[serde(default)]
+    pub rate_limits: Vec<RawRateLimit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHttpRule {
+    pub action: Option<Spanned<String>>,
+    #[serde(default)]
+    pub from: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub methods: Vec<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub path_prefix: Option<Spanned<String>>,
+    #[serde(default)]
+    pub headers: Vec<RawHeaderMatch>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHeaderMatch {
+    pub name: Option<Spanned<String>>,
+    pub value: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRateLimit {
+    pub from: Option<Spanned<String>>,
+    pub path_prefix: Option<Spanned<String>>,
+    pub per_second: Option<Spanned<i64>>,
+    pub burst: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -138,6 +138,8 @@ pub struct ServiceConfig {
     pub backend: SocketAddr,
     /// SPIFFE IDs allowed to connect (default deny).
     pub allow: Vec<SpiffeId>,
+    /// HTTP/1.1 handling (`protocol = "http"`); `None`: opaque bytes (L4).
+    pub http: Option<crate::http::HttpConfig>,
 }
 
 /// A local port mapped to a mesh service.
@@ -155,19 +157,24 @@ pub struct OutboundRoute {
     pub peer_id: SpiffeId,
 }
 
-struct Check<'a> {
+pub(crate) struct Check<'a> {
     source: &'a str,
     errors: Vec<FieldError>,
 }
 
 impl Check<'_> {
-    fn error(&mut self, path: &str, at: Option<usize>, reason: impl Into<String>) {
+    pub(crate) fn error(&mut self, path: &str, at: Option<usize>, reason: impl Into<String>) {
         let line = at.map(|o| line_of(self.source, o));
         self.errors.push(FieldError { path: path.to_owned(), line, reason: reason.into() });
     }
 
     /// Converts a present value; records an error naming `path` if `convert` fails.
-    fn value<T, U>(&mut self, v: &Spanned<T>, path: &str, convert: impl FnOnce(&T) -> Result<U, String>) -> Option<U> {
+    pub(crate) fn value<T, U>(
+        &mut self,
+        v: &Spanned<T>,
+        path: &str,
+        convert: impl FnOnce(&T) -> Result<U, String>,
+    ) -> Option<U> {
         match convert(v.get_ref()) {
             Ok(u) => Some(u),
             Err(reason) => {
@@ -178,7 +185,7 @@ impl Check<'_> {
     }
 
     /// Like `value`, but a missing field is an error too.
-    fn required<T, U>(
+    pub(crate) fn required<T, U>(
         &mut self,
         v: &Option<Spanned<T>>,
         path: &str,
@@ -194,7 +201,7 @@ impl Check<'_> {
     }
 
     /// Like `value`, with a default when absent.
-    fn optional<T, U>(
+    pub(crate) fn optional<T, U>(
         &mut self,
         v: &Option<Spanned<T>>,
         path: &str,
@@ -212,7 +219,7 @@ fn addr(s: &String) -> Result<SocketAddr, String> {
     s.parse().map_err(|e| format!("{s:?} is not an address:port ({e})"))
 }
 
-fn spiffe_id(s: &String) -> Result<SpiffeId, String> {
+pub(crate) fn spiffe_id(s: &String) -> Result<SpiffeId, String> {
     s.parse().map_err(|e| format!("{s:?} is not a SPIFFE ID: {e}"))
 }
 
@@ -227,7 +234,7 @@ fn service_name(s: &String) -> Result<String, String> {
     }
 }
 
-fn ranged(min: i64, max: i64) -> impl FnOnce(&i64) -> Result<i64, String> {
+pub(crate) fn ranged(min: i64, max: i64) -> impl FnOnce(&i64) -> Result<i64, String> {
     move |v| if (min..=max).contains(v) { Ok(*v) } else { Err(format!("{v} is out of range {min}..={max}")) }
 }
 
@@ -397,9 +404,11 @@ fn inbound(c: &mut Check<'_>, i: &RawInbound) -> Option<InboundConfig> {
         let backend = c.required(&s.backend, &p("backend"), addr);
         let allow: Vec<_> =
             s.allow.iter().enumerate().map(|(k, a)| c.value(a, &p(&format!("allow[{k}]")), spiffe_id)).collect();
-        if let (Some(name), Some(backend), Some(allow)) = (name, backend, allow.into_iter().collect::<Option<Vec<_>>>())
+        let http = crate::http::service(c, &p(""), s);
+        if let (Some(name), Some(backend), Some(allow), Some(http)) =
+            (name, backend, allow.into_iter().collect::<Option<Vec<_>>>(), http)
         {
-            services.push(ServiceConfig { name, backend, allow });
+            services.push(ServiceConfig { name, backend, allow, http });
         }
     }
     Some(InboundConfig { listen: listen?, handshake_timeout: Duration::from_millis(timeout? as u64), services })

@@ -239,11 +239,10 @@ static __always_inline int over_limit(const struct workload *wl)
 /* Shared tail of connect4/connect6: record the socket, capture if the destination is a mesh
  * service. `v4` says the destination is IPv4 (addr[3]), on either socket family; `prog4` is a
  * constant saying which program inlines this (the verifier refuses user_ip6 in connect4).
- * Returns 1 if the destination was rewritten. */
+ * Returns the connect verdict: 1 to go ahead, 0 to refuse. */
 static __always_inline int record(struct bpf_sock_addr *ctx, const struct workload *wl, __u32 *addr, __u16 port, int v4, const int prog4)
 {
     struct sock_info info = { .workload = wl->id, .flags = wl->flags };
-    int rewritten = 0;
     if (ctx->type == SOCK_STREAM) {
         struct svc_key sk = { .port = port };
         sk.addr[0] = addr[0];
@@ -274,16 +273,18 @@ static __always_inline int record(struct bpf_sock_addr *ctx, const struct worklo
             }
             ctx->user_port = cap->port;
             bump(CAPTURED);
-            rewritten = 1;
         }
     }
     struct bpf_sock *sk = ctx->sk;
     struct sock_info *stored = sk ? bpf_sk_storage_get(&weir_socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE) : 0;
-    if (stored)
-        *stored = info;
-    else
+    if (!stored) {
+        /* Without its entry the socket escapes the limit and loses its original destination:
+         * fail closed rather than let it through unaccounted. */
         bump(SOCKS_FULL);
-    return rewritten;
+        return 0;
+    }
+    *stored = info;
+    return 1;
 }
 
 SEC("cgroup/connect4")
@@ -303,8 +304,7 @@ int weir_connect4(struct bpf_sock_addr *ctx)
         bump(LIMITED);
         return 0;
     }
-    record(ctx, wl, addr, port, 1, 1);
-    return 1;
+    return record(ctx, wl, addr, port, 1, 1);
 }
 
 SEC("cgroup/connect6")
@@ -326,8 +326,7 @@ int weir_connect6(struct bpf_sock_addr *ctx)
         bump(LIMITED);
         return 0;
     }
-    record(ctx, wl, addr, port, v4, 0);
-    return 1;
+    return record(ctx, wl, addr, port, v4, 0);
 }
 
 /* Every ctx field is read once, up front and unconditionally: letting clang share address

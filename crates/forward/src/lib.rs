@@ -3,11 +3,13 @@
 //!
 //! Owns: [`splice_ktls`] (socket -> pipe -> socket in both directions, no byte enters
 //! userspace, kTLS control records handled) and [`copy_tls`] (userspace TLS fallback), with
-//! half-close and reset propagation and incremental byte counts. Does not own handshakes or
+//! half-close and reset propagation and incremental byte counts; and [`http1`], the same
+//! legs carrying HTTP/1.1 with only heads read into userspace. Does not own handshakes or
 //! policy.
 #![forbid(unsafe_code)]
 
 mod copy;
+pub mod http1;
 mod splice;
 
 pub use copy::{copy_tls, TcpBacked};
@@ -22,8 +24,12 @@ pub struct Tally {
     pub to_peer: Counter,
     /// Plaintext bytes received from the peer node.
     pub from_peer: Counter,
-    /// Bytes that crossed userspace (0 on the splice path but for rare control records).
+    /// Bytes that crossed userspace (0 on the splice path but for rare control records; on
+    /// the HTTP path, heads and chunk framing always do).
     pub userspace: Counter,
+    /// HTTP body bytes that crossed userspace: 0 when both legs splice, the body size where a
+    /// leg is userspace TLS or the listener is in copy mode.
+    pub userspace_body: Counter,
 }
 
 /// Which leg of the hop.
@@ -73,7 +79,7 @@ impl Outcome {
 
 /// Resets both sockets on drop-close: a failure on one leg must not look like a clean EOF on
 /// the other.
-fn abort_both(a: &tokio::net::TcpStream, b: &tokio::net::TcpStream) {
+pub fn abort_both(a: &tokio::net::TcpStream, b: &tokio::net::TcpStream) {
     use std::os::fd::AsFd;
     for s in [a, b] {
         if let Err(e) = weir_sys::abort_on_close(s.as_fd()) {

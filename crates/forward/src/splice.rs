@@ -57,7 +57,7 @@ async fn local_to_peer(local: &TcpStream, peer: &TcpStream, tally: &Tally, limit
     let pipe = Pipe::with_capacity(limits.pipe_size).map_err(|e| Outcome::Failed(Side::Local, e.into()))?;
     let mut sent = 0u64;
     loop {
-        let n = fill(local, &pipe).await.map_err(|e| Outcome::from_error(Side::Local, e))?;
+        let n = fill(local, &pipe, pipe.capacity()).await.map_err(|e| Outcome::from_error(Side::Local, e))?;
         if n == 0 {
             close_notify(peer).await.map_err(|e| Outcome::from_error(Side::Peer, e))?;
             return Ok(());
@@ -86,7 +86,7 @@ async fn peer_to_local(
     peer.readable().await.map_err(|e| Outcome::from_error(Side::Peer, e))?;
     let pipe = Pipe::with_capacity(limits.pipe_size).map_err(|e| Outcome::Failed(Side::Local, e.into()))?;
     loop {
-        match fill_from_ktls(peer, &pipe).await.map_err(|e| Outcome::from_error(Side::Peer, e))? {
+        match fill_from_ktls(peer, &pipe, pipe.capacity()).await.map_err(|e| Outcome::from_error(Side::Peer, e))? {
             KtlsRead::Data(n) => {
                 empty(&pipe, local, n).await.map_err(|e| Outcome::from_error(Side::Local, e))?;
                 tally.from_peer.inc_by(n as u64);
@@ -110,12 +110,12 @@ async fn peer_to_local(
     }
 }
 
-/// Source socket -> pipe. Returns bytes moved; 0 is end of stream.
-async fn fill(src: &TcpStream, pipe: &Pipe) -> io::Result<usize> {
+/// Source socket -> pipe, at most `len` bytes. Returns bytes moved; 0 is end of stream.
+pub(crate) async fn fill(src: &TcpStream, pipe: &Pipe, len: usize) -> io::Result<usize> {
     loop {
         src.readable().await?;
         match src.try_io(Interest::READABLE, || {
-            Ok(weir_sys::splice(src.as_fd(), pipe.write.as_fd(), pipe.capacity(), SpliceFlags::Flush)?)
+            Ok(weir_sys::splice(src.as_fd(), pipe.write.as_fd(), len, SpliceFlags::Flush)?)
         }) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             other => return other,
@@ -123,25 +123,25 @@ async fn fill(src: &TcpStream, pipe: &Pipe) -> io::Result<usize> {
     }
 }
 
-enum KtlsRead {
+pub(crate) enum KtlsRead {
     Data(usize),
     Record(Vec<u8>),
     CloseNotify,
     Truncated,
 }
 
-/// kTLS socket -> pipe. splice stops at any non-data record (EINVAL, or EIO on some kernels):
-/// such a record is read with recvmsg and acted on here.
-async fn fill_from_ktls(src: &TcpStream, pipe: &Pipe) -> io::Result<KtlsRead> {
+/// kTLS socket -> pipe, at most `len` bytes. splice stops at any non-data record (EINVAL, or
+/// EIO on some kernels): such a record is read with recvmsg and acted on here.
+pub(crate) async fn fill_from_ktls(src: &TcpStream, pipe: &Pipe, len: usize) -> io::Result<KtlsRead> {
     loop {
         src.readable().await?;
         match src.try_io(Interest::READABLE, || {
-            Ok(weir_sys::splice(src.as_fd(), pipe.write.as_fd(), pipe.capacity(), SpliceFlags::Flush)?)
+            Ok(weir_sys::splice(src.as_fd(), pipe.write.as_fd(), len, SpliceFlags::Flush)?)
         }) {
             Ok(0) => return Ok(KtlsRead::Truncated),
             Ok(n) => return Ok(KtlsRead::Data(n)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) if matches!(e.raw_os_error(), Some(EINVAL | EIO)) => {
+            Err(e) if is_control_record(&e) => {
                 if let Some(read) = control_record(src).await? {
                     return Ok(read);
                 }
@@ -151,13 +151,18 @@ async fn fill_from_ktls(src: &TcpStream, pipe: &Pipe) -> io::Result<KtlsRead> {
     }
 }
 
+/// Whether a read error on a kTLS socket means "the next record is not application data".
+pub(crate) fn is_control_record(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(EINVAL | EIO))
+}
+
 const EINVAL: i32 = 22;
 const EIO: i32 = 5;
 const NEW_SESSION_TICKET: u8 = 4;
 const KEY_UPDATE: u8 = 24;
 
 /// Reads the record that stopped splice. `None`: ignorable, keep splicing.
-async fn control_record(src: &TcpStream) -> io::Result<Option<KtlsRead>> {
+pub(crate) async fn control_record(src: &TcpStream) -> io::Result<Option<KtlsRead>> {
     let mut buf = vec![0u8; 16 * 1024 + 256];
     let (kind, n) = loop {
         src.readable().await?;
@@ -180,7 +185,7 @@ async fn control_record(src: &TcpStream) -> io::Result<Option<KtlsRead>> {
 }
 
 /// Pipe -> destination socket, exactly `n` bytes.
-async fn empty(pipe: &Pipe, dst: &TcpStream, n: usize) -> io::Result<()> {
+pub(crate) async fn empty(pipe: &Pipe, dst: &TcpStream, n: usize) -> io::Result<()> {
     let mut left = n;
     while left > 0 {
         dst.writable().await?;
@@ -196,7 +201,7 @@ async fn empty(pipe: &Pipe, dst: &TcpStream, n: usize) -> io::Result<()> {
     Ok(())
 }
 
-async fn write_all(dst: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+pub(crate) async fn write_all(dst: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
         dst.writable().await?;
         match dst.try_write(bytes) {
@@ -209,7 +214,7 @@ async fn write_all(dst: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Ends our sending half in TLS terms (close_notify), then in TCP terms (FIN).
-async fn close_notify(peer: &TcpStream) -> io::Result<()> {
+pub(crate) async fn close_notify(peer: &TcpStream) -> io::Result<()> {
     loop {
         peer.writable().await?;
         match peer

@@ -4,12 +4,15 @@
 //! strict framing rules of RFC 9112 (what would let a request be smuggled is refused, with the
 //! status to answer), deciding how each body is framed ([`BodyFraming`]), and walking chunked
 //! bodies ([`chunked::Decoder`]) so that only size lines and trailers enter userspace while
-//! chunk data can be spliced. Does not own I/O, policy or routing.
+//! chunk data can be spliced; writing forwarded request heads and Weir's own short answers.
+//! Does not own I/O, policy or routing.
 #![forbid(unsafe_code)]
 
 pub mod chunked;
+mod encode;
 mod head;
 
+pub use encode::{encode_request, error_response, local_response};
 pub use head::{parse_request, parse_response, BodyFraming, Limits, Parsed, RequestHead, ResponseHead};
 
 /// Why a message was refused. [`Error::status`] is the answer to send before closing.

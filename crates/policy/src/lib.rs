@@ -3,11 +3,17 @@
 //! Owns: the inbound allow-lists (which SPIFFE IDs may reach which local service; default
 //! deny). Does not own how rules are loaded (`weir-config`) or enforced on sockets
 //! (`weir-app`), nor their compilation to eBPF maps (`weir-ebpf`). Also: per-workload L4 rules
-//! ([`WorkloadL4`]). Later: L7 rules on request heads.
+//! ([`WorkloadL4`]), and L7 rules on HTTP/1.1 request heads with per-route rate limits
+//! ([`HttpPolicy`], [`decide`]).
 #![forbid(unsafe_code)]
 
+mod http;
 mod l4;
 
+pub use http::{
+    decide, normalize_path, Action, HeaderMatch, HttpPolicy, HttpRule, HttpVerdict, PathMatch, RateLimit, RateLimiter,
+    RequestFacts,
+};
 pub use l4::{DenyRule, WorkloadL4};
 
 use std::collections::{BTreeSet, HashMap};

@@ -5,6 +5,9 @@
 //! atomics these families hand out; encoding happens on scrape. Does not own the admin server.
 #![forbid(unsafe_code)]
 
+pub mod http;
+pub mod trace;
+
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -109,7 +112,7 @@ pub struct WorkloadLabels {
 /// Labels of kernel-refused connects.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KernelRefusedLabels {
-    /// `deny` (a rule) or `limit` (the connection limit).
+    /// `deny` (a rule), `limit` (the connection limit) or `map_full` (no socket storage: fail closed).
     pub reason: &'static str,
 }
 
@@ -186,6 +189,8 @@ impl Default for KernelMetrics {
 pub struct Metrics {
     /// The eBPF kernel path's metrics (empty when it does not run).
     pub kernel: KernelMetrics,
+    /// The HTTP/1.1 path's metrics.
+    pub http: http::HttpMetrics,
     /// Connections opened (handshake and authorization passed).
     pub opened: Family<ConnLabels, Counter>,
     /// Connections closed, by outcome.
@@ -234,6 +239,7 @@ impl Metrics {
             "Unix time the current SVID expires",
             self.svid_expiry_seconds.clone(),
         );
+        self.http.register(&mut r);
         let k = &self.kernel;
         r.register(
             "kernel_tcp_srtt_microseconds",

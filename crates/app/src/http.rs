@@ -1,0 +1,225 @@
+//! HTTP/1.1 on inbound services with `protocol = "http"`: the L7 policy on each request head
+//! (source SPIFFE ID × method × path × headers, rate limits), trace propagation, per-request
+//! metrics and the access log. The bytes move in `weir_forward::http1` (heads only through
+//! userspace; bodies spliced unless a leg is userspace TLS or the service is in copy mode).
+use crate::conn::{Shared, Tracked};
+use std::sync::Mutex;
+use std::time::Instant;
+use tokio::net::TcpStream;
+use weir_config::HttpConfig;
+use weir_forward::http1::{self, End, Exchange, Hooks, Http1Limits, Leg, Verdict};
+use weir_forward::{Outcome, Side};
+use weir_http::RequestHead;
+use weir_identity::SpiffeId;
+use weir_policy::{HttpVerdict, RateLimiter, RequestFacts};
+use weir_telemetry::http::{method_label, status_class, BodyLabels, DurationLabels, RequestLabels, VerdictLabels};
+use weir_telemetry::trace::TraceContext;
+use weir_telemetry::Direction;
+
+/// A service's HTTP handling at run time: its config and its rate-limit buckets.
+pub(crate) struct HttpService {
+    pub config: HttpConfig,
+    pub limiter: Mutex<RateLimiter>,
+}
+
+impl HttpService {
+    pub fn new(config: HttpConfig) -> Self {
+        Self { config, limiter: Mutex::new(RateLimiter::new()) }
+    }
+
+    fn limits(&self) -> Http1Limits {
+        let c = &self.config;
+        Http1Limits {
+            head: weir_http::Limits { max_head_bytes: c.max_head_bytes, max_headers: c.max_headers },
+            request_head: c.request_head_timeout,
+            response_head: c.response_timeout,
+        }
+    }
+}
+
+/// Serves HTTP/1.1 from a peer node (kTLS socket) to the backend until the connection ends;
+/// an upgraded connection continues as L4 splice.
+pub(crate) async fn inbound_ktls(
+    shared: &Shared,
+    svc: &HttpService,
+    t: &Tracked<'_>,
+    backend: TcpStream,
+    peer: TcpStream,
+) -> Outcome {
+    let copy = svc.config.copy;
+    let result = {
+        let mut down = Leg::socket(&peer, true, copy);
+        let mut up = Leg::socket(&backend, false, copy);
+        let mut hooks = InboundHooks::new(shared, svc, t, copy);
+        http1::serve(&mut down, &mut up, (Side::Peer, Side::Local), &mut hooks, &svc.limits(), &t.tally).await
+    };
+    match result {
+        Ok(End::Closed) => Outcome::Closed,
+        Ok(End::Upgraded) => weir_forward::splice_ktls(backend, peer, Vec::new(), &t.tally, shared.limits).await,
+        Err(outcome) => {
+            weir_forward::abort_both(&backend, &peer);
+            outcome
+        }
+    }
+}
+
+/// As [`inbound_ktls`], with the peer leg in userspace TLS (every body byte is decrypted here
+/// anyway, and counted so).
+pub(crate) async fn inbound_tls<S>(
+    shared: &Shared,
+    svc: &HttpService,
+    t: &Tracked<'_>,
+    backend: TcpStream,
+    mut tls: S,
+) -> Outcome
+where
+    S: weir_forward::http1::ByteStream + weir_forward::TcpBacked,
+{
+    let copy = svc.config.copy;
+    let result = {
+        let mut down = Leg::stream(&mut tls);
+        let mut up = Leg::socket(&backend, false, copy);
+        let mut hooks = InboundHooks::new(shared, svc, t, copy);
+        http1::serve(&mut down, &mut up, (Side::Peer, Side::Local), &mut hooks, &svc.limits(), &t.tally).await
+    };
+    match result {
+        Ok(End::Closed) => Outcome::Closed,
+        Ok(End::Upgraded) => weir_forward::copy_tls(backend, tls, &t.tally).await,
+        Err(outcome) => {
+            weir_forward::abort_both(&backend, tls.tcp());
+            outcome
+        }
+    }
+}
+
+/// What the current request looked like, kept from its head to its end.
+struct Current {
+    method: &'static str,
+    path: String,
+    trace: TraceContext,
+    verdict: &'static str,
+}
+
+struct InboundHooks<'a> {
+    shared: &'a Shared,
+    svc: &'a HttpService,
+    conn: u64,
+    peer: &'a SpiffeId,
+    service: &'a str,
+    mode: &'static str,
+    current: Option<Current>,
+}
+
+impl<'a> InboundHooks<'a> {
+    fn new(shared: &'a Shared, svc: &'a HttpService, t: &'a Tracked<'_>, copy: bool) -> Self {
+        let mode = if copy { "copy" } else { t.mode.as_label() };
+        Self { shared, svc, conn: t.id, peer: &t.peer, service: &t.service, mode, current: None }
+    }
+}
+
+impl Hooks for InboundHooks<'_> {
+    fn request(&mut self, head: &RequestHead) -> Verdict {
+        let facts =
+            RequestFacts { source: self.peer, method: &head.method, target: &head.target, headers: &head.headers };
+        let verdict = {
+            let mut limiter = self.svc.limiter.lock().unwrap_or_else(|p| p.into_inner());
+            weir_policy::decide(&self.svc.config.policy, &mut limiter, &facts, Instant::now())
+        };
+        let label = verdict.as_label();
+        let m = &self.shared.metrics.http;
+        m.verdicts.get_or_create(&VerdictLabels { service: self.service.to_owned(), verdict: label }).inc();
+        let incoming = head.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("traceparent")).map(|(_, v)| &v[..]);
+        let trace = TraceContext::continue_or_start(incoming, random());
+        let path = weir_policy::normalize_path(&head.target).unwrap_or_default();
+        self.current = Some(Current { method: method_label(&head.method), path: path.clone(), trace, verdict: label });
+        let Some(current) = &self.current else { unreachable!("set above") };
+        match verdict {
+            HttpVerdict::Allow => {
+                // The backend gets the path the policy judged, so it cannot read another.
+                let target = match head.target.split_once('?') {
+                    Some((_, query)) => format!("{path}?{query}"),
+                    None => path,
+                };
+                let traceparent = current.trace.header();
+                let mut set: Vec<(&str, &[u8])> = vec![("traceparent", traceparent.as_bytes())];
+                let authority = absolute_authority(&head.target);
+                if let Some(host) = &authority {
+                    // Absolute-form goes upstream as origin-form: its authority becomes Host.
+                    set.push(("host", host.as_bytes()));
+                }
+                Verdict::Forward(weir_http::encode_request(head, &target, &set))
+            }
+            HttpVerdict::Deny { .. } => Verdict::Answer(403, weir_http::local_response(403, &[], "denied by policy")),
+            HttpVerdict::BadTarget(why) => Verdict::Answer(400, weir_http::error_response(400, why)),
+            HttpVerdict::RateLimited { retry_after_secs } => {
+                let secs = retry_after_secs.to_string();
+                Verdict::Answer(429, weir_http::local_response(429, &[("retry-after", &secs)], "rate limited"))
+            }
+        }
+    }
+
+    fn done(&mut self, head: Option<&RequestHead>, ex: Exchange) {
+        let current = self.current.take().filter(|_| head.is_some());
+        let m = &self.shared.metrics.http;
+        let class = status_class(ex.status);
+        let method = current.as_ref().map_or("other", |c| c.method);
+        let labels = RequestLabels {
+            direction: Direction::Inbound,
+            service: self.service.to_owned(),
+            method,
+            status_class: class,
+            mode: self.mode,
+            result: ex.result.as_label(),
+        };
+        m.requests.get_or_create(&labels).inc();
+        m.duration
+            .get_or_create(&DurationLabels { service: self.service.to_owned(), status_class: class })
+            .observe(ex.duration.as_secs_f64());
+        m.userspace_body
+            .get_or_create(&BodyLabels { service: self.service.to_owned(), mode: self.mode })
+            .inc_by(ex.userspace_body);
+        let (path, trace_id, span_id, verdict) = match &current {
+            Some(c) => (c.path.as_str(), c.trace.trace_id.as_str(), c.trace.span_id.as_str(), c.verdict),
+            None => ("", "", "", "bad_request"),
+        };
+        tracing::info!(
+            target: "weir::access",
+            conn = self.conn,
+            direction = "inbound",
+            service = self.service,
+            source = %self.peer,
+            destination = %self.shared.store.id(),
+            method = head.map_or("", |h| h.method.as_str()),
+            path,
+            status = ex.status,
+            verdict,
+            result = ex.result.as_label(),
+            request_body_bytes = ex.request_body,
+            response_body_bytes = ex.response_body,
+            userspace_body_bytes = ex.userspace_body,
+            duration_us = ex.duration.as_micros() as u64,
+            mode = self.mode,
+            trace_id,
+            span_id,
+            "request"
+        );
+    }
+}
+
+/// The authority of an absolute-form target (`http://host:port/path`), if it is one.
+fn absolute_authority(target: &str) -> Option<String> {
+    let rest = target.strip_prefix("http://").or_else(|| target.strip_prefix("https://"))?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    Some(rest[..end].to_owned())
+}
+
+/// Random bytes for trace and span ids (not secrets: a weak source only costs uniqueness).
+fn random() -> [u8; 24] {
+    let mut b = [0u8; 24];
+    if getrandom::getrandom(&mut b).is_err() {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        b[..16].copy_from_slice(&nanos.to_le_bytes());
+        b[16..].copy_from_slice(&(nanos as u64 ^ 0x9e37_79b9_7f4a_7c15).to_le_bytes());
+    }
+    b
+}

@@ -1,0 +1,241 @@
+//! One side of an HTTP/1.1 exchange, seen as "peek what is there, consume exactly what is
+//! framing, move bodies": over a socket (plain or kTLS) peeking leaves body bytes in the
+//! kernel so they can be spliced; over a userspace TLS stream there is no kernel buffer to peek
+//! into, so read-ahead waits in `carry` and bodies are copied (the crypto copy happens anyway).
+use crate::splice::{control_record, empty, fill, fill_from_ktls, is_control_record, KtlsRead};
+use std::io;
+use std::os::fd::AsFd;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use weir_sys::Pipe;
+
+/// A userspace byte stream (e.g. rustls over TCP).
+pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ByteStream for T {}
+
+/// Largest peek or copy step.
+const STEP: usize = 16 * 1024;
+
+enum Io<'a> {
+    Socket { tcp: &'a TcpStream, ktls: bool },
+    Stream(&'a mut dyn ByteStream),
+}
+
+/// One side of the exchange.
+pub struct Leg<'a> {
+    io: Io<'a>,
+    /// Stream legs: bytes read ahead and not yet consumed. Socket legs: the last peek.
+    buf: Vec<u8>,
+    /// Socket legs: how much of `buf` the last peek filled.
+    peeked: usize,
+    /// Move bodies through userspace even where splice could (the explicit copy mode).
+    copy: bool,
+}
+
+impl<'a> Leg<'a> {
+    /// A socket leg: plaintext, or kTLS with both directions installed (`ktls`).
+    pub fn socket(tcp: &'a TcpStream, ktls: bool, copy: bool) -> Self {
+        Self { io: Io::Socket { tcp, ktls }, buf: Vec::new(), peeked: 0, copy }
+    }
+
+    /// A userspace stream leg.
+    pub fn stream(stream: &'a mut dyn ByteStream) -> Self {
+        Self { io: Io::Stream(stream), buf: Vec::new(), peeked: 0, copy: true }
+    }
+
+    /// Bytes this leg read ahead that belong to whatever follows (stream legs only).
+    pub fn take_read_ahead(&mut self) -> Vec<u8> {
+        match self.io {
+            Io::Stream(_) => std::mem::take(&mut self.buf),
+            Io::Socket { .. } => Vec::new(),
+        }
+    }
+
+    /// The unconsumed input, waiting for at least one byte; empty means end of stream (for
+    /// kTLS: close_notify).
+    pub async fn peek(&mut self) -> io::Result<&[u8]> {
+        match &mut self.io {
+            Io::Socket { tcp, ktls } => {
+                self.buf.resize(STEP, 0);
+                self.peeked = loop {
+                    match tcp.peek(&mut self.buf).await {
+                        Err(e) if *ktls && is_control_record(&e) => match control_record(tcp).await? {
+                            None => continue,
+                            Some(KtlsRead::CloseNotify) => break 0,
+                            Some(_) => return Err(io::Error::other("unexpected TLS record between messages")),
+                        },
+                        other => break other?,
+                    }
+                };
+                Ok(&self.buf[..self.peeked])
+            }
+            Io::Stream(s) => {
+                if self.buf.is_empty() {
+                    let mut chunk = vec![0u8; STEP];
+                    let n = s.read(&mut chunk).await?;
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                Ok(&self.buf)
+            }
+        }
+    }
+
+    /// Consumes `n` bytes of what [`Leg::peek`] returned.
+    pub async fn consume(&mut self, n: usize) -> io::Result<()> {
+        match &self.io {
+            Io::Socket { tcp, .. } => {
+                debug_assert!(n <= self.peeked);
+                let mut done = 0;
+                while done < n {
+                    tcp.readable().await?;
+                    match tcp.try_read(&mut self.buf[done..n]) {
+                        Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                        Ok(m) => done += m,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                self.peeked = 0;
+            }
+            Io::Stream(_) => {
+                self.buf.drain(..n);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes all of `bytes` (heads, framing, local answers).
+    pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match &mut self.io {
+            Io::Socket { tcp, .. } => crate::splice::write_all(tcp, bytes).await,
+            Io::Stream(s) => {
+                s.write_all(bytes).await?;
+                s.flush().await
+            }
+        }
+    }
+
+    fn splice_source(&self) -> Option<(&'a TcpStream, bool)> {
+        match self.io {
+            Io::Socket { tcp, ktls } if !self.copy => Some((tcp, ktls)),
+            _ => None,
+        }
+    }
+
+    fn splice_sink(&self) -> Option<&'a TcpStream> {
+        match self.io {
+            Io::Socket { tcp, .. } if !self.copy => Some(tcp),
+            _ => None,
+        }
+    }
+
+    /// Reads up to `max` body bytes into userspace (copy path). 0 is end of stream.
+    async fn read_some(&mut self, max: usize) -> io::Result<Vec<u8>> {
+        if let Io::Stream(_) = self.io {
+            if !self.buf.is_empty() {
+                let n = self.buf.len().min(max);
+                return Ok(self.buf.drain(..n).collect());
+            }
+        }
+        let mut chunk = vec![0u8; max.min(STEP)];
+        let n = match &mut self.io {
+            Io::Stream(s) => s.read(&mut chunk).await?,
+            Io::Socket { tcp, ktls } => loop {
+                tcp.readable().await?;
+                match tcp.try_read(&mut chunk) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) if *ktls && is_control_record(&e) => match control_record(tcp).await? {
+                        None => continue,
+                        Some(KtlsRead::CloseNotify) => break 0,
+                        Some(KtlsRead::Record(bytes)) => {
+                            chunk = bytes;
+                            break chunk.len();
+                        }
+                        Some(_) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                    },
+                    other => break other?,
+                }
+            },
+        };
+        chunk.truncate(n);
+        Ok(chunk)
+    }
+}
+
+/// What a body move cost in userspace copies.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Moved {
+    /// Body bytes moved.
+    pub bytes: u64,
+    /// Of those, bytes that crossed userspace.
+    pub userspace: u64,
+}
+
+/// Moves exactly `len` body bytes (`None`: until `src` ends) from `src` to `dst`: spliced when
+/// both legs are sockets, copied otherwise. A short body is an error unless `len` is `None`.
+pub async fn move_body(
+    src: &mut Leg<'_>,
+    dst: &mut Leg<'_>,
+    len: Option<u64>,
+    pipe: &mut Option<Pipe>,
+) -> io::Result<Moved> {
+    let mut moved = Moved::default();
+    let left = |moved: &Moved| len.map_or(usize::MAX, |l| usize::try_from(l - moved.bytes).unwrap_or(usize::MAX));
+    if let (Some((from, ktls)), Some(to)) = (src.splice_source(), dst.splice_sink()) {
+        while left(&moved) > 0 {
+            if pipe.is_none() {
+                *pipe = Some(Pipe::with_capacity(256 << 10)?);
+            }
+            let Some(p) = pipe.as_ref() else { unreachable!("set above") };
+            let want = left(&moved).min(p.capacity());
+            let n = if ktls {
+                match fill_from_ktls(from, p, want).await? {
+                    KtlsRead::Data(n) => n,
+                    KtlsRead::Record(bytes) => {
+                        // A record splice could not take: rare, and it did cross userspace.
+                        let n = bytes.len().min(want);
+                        crate::splice::write_all(to, &bytes[..n]).await?;
+                        moved.bytes += n as u64;
+                        moved.userspace += n as u64;
+                        if n < bytes.len() {
+                            return Err(io::Error::other("record overran the message body"));
+                        }
+                        continue;
+                    }
+                    KtlsRead::CloseNotify | KtlsRead::Truncated => 0,
+                }
+            } else {
+                fill(from, p, want).await?
+            };
+            if n == 0 {
+                break;
+            }
+            empty(p, to, n).await?;
+            moved.bytes += n as u64;
+        }
+    } else {
+        while left(&moved) > 0 {
+            let chunk = src.read_some(left(&moved)).await?;
+            if chunk.is_empty() {
+                break;
+            }
+            dst.write_all(&chunk).await?;
+            moved.bytes += chunk.len() as u64;
+            moved.userspace += chunk.len() as u64;
+        }
+    }
+    if len.is_some_and(|l| l != moved.bytes) {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "message body cut short"));
+    }
+    Ok(moved)
+}
+
+/// Ends `leg`'s sending half: close_notify + FIN on kTLS, FIN on plaintext, TLS shutdown on a
+/// stream.
+pub async fn finish(leg: &mut Leg<'_>) -> io::Result<()> {
+    match &mut leg.io {
+        Io::Socket { tcp, ktls: true } => crate::splice::close_notify(tcp).await,
+        Io::Socket { tcp, ktls: false } => Ok(weir_sys::shutdown_write(tcp.as_fd())?),
+        Io::Stream(s) => s.shutdown().await,
+    }
+}

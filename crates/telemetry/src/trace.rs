@@ -1,0 +1,96 @@
+//! W3C Trace Context (`traceparent`): continue the caller's trace with a new span for this hop,
+//! or start one when the request carries none (or an invalid one).
+
+/// The trace context of one request as it leaves this hop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    /// 16-byte trace id (hex, lower case).
+    pub trace_id: String,
+    /// This hop's span id (8 bytes hex): the parent-id the next hop sees.
+    pub span_id: String,
+    /// The caller's span id, when the trace was continued.
+    pub parent_id: Option<String>,
+    /// Trace flags (hex byte).
+    pub flags: String,
+}
+
+impl TraceContext {
+    /// Continues `incoming` (a `traceparent` value) or starts a new sampled trace. `random`
+    /// gives 24 random bytes (trace id then span id).
+    pub fn continue_or_start(incoming: Option<&[u8]>, random: [u8; 24]) -> Self {
+        let span_id = hex(&random[16..]);
+        match incoming.and_then(parse) {
+            Some((trace_id, parent, flags)) => Self { trace_id, span_id, parent_id: Some(parent), flags },
+            None => Self { trace_id: hex(&random[..16]), span_id, parent_id: None, flags: "01".into() },
+        }
+    }
+
+    /// The `traceparent` value to send on.
+    pub fn header(&self) -> String {
+        format!("00-{}-{}-{}", self.trace_id, self.span_id, self.flags)
+    }
+}
+
+/// `version-traceid-parentid-flags`; version 00 exactly, or a later version's first four
+/// fields (forward compatible). All-zero ids and version ff are invalid.
+fn parse(v: &[u8]) -> Option<(String, String, String)> {
+    let s = std::str::from_utf8(v).ok()?.trim();
+    let mut parts = s.split('-');
+    let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let lower_hex =
+        |p: &str, n: usize| p.len() == n && p.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let valid = lower_hex(version, 2)
+        && version != "ff"
+        && (version != "00" || parts.next().is_none())
+        && lower_hex(trace, 32)
+        && trace.bytes().any(|b| b != b'0')
+        && lower_hex(parent, 16)
+        && parent.bytes().any(|b| b != b'0')
+        && lower_hex(flags, 2);
+    valid.then(|| (trace.to_owned(), parent.to_owned(), flags.to_owned()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RANDOM: [u8; 24] = [0xab; 24];
+
+    #[test]
+    fn a_valid_parent_is_continued_with_a_new_span() {
+        let incoming = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let t = TraceContext::continue_or_start(Some(incoming), RANDOM);
+        assert_eq!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(t.parent_id.as_deref(), Some("00f067aa0ba902b7"));
+        assert_eq!(t.header(), "00-4bf92f3577b34da6a3ce929d0e0e4736-abababababababab-01");
+    }
+
+    #[test]
+    fn missing_or_invalid_parents_start_a_new_trace() {
+        for bad in [
+            &b"garbage"[..],
+            b"00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            let t = TraceContext::continue_or_start(Some(bad), RANDOM);
+            assert_eq!(t.parent_id, None, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(t.header(), format!("00-{}-{}-01", "ab".repeat(16), "ab".repeat(8)));
+        }
+        assert_eq!(TraceContext::continue_or_start(None, RANDOM).parent_id, None);
+    }
+
+    #[test]
+    fn a_later_version_is_read_by_its_first_four_fields() {
+        let t =
+            TraceContext::continue_or_start(Some(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-x"), RANDOM);
+        assert_eq!(t.parent_id.as_deref(), Some("00f067aa0ba902b7"));
+        assert_eq!(t.flags, "00");
+    }
+}
