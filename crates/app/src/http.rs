@@ -12,7 +12,9 @@ use weir_forward::{Outcome, Side};
 use weir_http::RequestHead;
 use weir_identity::SpiffeId;
 use weir_policy::{HttpVerdict, RateLimiter, RequestFacts};
-use weir_telemetry::http::{method_label, status_class, BodyLabels, DurationLabels, RequestLabels, VerdictLabels};
+use weir_telemetry::http::{
+    method_label, status_class, BodyLabels, DurationLabels, RejectedLabels, RequestLabels, VerdictLabels,
+};
 use weir_telemetry::trace::TraceContext;
 use weir_telemetry::Direction;
 
@@ -172,6 +174,9 @@ impl Hooks for InboundHooks<'_> {
             result: ex.result.as_label(),
         };
         m.requests.get_or_create(&labels).inc();
+        if let Some(reason) = ex.rejected {
+            m.rejected.get_or_create(&RejectedLabels { service: self.service.to_owned(), reason }).inc();
+        }
         m.duration
             .get_or_create(&DurationLabels { service: self.service.to_owned(), status_class: class })
             .observe(ex.duration.as_secs_f64());
@@ -180,7 +185,7 @@ impl Hooks for InboundHooks<'_> {
             .inc_by(ex.userspace_body);
         let (path, trace_id, span_id, verdict) = match &current {
             Some(c) => (c.path.as_str(), c.trace.trace_id.as_str(), c.trace.span_id.as_str(), c.verdict),
-            None => ("", "", "", "bad_request"),
+            None => ("", "", "", ex.rejected.unwrap_or("bad_request")),
         };
         tracing::info!(
             target: "weir::access",

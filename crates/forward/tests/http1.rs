@@ -55,7 +55,7 @@ async fn harness(copy: bool) -> Harness {
     let proxy = tokio::spawn(async move {
         let limits = Http1Limits {
             head: weir_http::Limits { max_head_bytes: 4096, max_headers: 50 },
-            request_head: Duration::from_secs(5),
+            request_head: Duration::from_secs(1),
             response_head: Duration::from_secs(5),
         };
         let mut d = Leg::socket(&down, false, copy);
@@ -293,4 +293,18 @@ async fn a_backend_that_closes_early_gets_a_502_and_a_cut_body_is_an_error() {
     h.backend.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort").await.unwrap();
     drop(h.backend);
     assert!(h.proxy.await.unwrap().is_err(), "a truncated body is a failure, not a clean end");
+}
+
+#[tokio::test]
+async fn a_head_trickling_in_past_the_timeout_gets_408_and_an_idle_connection_just_closes() {
+    let mut h = harness(false).await;
+    h.client.write_all(b"GET / HT").await.unwrap();
+    // The harness allows 1 s for a head.
+    let answer = String::from_utf8(read_to_end(&mut h.client).await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert_eq!(h.seen.lock().unwrap().exchanges[0].rejected, Some("head_timeout"));
+
+    let mut h = harness(false).await;
+    assert!(read_to_end(&mut h.client).await.is_empty(), "idle: closed without a word");
+    assert!(h.seen.lock().unwrap().exchanges.is_empty());
 }

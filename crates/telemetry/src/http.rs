@@ -42,6 +42,16 @@ pub struct VerdictLabels {
     pub verdict: &'static str,
 }
 
+/// Labels of requests refused for their form.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectedLabels {
+    /// Local service.
+    pub service: String,
+    /// A fixed set: syntax, head_too_large, too_many_headers, length_and_chunked,
+    /// bad_content_length, bad_transfer_encoding, bad_chunk, version, head_timeout.
+    pub reason: &'static str,
+}
+
 /// Labels of userspace body bytes.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BodyLabels {
@@ -62,6 +72,8 @@ pub struct HttpMetrics {
     pub verdicts: Family<VerdictLabels, Counter>,
     /// Body bytes that crossed userspace (0 when both legs splice).
     pub userspace_body: Family<BodyLabels, Counter>,
+    /// Requests refused for their form (malformed head, head timeout).
+    pub rejected: Family<RejectedLabels, Counter>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -76,6 +88,7 @@ impl Default for HttpMetrics {
             duration: Family::new_with_constructor(duration_histogram),
             verdicts: Family::default(),
             userspace_body: Family::default(),
+            rejected: Family::default(),
         }
     }
 }
@@ -92,6 +105,7 @@ impl HttpMetrics {
             "HTTP request duration, head in to response end",
             self.duration.clone(),
         );
+        r.register("http_rejected", "HTTP requests refused for their form, by reason", self.rejected.clone());
         r.register("http_policy_verdicts", "L7 policy verdicts on request heads", self.verdicts.clone());
         r.register(
             "http_userspace_body_bytes",

@@ -81,6 +81,9 @@ pub struct Exchange {
     pub duration: Duration,
     /// How it ended.
     pub result: ExchangeResult,
+    /// Why a request was refused before any policy saw it (a `weir_http::Error` label, or
+    /// `head_timeout`).
+    pub rejected: Option<&'static str>,
 }
 
 /// The caller's part: decide on each request, hear about each exchange.
@@ -113,14 +116,25 @@ pub async fn serve(
     let mut run = Run { down, up, sides, tally, pipes: (None, None) };
     loop {
         let parse = |b: &[u8]| weir_http::parse_request(b, &limits.head);
-        let req = match timeout(limits.request_head, read_head(run.down, parse)).await {
+        let mut began = false;
+        let req = match timeout(limits.request_head, read_head(run.down, parse, &mut began)).await {
+            Err(_) if began => {
+                // A head that trickles in slower than the limit: say so, then close.
+                let _ = run.down.write_all(&weir_http::error_response(408, "request head timeout")).await;
+                let mut ex = exchange(408, Instant::now(), ExchangeResult::BadRequest);
+                ex.rejected = Some("head_timeout");
+                hooks.done(None, ex);
+                return run.close().await;
+            }
             Err(_) | Ok(Ok(None)) => return run.close().await,
             Ok(Err(HeadError::Io(e))) => return Err(Outcome::from_error(sides.0, e)),
             Ok(Err(HeadError::Http(e))) => {
                 let status = e.status();
                 tracing::debug!(error = %e, status, "malformed request head");
                 let _ = run.down.write_all(&weir_http::error_response(status, &e.to_string())).await;
-                hooks.done(None, exchange(status, Instant::now(), ExchangeResult::BadRequest));
+                let mut ex = exchange(status, Instant::now(), ExchangeResult::BadRequest);
+                ex.rejected = Some(e.as_label());
+                hooks.done(None, ex);
                 return run.close().await;
             }
             Ok(Ok(Some((head, raw)))) => {
@@ -172,7 +186,7 @@ pub async fn serve(
 }
 
 fn exchange(status: u16, started: Instant, result: ExchangeResult) -> Exchange {
-    Exchange { status, request_body: 0, response_body: 0, userspace_body: 0, duration: started.elapsed(), result }
+    Exchange { status, request_body: 0, response_body: 0, userspace_body: 0, duration: started.elapsed(), result, rejected: None }
 }
 
 enum Next {
@@ -256,7 +270,7 @@ impl Run<'_, '_, '_> {
         limits: &Http1Limits,
     ) -> Result<(ResponseHead, Vec<u8>), Failure> {
         let parse = |b: &[u8]| weir_http::parse_response(b, &limits.head, &req.method);
-        match timeout(limits.response_head, read_head(self.up, parse)).await {
+        match timeout(limits.response_head, read_head(self.up, parse, &mut false)).await {
             Err(_) => Err(Failure::Upstream(504)),
             Ok(Ok(Some((head, raw)))) => {
                 self.count_head(self.sides.1, raw.len());
@@ -378,14 +392,16 @@ enum HeadError {
 }
 
 /// Reads one head, consuming exactly its bytes. `None`: the leg ended cleanly before a head
-/// began.
+/// began. `began` turns true with the first byte (what a timeout needs to know).
 async fn read_head<T>(
     leg: &mut Leg<'_>,
     parse: impl Fn(&[u8]) -> Result<Parsed<T>, weir_http::Error>,
+    began: &mut bool,
 ) -> Result<Option<(T, Vec<u8>)>, HeadError> {
     let mut head: Vec<u8> = Vec::new();
     loop {
         let peeked = leg.peek().await.map_err(HeadError::Io)?;
+        *began |= !peeked.is_empty();
         if peeked.is_empty() {
             if head.is_empty() {
                 return Ok(None);
