@@ -95,7 +95,10 @@ async fn length_delimited_bodies_are_spliced_byte_exact_and_never_cross_userspac
     let mut h = harness(false).await;
     for round in 0..2u8 {
         let req_body = body(1 << 20, round);
-        let req = with_body(&format!("POST /up/{round} HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n", req_body.len()), &req_body);
+        let req = with_body(
+            &format!("POST /up/{round} HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n", req_body.len()),
+            &req_body,
+        );
         let resp_body = body(3 << 20, round + 7);
         let resp = with_body(&format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", resp_body.len()), &resp_body);
         let (mut c, mut b) = (h.client, h.backend);
@@ -242,7 +245,11 @@ async fn malformed_requests_get_their_status_and_never_reach_the_backend() {
         let mut h = harness(false).await;
         h.client.write_all(bytes).await.unwrap();
         let answer = String::from_utf8(read_to_end(&mut h.client).await).unwrap();
-        assert!(answer.starts_with(&format!("HTTP/1.1 {status} ")), "{:?} -> {answer:?}", String::from_utf8_lossy(bytes));
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{:?} -> {answer:?}",
+            String::from_utf8_lossy(bytes)
+        );
         assert!(read_to_end(&mut h.backend).await.is_empty(), "nothing reached the backend");
         assert_eq!(h.proxy.await.unwrap(), Ok(End::Closed));
         assert_eq!(h.seen.lock().unwrap().exchanges[0].result, ExchangeResult::BadRequest);

@@ -23,10 +23,29 @@ fn free_port() -> anyhow::Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
+/// Settings beyond the defaults of [`Mesh::start`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Options<'a> {
+    /// Run both nodes under `taskset -c` with these CPUs.
+    pub pin: Option<&'a str>,
+    /// TOML appended to the server node's `echo` service, e.g. `protocol = "http"` followed by
+    /// its `[inbound.services.http]` tables.
+    pub service_toml: &'a str,
+    /// `RUST_LOG` for both nodes (overrides their configured level), e.g. to turn off the
+    /// per-request access log.
+    pub rust_log: Option<&'a str>,
+}
+
 impl Mesh {
     /// Starts both nodes with SVIDs from the CA in `ca_dir`, configs and logs in `dir`; the
     /// server node offers service `echo` at `backend`. `pin` runs them under `taskset -c`.
     pub async fn start(dir: &Path, ca_dir: &Path, backend: SocketAddr, pin: Option<&str>) -> anyhow::Result<Self> {
+        Self::start_with(dir, ca_dir, backend, Options { pin, ..Options::default() }).await
+    }
+
+    /// As [`Mesh::start`], with `opts`.
+    pub async fn start_with(dir: &Path, ca_dir: &Path, backend: SocketAddr, opts: Options<'_>) -> anyhow::Result<Self> {
+        let pin = opts.pin;
         let (outbound, inbound, client_admin, server_admin) = (free_port()?, free_port()?, free_port()?, free_port()?);
         let client_id = SpiffeId::workload("weir.local", "demo", "client")?;
         let server_id = SpiffeId::workload("weir.local", "demo", "server")?;
@@ -40,7 +59,7 @@ impl Mesh {
                 .replace("127.0.0.1:15000", &admin.to_string())
         };
         let server = base("server-node", "server", server_admin).replace("0.0.0.0:15008", &inbound.to_string())
-            + &format!("\n[[inbound.services]]\nname = \"echo\"\nbackend = \"{backend}\"\nallow = [\"{client_id}\"]\n");
+            + &format!("\n[[inbound.services]]\nname = \"echo\"\nbackend = \"{backend}\"\nallow = [\"{client_id}\"]\n{}\n", opts.service_toml);
         let client = base("client-node", "client", client_admin).replace("listen = \"0.0.0.0:15008\"", &format!("listen = \"{}\"", free_port()?))
             + &format!("\n[[outbound]]\nlisten = \"{outbound}\"\nservice = \"echo\"\npeer = \"{inbound}\"\npeer_id = \"{server_id}\"\n");
         let mut mesh =
@@ -58,6 +77,9 @@ impl Mesh {
                 }
                 None => Command::new(exe),
             };
+            if let Some(filter) = opts.rust_log {
+                cmd.env("RUST_LOG", filter);
+            }
             let child = cmd
                 .args(["run", "--config"])
                 .arg(&cfg)

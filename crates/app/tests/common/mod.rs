@@ -174,6 +174,12 @@ pub struct Opts {
     /// The SPIFFE ID the client expects of the server node.
     pub expected_server: SpiffeId,
     pub max_session_bytes: u64,
+    /// Where the `echo` service's backend listens: `None` = the scripted [`Backend`].
+    pub backend: Option<SocketAddr>,
+    /// Identities the `echo` service admits.
+    pub allow: Vec<SpiffeId>,
+    /// TOML appended to the `echo` service's table (e.g. `protocol = "http"` and its `http` section).
+    pub service_extra: String,
 }
 
 impl Opts {
@@ -185,6 +191,9 @@ impl Opts {
             handshake_timeout_ms: 5000,
             expected_server: id("server"),
             max_session_bytes: 16 << 30,
+            backend: None,
+            allow: vec![id("client")],
+            service_extra: String::new(),
         }
     }
 }
@@ -197,12 +206,14 @@ impl Mesh {
         let ca = Ca::init(&ca_dir, TD).expect("ca init");
         let backend = Backend::start(opts.behaviour).await;
         let common = |sa: &str| node_config(&ca_dir, sa, &opts);
+        let allow: Vec<String> = opts.allow.iter().map(|a| format!("\"{a}\"")).collect();
         let server_cfg = format!(
-            "{}[inbound]\nlisten = \"127.0.0.1:0\"\nhandshake_timeout_ms = {}\n[[inbound.services]]\nname = \"echo\"\nbackend = \"{}\"\nallow = [\"{}\"]\n",
+            "{}[inbound]\nlisten = \"127.0.0.1:0\"\nhandshake_timeout_ms = {}\n[[inbound.services]]\nname = \"echo\"\nbackend = \"{}\"\nallow = [{}]\n{}",
             common("server"),
             opts.handshake_timeout_ms,
-            backend.addr,
-            id("client")
+            opts.backend.unwrap_or(backend.addr),
+            allow.join(", "),
+            opts.service_extra
         );
         let server = Node::start(weir_config::parse(&server_cfg, "server.toml").expect("server config"))
             .await

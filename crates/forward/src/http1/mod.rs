@@ -113,134 +113,232 @@ pub async fn serve(
     limits: &Http1Limits,
     tally: &Tally,
 ) -> Result<End, Outcome> {
-    let mut run = Run { down, up, sides, tally, pipes: (None, None) };
+    let mut conn = Conn::new(sides, limits, tally);
     loop {
-        let parse = |b: &[u8]| weir_http::parse_request(b, &limits.head);
-        let mut began = false;
-        let req = match timeout(limits.request_head, read_head(run.down, parse, &mut began)).await {
-            Err(_) if began => {
-                // A head that trickles in slower than the limit: say so, then close.
-                let _ = run.down.write_all(&weir_http::error_response(408, "request head timeout")).await;
-                let mut ex = exchange(408, Instant::now(), ExchangeResult::BadRequest);
-                ex.rejected = Some("head_timeout");
-                hooks.done(None, ex);
-                return run.close().await;
-            }
-            Err(_) | Ok(Ok(None)) => return run.close().await,
-            Ok(Err(HeadError::Io(e))) => return Err(Outcome::from_error(sides.0, e)),
-            Ok(Err(HeadError::Http(e))) => {
-                let status = e.status();
-                tracing::debug!(error = %e, status, "malformed request head");
-                let _ = run.down.write_all(&weir_http::error_response(status, &e.to_string())).await;
-                let mut ex = exchange(status, Instant::now(), ExchangeResult::BadRequest);
-                ex.rejected = Some(e.as_label());
-                hooks.done(None, ex);
-                return run.close().await;
-            }
-            Ok(Ok(Some((head, raw)))) => {
-                if sides.0 == Side::Peer {
-                    run.count_head(Side::Peer, raw.len());
-                }
-                head
-            }
-        };
+        let Some(req) = conn.read_request(down, hooks).await? else { return conn.close(down, up).await };
         let started = Instant::now();
-        match hooks.request(&req) {
+        let head = match hooks.request(&req) {
             Verdict::Answer(status, bytes) => {
-                let _ = run.down.write_all(&bytes).await;
-                hooks.done(Some(&req), exchange(status, started, ExchangeResult::Local));
-                return run.close().await;
+                conn.answer(down, hooks, &req, started, status, &bytes).await;
+                return conn.close(down, up).await;
             }
-            Verdict::Forward(head) => {
-                run.up.write_all(&head).await.map_err(|e| Outcome::from_error(sides.1, e))?;
-                if sides.0 == Side::Local {
-                    run.count_head(Side::Local, head.len());
-                }
-            }
-        }
-        let mut ex = exchange(0, started, ExchangeResult::Aborted);
-        let step = run.exchange(&req, limits, &mut ex).await;
-        ex.duration = started.elapsed();
-        if let Err(Failure::Upstream(status)) = &step {
-            ex.result = ExchangeResult::UpstreamError;
-            if *status != 0 {
-                ex.status = *status;
-                let _ = run.down.write_all(&weir_http::error_response(*status, "upstream failed")).await;
-            }
+            Verdict::Forward(head) => head,
+        };
+        let (mut ex, step) = conn.exchange(down, up, &req, &head, started).await;
+        if let Err(Failure::Upstream { status, .. }) = &step {
+            conn.fail(down, &mut ex, *status).await;
         }
         hooks.done(Some(&req), ex);
         match step {
             Ok(Next::Again) => continue,
-            Ok(Next::Close) => return run.close().await,
-            Ok(Next::Upgrade) => {
-                // Read-ahead of a stream leg belongs to the opaque phase now.
-                let (a, b) = (run.down.take_read_ahead(), run.up.take_read_ahead());
-                run.up.write_all(&a).await.map_err(|e| Outcome::from_error(sides.1, e))?;
-                run.down.write_all(&b).await.map_err(|e| Outcome::from_error(sides.0, e))?;
-                return Ok(End::Upgraded);
-            }
-            Err(Failure::Upstream(_)) => return run.close().await,
+            Ok(Next::Close) | Err(Failure::Upstream { .. }) => return conn.close(down, up).await,
+            Ok(Next::Upgrade) => return conn.upgrade(down, up).await,
             Err(Failure::Io(side, e)) => return Err(Outcome::from_error(side, e)),
         }
     }
 }
 
 fn exchange(status: u16, started: Instant, result: ExchangeResult) -> Exchange {
-    Exchange { status, request_body: 0, response_body: 0, userspace_body: 0, duration: started.elapsed(), result, rejected: None }
+    Exchange {
+        status,
+        request_body: 0,
+        response_body: 0,
+        userspace_body: 0,
+        duration: started.elapsed(),
+        result,
+        rejected: None,
+    }
 }
 
-enum Next {
+/// What follows a relayed exchange.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// The connection may carry another request.
     Again,
+    /// The messages forbid reuse: close.
     Close,
+    /// Upgrade/CONNECT accepted: opaque bytes from now on.
     Upgrade,
 }
 
-enum Failure {
-    /// The upstream failed before a response head went downstream: answer with this status
-    /// (0: a response had started, nothing can be said any more).
-    Upstream(u16),
+/// Why an exchange could not be relayed.
+#[derive(Debug)]
+pub enum Failure {
+    /// The upstream failed before a final response head went downstream: answer with
+    /// `status` (0 once a response had started: nothing can be said any more). `retryable`:
+    /// nothing reached the client and no request body byte was consumed, so the same head
+    /// may go to another upstream if the method is idempotent.
+    Upstream {
+        /// 502 or 504 (or 0).
+        status: u16,
+        /// Safe to send again elsewhere.
+        retryable: bool,
+    },
+    /// A leg failed mid-exchange.
     Io(Side, io::Error),
 }
 
-struct Run<'r, 'a, 'b> {
-    down: &'r mut Leg<'a>,
-    up: &'r mut Leg<'b>,
+/// One downstream connection's HTTP/1.1 state: limits, accounting and body pipes. Its steps
+/// ([`Conn::read_request`], [`Conn::exchange`], …) let a caller choose the upstream per
+/// request; [`serve`] is the simple loop over one fixed upstream.
+pub struct Conn<'t> {
     sides: (Side, Side),
-    tally: &'r Tally,
+    limits: Http1Limits,
+    tally: &'t Tally,
     /// Request-direction and response-direction pipes, made on first use.
     pipes: (Option<Pipe>, Option<Pipe>),
 }
 
-impl Run<'_, '_, '_> {
-    async fn exchange(&mut self, req: &RequestHead, limits: &Http1Limits, ex: &mut Exchange) -> Result<Next, Failure> {
+impl<'t> Conn<'t> {
+    /// `sides`: which [`Side`] the downstream and upstream legs are.
+    pub fn new(sides: (Side, Side), limits: &Http1Limits, tally: &'t Tally) -> Self {
+        Self { sides, limits: *limits, tally, pipes: (None, None) }
+    }
+
+    /// The next request head. `None`: the connection is over (closed, idle past the head
+    /// timeout, or a malformed/slow head already answered with its status and reported).
+    pub async fn read_request(
+        &mut self,
+        down: &mut Leg<'_>,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Option<RequestHead>, Outcome> {
+        let limits = self.limits;
+        let parse = |b: &[u8]| weir_http::parse_request(b, &limits.head);
+        let mut began = false;
+        let (status, reason, why) = match timeout(limits.request_head, read_head(down, parse, &mut began)).await {
+            // A head that trickles in slower than the limit: say so, then close.
+            Err(_) if began => (408, "head_timeout", "request head timeout".to_owned()),
+            Err(_) | Ok(Ok(None)) => return Ok(None),
+            Ok(Err(HeadError::Io(e))) => return Err(Outcome::from_error(self.sides.0, e)),
+            Ok(Err(HeadError::Http(e))) => (e.status(), e.as_label(), e.to_string()),
+            Ok(Ok(Some((head, raw)))) => {
+                if self.sides.0 == Side::Peer {
+                    self.count_head(Side::Peer, raw.len());
+                }
+                return Ok(Some(head));
+            }
+        };
+        tracing::debug!(status, reason = why, "request refused for its form");
+        let _ = down.write_all(&weir_http::error_response(status, &why)).await;
+        let mut ex = exchange(status, Instant::now(), ExchangeResult::BadRequest);
+        ex.rejected = Some(reason);
+        hooks.done(None, ex);
+        Ok(None)
+    }
+
+    /// Sends a local answer for `req` and reports it; the caller closes next.
+    pub async fn answer(
+        &mut self,
+        down: &mut Leg<'_>,
+        hooks: &mut dyn Hooks,
+        req: &RequestHead,
+        started: Instant,
+        status: u16,
+        bytes: &[u8],
+    ) {
+        let _ = down.write_all(bytes).await;
+        hooks.done(Some(req), exchange(status, started, ExchangeResult::Local));
+    }
+
+    /// Relays one exchange: `head` (the request head to send) and the request body up, the
+    /// response back. The returned [`Exchange`] is complete but for a failure's answer
+    /// ([`Conn::fail`]).
+    pub async fn exchange(
+        &mut self,
+        down: &mut Leg<'_>,
+        up: &mut Leg<'_>,
+        req: &RequestHead,
+        head: &[u8],
+        started: Instant,
+    ) -> (Exchange, Result<Next, Failure>) {
+        let mut ex = exchange(0, started, ExchangeResult::Aborted);
+        let mut relayed = false;
+        let step = self.relay(down, up, req, head, &mut ex, &mut relayed).await;
+        ex.duration = started.elapsed();
+        let step = match step {
+            // A dead upstream before anything reached the client is the upstream's failure,
+            // not the client's: it can be answered, or retried.
+            Err(Failure::Io(side, e)) if side == self.sides.1 && !relayed => {
+                tracing::debug!(error = %e, "upstream failed before its response");
+                Err(Failure::Upstream { status: 502, retryable: req.body == BodyFraming::None })
+            }
+            Err(Failure::Upstream { status, retryable }) => {
+                Err(Failure::Upstream { status, retryable: retryable && !relayed && req.body == BodyFraming::None })
+            }
+            other => other,
+        };
+        (ex, step)
+    }
+
+    /// Answers a failed exchange downstream (when something can still be said).
+    pub async fn fail(&mut self, down: &mut Leg<'_>, ex: &mut Exchange, status: u16) {
+        ex.result = ExchangeResult::UpstreamError;
+        if status != 0 {
+            ex.status = status;
+            let _ = down.write_all(&weir_http::error_response(status, "upstream failed")).await;
+        }
+    }
+
+    /// Ends both legs' sending halves after the last exchange.
+    pub async fn close(&mut self, down: &mut Leg<'_>, up: &mut Leg<'_>) -> Result<End, Outcome> {
+        let _ = finish(up).await;
+        let _ = finish(down).await;
+        Ok(End::Closed)
+    }
+
+    /// Hands read-ahead over to the opaque phase after an accepted upgrade.
+    pub async fn upgrade(&mut self, down: &mut Leg<'_>, up: &mut Leg<'_>) -> Result<End, Outcome> {
+        let (a, b) = (down.take_read_ahead(), up.take_read_ahead());
+        up.write_all(&a).await.map_err(|e| Outcome::from_error(self.sides.1, e))?;
+        down.write_all(&b).await.map_err(|e| Outcome::from_error(self.sides.0, e))?;
+        Ok(End::Upgraded)
+    }
+
+    async fn relay(
+        &mut self,
+        down: &mut Leg<'_>,
+        up: &mut Leg<'_>,
+        req: &RequestHead,
+        head: &[u8],
+        ex: &mut Exchange,
+        relayed: &mut bool,
+    ) -> Result<Next, Failure> {
+        let (down_side, up_side) = self.sides;
+        up.write_all(head).await.map_err(|e| Failure::Io(up_side, e))?;
+        if down_side == Side::Local {
+            self.count_head(Side::Local, head.len());
+        }
         let mut early: Option<(ResponseHead, Vec<u8>)> = None;
         if req.expect_continue && req.body != BodyFraming::None {
             // The client holds the body back until it sees 100 Continue.
-            let (resp, raw) = self.response_head(req, limits).await?;
+            let (resp, raw) = self.response_head(up, req).await?;
             if resp.status == 100 {
-                self.relay_head(&raw).await?;
+                *relayed = true;
+                down.write_all(&raw).await.map_err(|e| Failure::Io(down_side, e))?;
             } else {
                 early = Some((resp, raw));
             }
         }
-        if early.is_none() {
-            let moved = self.body(true, req.body).await.map_err(|(side, e)| Failure::Io(side, e))?;
+        let early_final = early.is_some();
+        if !early_final {
+            let moved = self.body(down, up, true, req.body).await.map_err(|(side, e)| Failure::Io(side, e))?;
             ex.request_body = moved.bytes;
             ex.userspace_body += moved.userspace;
         }
-        let early_final = early.is_some();
         let (resp, raw) = match early.take() {
             Some(r) => r,
             None => loop {
-                let (resp, raw) = self.response_head(req, limits).await?;
+                let (resp, raw) = self.response_head(up, req).await?;
                 if (100..200).contains(&resp.status) && resp.status != 101 {
-                    self.relay_head(&raw).await?;
+                    *relayed = true;
+                    down.write_all(&raw).await.map_err(|e| Failure::Io(down_side, e))?;
                     continue;
                 }
                 break (resp, raw);
             },
         };
-        self.relay_head(&raw).await?;
+        *relayed = true;
+        down.write_all(&raw).await.map_err(|e| Failure::Io(down_side, e))?;
         ex.status = resp.status;
         let upgraded =
             (resp.status == 101 && req.upgrade) || (req.method == "CONNECT" && (200..300).contains(&resp.status));
@@ -248,58 +346,53 @@ impl Run<'_, '_, '_> {
             ex.result = ExchangeResult::Ok;
             return Ok(Next::Upgrade);
         }
-        let moved = self.body(false, resp.body).await.map_err(|(side, e)| {
-            // The head is already downstream: nothing more can be said, only cut.
-            Failure::Io(side, e)
-        })?;
+        let moved = self.body(up, down, false, resp.body).await.map_err(|(side, e)| Failure::Io(side, e))?;
         ex.response_body = moved.bytes;
         ex.userspace_body += moved.userspace;
         ex.result = ExchangeResult::Ok;
         // A final answer before 100 Continue leaves the body unsent: whatever the client does
         // next cannot be framed safely, so the connection ends.
-        let body_skipped = early_final;
-        if resp.body == BodyFraming::UntilClose || !req.keep_alive || !resp.keep_alive || body_skipped {
+        if resp.body == BodyFraming::UntilClose || !req.keep_alive || !resp.keep_alive || early_final {
             return Ok(Next::Close);
         }
         Ok(Next::Again)
     }
 
-    async fn response_head(
-        &mut self,
-        req: &RequestHead,
-        limits: &Http1Limits,
-    ) -> Result<(ResponseHead, Vec<u8>), Failure> {
+    async fn response_head(&mut self, up: &mut Leg<'_>, req: &RequestHead) -> Result<(ResponseHead, Vec<u8>), Failure> {
+        let limits = self.limits;
         let parse = |b: &[u8]| weir_http::parse_response(b, &limits.head, &req.method);
-        match timeout(limits.response_head, read_head(self.up, parse, &mut false)).await {
-            Err(_) => Err(Failure::Upstream(504)),
+        match timeout(limits.response_head, read_head(up, parse, &mut false)).await {
+            Err(_) => Err(Failure::Upstream { status: 504, retryable: false }),
             Ok(Ok(Some((head, raw)))) => {
                 self.count_head(self.sides.1, raw.len());
                 Ok((head, raw))
             }
-            Ok(Ok(None)) => Err(Failure::Upstream(502)),
+            Ok(Ok(None)) => Err(Failure::Upstream { status: 502, retryable: true }),
+            Ok(Err(HeadError::Io(e))) => {
+                tracing::debug!(error = %e, "upstream response unreadable");
+                Err(Failure::Upstream { status: 502, retryable: true })
+            }
             Ok(Err(e)) => {
-                tracing::debug!(error = %e, "upstream response unusable");
-                Err(Failure::Upstream(502))
+                tracing::debug!(error = %e, "upstream response malformed");
+                Err(Failure::Upstream { status: 502, retryable: false })
             }
         }
     }
 
-    async fn relay_head(&mut self, raw: &[u8]) -> Result<(), Failure> {
-        self.down.write_all(raw).await.map_err(|e| Failure::Io(self.sides.0, e))?;
-        Ok(())
-    }
-
-    /// Moves one body: downstream -> upstream (`request`) or back.
-    async fn body(&mut self, request: bool, framing: BodyFraming) -> Result<Moved, (Side, io::Error)> {
+    /// Moves one body: `src` -> `dst`; `request` says which way (for the pipe and accounting).
+    async fn body(
+        &mut self,
+        src: &mut Leg<'_>,
+        dst: &mut Leg<'_>,
+        request: bool,
+        framing: BodyFraming,
+    ) -> Result<Moved, (Side, io::Error)> {
         let (src_side, dst_side) = if request { self.sides } else { (self.sides.1, self.sides.0) };
-        let result = if request {
-            move_framed(self.down, self.up, framing, &mut self.pipes.0).await
-        } else {
-            move_framed(self.up, self.down, framing, &mut self.pipes.1).await
-        };
+        let pipe = if request { &mut self.pipes.0 } else { &mut self.pipes.1 };
         // A short read is the source's fault; anything else most likely the sink's.
-        let (moved, framing_bytes) =
-            result.map_err(|e| (if e.kind() == io::ErrorKind::UnexpectedEof { src_side } else { dst_side }, e))?;
+        let (moved, framing_bytes) = move_framed(src, dst, framing, pipe)
+            .await
+            .map_err(|e| (if e.kind() == io::ErrorKind::UnexpectedEof { src_side } else { dst_side }, e))?;
         let counter = if dst_side == Side::Peer { &self.tally.to_peer } else { &self.tally.from_peer };
         counter.inc_by(moved.bytes + framing_bytes);
         self.tally.userspace.inc_by(moved.userspace + framing_bytes);
@@ -313,13 +406,6 @@ impl Run<'_, '_, '_> {
         let counter = if from == Side::Peer { &self.tally.from_peer } else { &self.tally.to_peer };
         counter.inc_by(n as u64);
         self.tally.userspace.inc_by(n as u64);
-    }
-
-    /// Ends both legs' sending halves after the last exchange.
-    async fn close(&mut self) -> Result<End, Outcome> {
-        let _ = finish(self.up).await;
-        let _ = finish(self.down).await;
-        Ok(End::Closed)
     }
 }
 
