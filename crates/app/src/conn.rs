@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     pub workloads: std::collections::HashMap<u32, Workload>,
     /// Cookies of closed kernel connections already folded into metrics.
     pub kernel_reported: std::sync::Mutex<std::collections::HashSet<u64>>,
+    /// Mesh service -> the outbound entry that says where its peer is (HTTP route targets).
+    pub directory: std::collections::HashMap<String, Arc<weir_config::OutboundRoute>>,
     /// Captured service address -> the route that serves it.
     pub captured: std::collections::HashMap<std::net::SocketAddr, Arc<weir_config::OutboundRoute>>,
 }
@@ -74,6 +76,7 @@ impl Shared {
             workloads: std::collections::HashMap::new(),
             kernel_reported: std::sync::Mutex::new(std::collections::HashSet::new()),
             captured: std::collections::HashMap::new(),
+            directory: std::collections::HashMap::new(),
         }
     }
 

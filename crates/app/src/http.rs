@@ -95,105 +95,91 @@ where
 }
 
 /// What the current request looked like, kept from its head to its end.
-struct Current {
-    method: &'static str,
-    path: String,
-    trace: TraceContext,
-    verdict: &'static str,
+pub(crate) struct Current {
+    pub method: &'static str,
+    pub path: String,
+    pub trace: TraceContext,
+    pub verdict: &'static str,
 }
 
-struct InboundHooks<'a> {
-    shared: &'a Shared,
-    svc: &'a HttpService,
-    conn: u64,
-    peer: &'a SpiffeId,
-    service: &'a str,
-    mode: &'static str,
-    current: Option<Current>,
-}
-
-impl<'a> InboundHooks<'a> {
-    fn new(shared: &'a Shared, svc: &'a HttpService, t: &'a Tracked<'_>, copy: bool) -> Self {
-        let mode = if copy { "copy" } else { t.mode.as_label() };
-        Self { shared, svc, conn: t.id, peer: &t.peer, service: &t.service, mode, current: None }
-    }
-}
-
-impl Hooks for InboundHooks<'_> {
-    fn request(&mut self, head: &RequestHead) -> Verdict {
-        let facts =
-            RequestFacts { source: self.peer, method: &head.method, target: &head.target, headers: &head.headers };
-        let verdict = {
-            let mut limiter = self.svc.limiter.lock().unwrap_or_else(|p| p.into_inner());
-            weir_policy::decide(&self.svc.config.policy, &mut limiter, &facts, Instant::now())
-        };
-        let label = verdict.as_label();
-        let m = &self.shared.metrics.http;
-        m.verdicts.get_or_create(&VerdictLabels { service: self.service.to_owned(), verdict: label }).inc();
+impl Current {
+    /// Reads method, normalized path and trace context off a request head.
+    pub fn of(head: &RequestHead, path: String, verdict: &'static str) -> Self {
         let incoming = head.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("traceparent")).map(|(_, v)| &v[..]);
-        let trace = TraceContext::continue_or_start(incoming, random());
-        let path = weir_policy::normalize_path(&head.target).unwrap_or_default();
-        self.current = Some(Current { method: method_label(&head.method), path: path.clone(), trace, verdict: label });
-        let Some(current) = &self.current else { unreachable!("set above") };
-        match verdict {
-            HttpVerdict::Allow => {
-                // The backend gets the path the policy judged, so it cannot read another.
-                let target = match head.target.split_once('?') {
-                    Some((_, query)) => format!("{path}?{query}"),
-                    None => path,
-                };
-                let traceparent = current.trace.header();
-                let mut set: Vec<(&str, &[u8])> = vec![("traceparent", traceparent.as_bytes())];
-                let authority = absolute_authority(&head.target);
-                if let Some(host) = &authority {
-                    // Absolute-form goes upstream as origin-form: its authority becomes Host.
-                    set.push(("host", host.as_bytes()));
-                }
-                Verdict::Forward(weir_http::encode_request(head, &target, &set))
-            }
-            HttpVerdict::Deny { .. } => Verdict::Answer(403, weir_http::local_response(403, &[], "denied by policy")),
-            HttpVerdict::BadTarget(why) => Verdict::Answer(400, weir_http::error_response(400, why)),
-            HttpVerdict::RateLimited { retry_after_secs } => {
-                let secs = retry_after_secs.to_string();
-                Verdict::Answer(429, weir_http::local_response(429, &[("retry-after", &secs)], "rate limited"))
-            }
+        Self {
+            method: method_label(&head.method),
+            path,
+            trace: TraceContext::continue_or_start(incoming, random()),
+            verdict,
         }
     }
 
-    fn done(&mut self, head: Option<&RequestHead>, ex: Exchange) {
-        let current = self.current.take().filter(|_| head.is_some());
+    /// The head to send on: the normalized path (with the query), the new `traceparent`, and
+    /// Host from an absolute-form target.
+    pub fn forward_head(&self, head: &RequestHead) -> Vec<u8> {
+        // The upstream gets the path the policy and routing judged, so it cannot read another.
+        let target = match head.target.split_once('?') {
+            Some((_, query)) => format!("{}?{query}", self.path),
+            None => self.path.clone(),
+        };
+        let traceparent = self.trace.header();
+        let mut set: Vec<(&str, &[u8])> = vec![("traceparent", traceparent.as_bytes())];
+        let authority = absolute_authority(&head.target);
+        if let Some(host) = &authority {
+            // Absolute-form goes upstream as origin-form: its authority becomes Host.
+            set.push(("host", host.as_bytes()));
+        }
+        weir_http::encode_request(head, &target, &set)
+    }
+}
+
+/// Where a connection's requests are counted and logged.
+pub(crate) struct Recorder<'a> {
+    pub shared: &'a Shared,
+    pub conn: u64,
+    pub direction: Direction,
+    pub service: String,
+    pub route: String,
+    pub source: SpiffeId,
+    pub destination: SpiffeId,
+    pub mode: &'static str,
+}
+
+impl Recorder<'_> {
+    /// Metrics and one access-log line for a finished exchange.
+    pub fn record(&self, head: Option<&RequestHead>, ex: &Exchange, current: Option<&Current>) {
         let m = &self.shared.metrics.http;
         let class = status_class(ex.status);
-        let method = current.as_ref().map_or("other", |c| c.method);
         let labels = RequestLabels {
-            direction: Direction::Inbound,
-            service: self.service.to_owned(),
-            method,
+            direction: self.direction,
+            service: self.service.clone(),
+            method: current.map_or("other", |c| c.method),
             status_class: class,
             mode: self.mode,
             result: ex.result.as_label(),
         };
         m.requests.get_or_create(&labels).inc();
         if let Some(reason) = ex.rejected {
-            m.rejected.get_or_create(&RejectedLabels { service: self.service.to_owned(), reason }).inc();
+            m.rejected.get_or_create(&RejectedLabels { service: self.service.clone(), reason }).inc();
         }
         m.duration
-            .get_or_create(&DurationLabels { service: self.service.to_owned(), status_class: class })
+            .get_or_create(&DurationLabels { service: self.service.clone(), status_class: class })
             .observe(ex.duration.as_secs_f64());
         m.userspace_body
-            .get_or_create(&BodyLabels { service: self.service.to_owned(), mode: self.mode })
+            .get_or_create(&BodyLabels { service: self.service.clone(), mode: self.mode })
             .inc_by(ex.userspace_body);
-        let (path, trace_id, span_id, verdict) = match &current {
+        let (path, trace_id, span_id, verdict) = match current {
             Some(c) => (c.path.as_str(), c.trace.trace_id.as_str(), c.trace.span_id.as_str(), c.verdict),
             None => ("", "", "", ex.rejected.unwrap_or("bad_request")),
         };
         tracing::info!(
             target: "weir::access",
             conn = self.conn,
-            direction = "inbound",
+            direction = ?self.direction,
             service = self.service,
-            source = %self.peer,
-            destination = %self.shared.store.id(),
+            route = self.route,
+            source = %self.source,
+            destination = %self.destination,
             method = head.map_or("", |h| h.method.as_str()),
             path,
             status = ex.status,
@@ -211,15 +197,72 @@ impl Hooks for InboundHooks<'_> {
     }
 }
 
+struct InboundHooks<'a> {
+    rec: Recorder<'a>,
+    svc: &'a HttpService,
+    current: Option<Current>,
+}
+
+impl<'a> InboundHooks<'a> {
+    fn new(shared: &'a Shared, svc: &'a HttpService, t: &'a Tracked<'_>, copy: bool) -> Self {
+        let mode = if copy { "copy" } else { t.mode.as_label() };
+        let rec = Recorder {
+            shared,
+            conn: t.id,
+            direction: Direction::Inbound,
+            service: t.service.clone(),
+            route: String::new(),
+            source: t.peer.clone(),
+            destination: shared.store.id().clone(),
+            mode,
+        };
+        Self { rec, svc, current: None }
+    }
+}
+
+impl Hooks for InboundHooks<'_> {
+    fn request(&mut self, head: &RequestHead) -> Verdict {
+        let facts = RequestFacts {
+            source: &self.rec.source,
+            method: &head.method,
+            target: &head.target,
+            headers: &head.headers,
+        };
+        let verdict = {
+            let mut limiter = self.svc.limiter.lock().unwrap_or_else(|p| p.into_inner());
+            weir_policy::decide(&self.svc.config.policy, &mut limiter, &facts, Instant::now())
+        };
+        let label = verdict.as_label();
+        let verdicts = &self.rec.shared.metrics.http.verdicts;
+        verdicts.get_or_create(&VerdictLabels { service: self.rec.service.clone(), verdict: label }).inc();
+        let path = weir_policy::normalize_path(&head.target).unwrap_or_default();
+        let current = self.current.insert(Current::of(head, path, label));
+        match verdict {
+            HttpVerdict::Allow => Verdict::Forward(current.forward_head(head)),
+            HttpVerdict::Deny { .. } => Verdict::Answer(403, weir_http::local_response(403, &[], "denied by policy")),
+            HttpVerdict::BadTarget(why) => Verdict::Answer(400, weir_http::error_response(400, why)),
+            HttpVerdict::RateLimited { retry_after_secs } => {
+                let secs = retry_after_secs.to_string();
+                Verdict::Answer(429, weir_http::local_response(429, &[("retry-after", &secs)], "rate limited"))
+            }
+        }
+    }
+
+    fn done(&mut self, head: Option<&RequestHead>, ex: Exchange) {
+        let current = self.current.take().filter(|_| head.is_some());
+        self.rec.record(head, &ex, current.as_ref());
+    }
+}
+
 /// The authority of an absolute-form target (`http://host:port/path`), if it is one.
-fn absolute_authority(target: &str) -> Option<String> {
+pub(crate) fn absolute_authority(target: &str) -> Option<String> {
     let rest = target.strip_prefix("http://").or_else(|| target.strip_prefix("https://"))?;
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     Some(rest[..end].to_owned())
 }
 
 /// Random bytes for trace and span ids (not secrets: a weak source only costs uniqueness).
-fn random() -> [u8; 24] {
+pub(crate) fn random() -> [u8; 24] {
     let mut b = [0u8; 24];
     if getrandom::getrandom(&mut b).is_err() {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());

@@ -15,6 +15,8 @@ mod inbound;
 mod kernel_facts;
 mod node;
 mod outbound;
+mod outbound_http;
+mod routing;
 
 pub use node::{Node, StartError};
 pub use weir_sys::{abort_on_close, raise_fd_limit};

@@ -93,6 +93,7 @@ impl Node {
         let suites: Option<Vec<_>> = suites.map(<[_]>::to_vec);
         let suites = suites.as_deref();
         let mut shared = Shared::new(tls.clone(), store.clone(), support.clone(), limits, policy, handshake_timeout);
+        shared.directory = config.outbound.iter().map(|r| (r.service.clone(), Arc::new(r.clone()))).collect();
         shared.metrics.ktls_enabled.set(i64::from(shared.ktls_available()));
         *shared.http.get_mut().unwrap_or_else(|p| p.into_inner()) = http_services(&config);
         let mut tasks = vec![tokio::spawn(store.clone().run_rotation()), tokio::spawn(tls.follow(store.clone()))];
@@ -216,7 +217,7 @@ impl Node {
         let routes = |c: &Config| {
             c.outbound
                 .iter()
-                .map(|r| (r.listen, r.capture.clone(), r.service.clone(), r.peer, r.peer_id.clone()))
+                .map(|r| (r.listen, r.capture.clone(), r.service.clone(), r.peer, r.peer_id.clone(), r.http.clone()))
                 .collect::<Vec<_>>()
         };
         let mut needs_restart = Vec::new();

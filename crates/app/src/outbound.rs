@@ -35,42 +35,77 @@ pub(crate) async fn serve(listener: TcpListener, route: Arc<OutboundRoute>, shar
 /// Carries one app connection to `route`'s peer, presenting the SVID in `tls` (the node's, or
 /// a captured workload's).
 pub(crate) async fn handle(app: TcpStream, route: &OutboundRoute, tls: &TlsConfigs, shared: &Shared) {
-    let id = shared.next_id();
     let _ = app.set_nodelay(true);
-    let peer = match timeout(shared.handshake_timeout, TcpStream::connect(route.peer)).await {
-        Ok(Ok(peer)) => peer,
-        Ok(Err(e)) => return refuse_app(app, shared, id, Refusal::PeerUnreachable, &format!("{}: {e}", route.peer)),
-        Err(_) => {
-            return refuse_app(app, shared, id, Refusal::PeerUnreachable, &format!("{}: connect timed out", route.peer))
+    if let Some(http) = &route.http {
+        return crate::outbound_http::handle(app, route, http, tls, shared).await;
+    }
+    let id = shared.next_id();
+    let peer = match connect(route, tls, shared, id, shared.handshake_timeout).await {
+        Ok(peer) => peer,
+        Err(Refused) => return reset(app),
+    };
+    let t = Tracked::open(shared, id, Direction::Outbound, peer.mode(), route.peer_id.clone(), route.service.clone());
+    let outcome = match peer {
+        Upstream::Ktls(socket, drained) => {
+            weir_forward::splice_ktls(app, socket, drained, &t.tally, shared.limits).await
         }
+        Upstream::Tls(tls) => weir_forward::copy_tls(app, *tls, &t.tally).await,
+    };
+    t.close(outcome);
+}
+
+/// A mesh connection to a peer node, past handshake and preamble.
+pub(crate) enum Upstream {
+    /// kTLS installed both ways; plaintext rustls decrypted before the switch.
+    Ktls(TcpStream, Vec<u8>),
+    /// Userspace TLS.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Upstream {
+    pub fn mode(&self) -> Mode {
+        match self {
+            Self::Ktls(..) => Mode::KtlsSw,
+            Self::Tls(_) => Mode::Userspace,
+        }
+    }
+}
+
+/// A connection refused on the way to the peer node (already counted and logged).
+pub(crate) struct Refused;
+
+/// Connects to `route`'s peer node within `connect_timeout` (TCP), then handshake and
+/// preamble within the handshake timeout. `Err`: refused, already counted and logged.
+pub(crate) async fn connect(
+    route: &OutboundRoute,
+    tls: &TlsConfigs,
+    shared: &Shared,
+    id: u64,
+    connect_timeout: std::time::Duration,
+) -> Result<Upstream, Refused> {
+    let refuse = |reason, detail: &dyn std::fmt::Display| {
+        shared.refuse(id, Direction::Outbound, reason, detail);
+        Refused
+    };
+    let peer = match timeout(connect_timeout, TcpStream::connect(route.peer)).await {
+        Ok(Ok(peer)) => peer,
+        Ok(Err(e)) => return Err(refuse(Refusal::PeerUnreachable, &format_args!("{}: {e}", route.peer))),
+        Err(_) => return Err(refuse(Refusal::PeerUnreachable, &format_args!("{}: connect timed out", route.peer))),
     };
     let _ = peer.set_nodelay(true);
     let connector = match tls.client(&route.peer_id) {
         Ok(c) => TlsConnector::from(c),
-        Err(e) => return refuse_app(app, shared, id, Refusal::TlsHandshake, &e),
+        Err(e) => return Err(refuse(Refusal::TlsHandshake, &e)),
     };
     if shared.ktls_available() && kernel_ready(&peer, shared, id) {
-        let Some(tls) = handshake(connector, CorkStream::new(peer), route, shared, id).await else { return reset(app) };
-        let switched = match ktls::switch_client(tls).await {
-            Ok(s) => s,
-            Err(e) => return refuse_app(app, shared, id, Refusal::KtlsSetupFailed, &e),
-        };
-        let t =
-            Tracked::open(shared, id, Direction::Outbound, Mode::KtlsSw, route.peer_id.clone(), route.service.clone());
-        let outcome = weir_forward::splice_ktls(app, switched.socket, switched.drained, &t.tally, shared.limits).await;
-        t.close(outcome);
+        let tls = handshake(connector, CorkStream::new(peer), route, shared, id).await.ok_or(Refused)?;
+        match ktls::switch_client(tls).await {
+            Ok(s) => Ok(Upstream::Ktls(s.socket, s.drained)),
+            Err(e) => Err(refuse(Refusal::KtlsSetupFailed, &e)),
+        }
     } else {
-        let Some(tls) = handshake(connector, peer, route, shared, id).await else { return reset(app) };
-        let t = Tracked::open(
-            shared,
-            id,
-            Direction::Outbound,
-            Mode::Userspace,
-            route.peer_id.clone(),
-            route.service.clone(),
-        );
-        let outcome = weir_forward::copy_tls(app, tls, &t.tally).await;
-        t.close(outcome);
+        let tls = handshake(connector, peer, route, shared, id).await.ok_or(Refused)?;
+        Ok(Upstream::Tls(Box::new(tls)))
     }
 }
 

@@ -10,7 +10,7 @@ mod http;
 mod raw;
 mod typed;
 
-pub use http::HttpConfig;
+pub use http::{HttpConfig, HttpRoute, OutboundHttp};
 pub use typed::{
     Config, IdentityConfig, InboundConfig, KernelConfig, KernelMode, KtlsConfig, KtlsMode, LogConfig, LogFormat,
     OutboundRoute, ServiceConfig, WorkloadConfig,

@@ -149,6 +149,41 @@ pub(crate) struct RawOutbound {
     pub service: Option<Spanned<String>>,
     pub peer: Option<Spanned<String>>,
     pub peer_id: Option<Spanned<String>>,
+    pub protocol: Option<Spanned<String>>,
+    pub http: Option<RawOutboundHttp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOutboundHttp {
+    pub mode: Option<Spanned<String>>,
+    pub max_head_bytes: Option<Spanned<i64>>,
+    pub max_headers: Option<Spanned<i64>>,
+    pub request_head_timeout_ms: Option<Spanned<i64>>,
+    pub connect_timeout_ms: Option<Spanned<i64>>,
+    pub response_timeout_ms: Option<Spanned<i64>>,
+    pub retries: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
+    pub host: Option<Spanned<String>>,
+    pub path_prefix: Option<Spanned<String>>,
+    #[serde(default)]
+    pub split: Vec<RawSplit>,
+    pub connect_timeout_ms: Option<Spanned<i64>>,
+    pub response_timeout_ms: Option<Spanned<i64>>,
+    pub retries: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSplit {
+    pub service: Option<Spanned<String>>,
+    pub weight: Option<Spanned<i64>>,
 }
 
 /// Best-effort dotted path of the key a serde error points at: the enclosing `[table]`

@@ -116,3 +116,217 @@ fn workloads_and_capture_compile_or_name_the_bad_field() {
     let err = parse(&no_kernel, "k.toml").expect_err("workloads need the kernel path");
     assert_eq!(err.fields[0].path, "workloads");
 }
+
+const ALLOW_LINE: &str = "allow = [\"spiffe://weir.local/ns/default/sa/client\"]";
+
+/// `GOOD` with `extra` (TOML) appended to the `echo` service's table.
+fn with_service(extra: &str) -> String {
+    GOOD.replace(ALLOW_LINE, &format!("{ALLOW_LINE}\n{extra}"))
+}
+
+/// The (path, line) of every field error in `source`.
+fn field_errors(source: &str) -> Vec<(String, Option<usize>)> {
+    let err = parse(source, "h.toml").expect_err("invalid config");
+    err.fields.iter().map(|f| (f.path.clone(), f.line)).collect()
+}
+
+const HTTP_FULL: &str = r#"protocol = "http"
+[inbound.services.http]
+mode = "copy"
+max_head_bytes = 8192
+max_headers = 50
+request_head_timeout_ms = 1500
+response_timeout_ms = 2500
+default = "deny"
+[[inbound.services.http.rules]]
+action = "allow"
+from = ["spiffe://weir.local/ns/default/sa/client"]
+methods = ["GET", "POST"]
+path_prefix = "/api"
+headers = [{ name = "X-Debug", value = "1" }, { name = "x-present" }]
+[[inbound.services.http.rules]]
+action = "deny"
+path = "/admin"
+[[inbound.services.http.rate_limits]]
+per_second = 5
+[[inbound.services.http.rate_limits]]
+from = "spiffe://weir.local/ns/default/sa/client"
+path_prefix = "/api"
+per_second = 2
+burst = 7"#;
+
+#[test]
+fn an_http_service_compiles_to_its_policy() {
+    let c = parse(&with_service(HTTP_FULL), "h.toml").expect("valid http service");
+    let svc = &c.inbound.expect("inbound").services[0];
+    let http = svc.http.as_ref().expect("protocol = \"http\" gives an http config");
+    assert!(http.copy);
+    assert_eq!((http.max_head_bytes, http.max_headers), (8192, 50));
+    assert_eq!(http.request_head_timeout, std::time::Duration::from_millis(1500));
+    assert_eq!(http.response_timeout, std::time::Duration::from_millis(2500));
+    let client: weir_identity::SpiffeId = "spiffe://weir.local/ns/default/sa/client".parse().expect("id");
+    let want = weir_policy::HttpPolicy {
+        rules: vec![
+            weir_policy::HttpRule {
+                from: vec![client.clone()],
+                methods: vec!["GET".into(), "POST".into()],
+                path: weir_policy::PathMatch::Prefix("/api".into()),
+                headers: vec![
+                    weir_policy::HeaderMatch { name: "x-debug".into(), value: Some(b"1".to_vec()) },
+                    weir_policy::HeaderMatch { name: "x-present".into(), value: None },
+                ],
+                action: weir_policy::Action::Allow,
+            },
+            weir_policy::HttpRule {
+                from: vec![],
+                methods: vec![],
+                path: weir_policy::PathMatch::Exact("/admin".into()),
+                headers: vec![],
+                action: weir_policy::Action::Deny,
+            },
+        ],
+        default: weir_policy::Action::Deny,
+        rate_limits: vec![
+            weir_policy::RateLimit { from: None, path_prefix: "/".into(), per_second: 5, burst: 5 },
+            weir_policy::RateLimit { from: Some(client), path_prefix: "/api".into(), per_second: 2, burst: 7 },
+        ],
+    };
+    assert_eq!(http.policy, want);
+}
+
+#[test]
+fn http_defaults_and_plain_tcp() {
+    let c = parse(&with_service("protocol = \"http\""), "h.toml").expect("http without a section");
+    let http = c.inbound.expect("inbound").services[0].http.clone().expect("http config");
+    assert!(!http.copy, "splice by default");
+    assert_eq!((http.max_head_bytes, http.max_headers), (16 * 1024, 100));
+    assert_eq!(http.request_head_timeout, std::time::Duration::from_secs(60));
+    assert_eq!(http.response_timeout, std::time::Duration::from_secs(30));
+    assert_eq!(http.policy.default, weir_policy::Action::Allow);
+    assert!(http.policy.rules.is_empty() && http.policy.rate_limits.is_empty());
+    for tcp in [GOOD.to_owned(), with_service("protocol = \"tcp\"")] {
+        let c = parse(&tcp, "t.toml").expect("tcp service");
+        assert!(c.inbound.expect("inbound").services[0].http.is_none(), "tcp is L4 only");
+    }
+}
+
+#[test]
+fn http_section_reports_every_bad_field_with_path_and_line() {
+    // Lines: the service's table starts at line 13, its extra text at line 17.
+    let bad = with_service(
+        r#"protocol = "http"
+[inbound.services.http]
+mode = "fast"
+max_head_bytes = 10
+max_headers = 0
+request_head_timeout_ms = 5
+response_timeout_ms = -1
+default = "maybe"
+[[inbound.services.http.rules]]
+action = "block"
+from = ["spiffe://weir.local/ns//sa"]
+methods = ["GET", "get"]
+path = "/a/../b"
+[[inbound.services.http.rules]]
+action = "deny"
+path_prefix = "/x//"
+headers = [{ name = "bad name" }]
+[[inbound.services.http.rules]]
+action = "deny"
+path = "/a"
+path_prefix = "/a"
+[[inbound.services.http.rules]]
+action = "deny"
+path = "/a%2Fb"
+[[inbound.services.http.rate_limits]]
+from = "nobody"
+path_prefix = "/v1/./x"
+per_second = 0
+burst = 0"#,
+    );
+    let p = |f: &str| format!("inbound.services[0].http.{f}");
+    let want: Vec<(String, Option<usize>)> = [
+        ("mode", 19),
+        ("max_head_bytes", 20),
+        ("max_headers", 21),
+        ("request_head_timeout_ms", 22),
+        ("response_timeout_ms", 23),
+        ("default", 24),
+        ("rules[0].action", 26),
+        ("rules[0].from[0]", 27),
+        ("rules[0].methods[1]", 28),
+        ("rules[0].path", 29),
+        ("rules[1].path_prefix", 32),
+        ("rules[1].headers[0].name", 33),
+        ("rules[2].path_prefix", 37),
+        ("rules[3].path", 40),
+        ("rate_limits[0].from", 42),
+        ("rate_limits[0].path_prefix", 43),
+        ("rate_limits[0].per_second", 44),
+        ("rate_limits[0].burst", 45),
+    ]
+    .into_iter()
+    .map(|(f, line)| (p(f), Some(line)))
+    .collect();
+    assert_eq!(field_errors(&bad), want);
+    let text = parse(&bad, "h.toml").expect_err("invalid").to_string();
+    for reason in [
+        "\"fast\" is not a mode (splice, copy)",
+        "\"block\" is not an action (allow, deny)",
+        "\"get\" is not a method",
+        "\"/a/../b\" is not a normalized path (it would match as \"/b\")",
+        "\"/x//\" is not a normalized path (it would match as \"/x/\")",
+        "give path or path_prefix, not both",
+        "\"bad name\" is not a header name",
+        "\"/a%2Fb\" is not a usable path",
+        "0 is out of range 1..=10000000",
+    ] {
+        assert!(text.contains(reason), "missing {reason:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn http_rule_and_rate_limit_required_fields_are_named() {
+    let missing = with_service(
+        "protocol = \"http\"\n[[inbound.services.http.rules]]\npath = \"/a\"\n[[inbound.services.http.rate_limits]]\nburst = 3",
+    );
+    let paths: Vec<String> = field_errors(&missing).into_iter().map(|(p, _)| p).collect();
+    assert_eq!(
+        paths,
+        ["inbound.services[0].http.rules[0].action", "inbound.services[0].http.rate_limits[0].per_second"]
+    );
+}
+
+#[test]
+fn protocol_must_be_tcp_or_http_and_only_http_takes_an_http_section() {
+    assert_eq!(
+        field_errors(&with_service("protocol = \"udp\"")),
+        [("inbound.services[0].protocol".to_owned(), Some(17))]
+    );
+    let text = parse(&with_service("protocol = \"udp\""), "h.toml").expect_err("udp").to_string();
+    assert!(text.contains("\"udp\" is not a protocol (tcp, http)"), "{text}");
+    for tcp in ["protocol = \"tcp\"\n", ""] {
+        let err = parse(&with_service(&format!("{tcp}[inbound.services.http]\nmode = \"copy\"")), "h.toml")
+            .expect_err("an http section on a tcp service");
+        assert_eq!(err.fields.len(), 1, "{err}");
+        assert_eq!(err.fields[0].path, "inbound.services[0].http", "{err}");
+        assert!(err.fields[0].reason.contains("protocol = \"http\""), "{err}");
+    }
+    // The other services' errors are still reported alongside.
+    let two = format!(
+        "{}\n[[inbound.services]]\nname = \"web\"\nbackend = \"127.0.0.1:9\"\nprotocol = \"http\"\n[inbound.services.http]\ndefault = \"nope\"\n",
+        with_service("protocol = \"HTTP\"")
+    );
+    let paths: Vec<String> = field_errors(&two).into_iter().map(|(p, _)| p).collect();
+    assert_eq!(paths, ["inbound.services[0].protocol", "inbound.services[1].http.default"]);
+}
+
+#[test]
+fn unknown_http_fields_are_refused() {
+    let err = parse(&with_service("protocol = \"http\"\n[inbound.services.http]\nmax_body = 5"), "h.toml")
+        .expect_err("unknown field");
+    assert_eq!(err.fields.len(), 1, "{err}");
+    assert!(err.fields[0].reason.contains("unknown field `max_body`"), "{err}");
+    assert!(err.fields[0].path.ends_with("http.max_body"), "{err}");
+    assert_eq!(err.fields[0].line, Some(19), "{err}");
+}

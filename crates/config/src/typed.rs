@@ -155,6 +155,8 @@ pub struct OutboundRoute {
     pub peer: SocketAddr,
     /// The SPIFFE ID the peer node must present.
     pub peer_id: SpiffeId,
+    /// HTTP/1.1 routing on this listener (`protocol = "http"`); `None`: opaque bytes.
+    pub http: Option<crate::http::OutboundHttp>,
 }
 
 pub(crate) struct Check<'a> {
@@ -223,7 +225,7 @@ pub(crate) fn spiffe_id(s: &String) -> Result<SpiffeId, String> {
     s.parse().map_err(|e| format!("{s:?} is not a SPIFFE ID: {e}"))
 }
 
-fn service_name(s: &String) -> Result<String, String> {
+pub(crate) fn service_name(s: &String) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 253
         && s.bytes().all(|c| matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_'));
@@ -368,6 +370,7 @@ impl Config {
                 }
             }
         }
+        crate::http::check_splits(&mut c, &raw.outbound);
         if !c.errors.is_empty() {
             return Err(c.errors);
         }
@@ -421,18 +424,17 @@ fn outbound(c: &mut Check<'_>, n: usize, o: &RawOutbound) -> Option<OutboundRout
     let canonical = |s: &String| addr(s).map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()));
     let capture: Vec<_> =
         o.capture.iter().enumerate().map(|(k, a)| c.value(a, &p(&format!("capture[{k}]")), canonical)).collect();
-    if o.listen.is_none() && o.capture.is_empty() {
-        c.error(&p("listen"), None, "a route needs a listen address, a capture list, or both");
-    }
     let service = c.required(&o.service, &p("service"), service_name);
     let peer = c.required(&o.peer, &p("peer"), addr);
     let peer_id = c.required(&o.peer_id, &p("peer_id"), spiffe_id);
+    let http = crate::http::outbound(c, &p(""), o);
     Some(OutboundRoute {
         listen: listen.map_or(Some(None), |l| l.map(Some))?,
         capture: capture.into_iter().collect::<Option<_>>()?,
         service: service?,
         peer: peer?,
         peer_id: peer_id?,
+        http: http?,
     })
 }
 

@@ -1,5 +1,6 @@
 //! The HTTP/1.1 pump over real loopback sockets: framing forwarded byte for byte, bodies kept
 //! out of userspace when both legs splice, and every way an exchange can end.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

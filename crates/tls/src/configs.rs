@@ -30,6 +30,11 @@ impl std::fmt::Debug for TlsConfigs {
 }
 
 impl TlsConfigs {
+    /// The SPIFFE ID these configurations present.
+    pub fn id(&self) -> SpiffeId {
+        self.built.read().unwrap_or_else(|p| p.into_inner()).client_auth.1.id.clone()
+    }
+
     /// Builds configurations for TLS 1.3 only. `suites` restricts cipher suites (e.g. to those
     /// the kernel can take over); `secret_extraction` must be on for the kTLS hand-off.
     pub fn new(
