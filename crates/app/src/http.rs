@@ -3,7 +3,7 @@
 //! metrics and the access log. The bytes move in `weir_forward::http1` (heads only through
 //! userspace; bodies spliced unless a leg is userspace TLS or the service is in copy mode).
 use crate::conn::{Shared, Tracked};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::net::TcpStream;
 use weir_config::HttpConfig;
@@ -39,15 +39,25 @@ impl HttpService {
     }
 }
 
-/// Serves HTTP/1.1 from a peer node (kTLS socket) to the backend until the connection ends;
-/// an upgraded connection continues as L4 splice.
+/// Serves HTTP from a peer node (kTLS socket) to the backend until the connection ends:
+/// HTTP/1.1 head-only (an upgraded connection continues as L4 splice), or HTTP/2 in copy mode
+/// when the peer opens with its preface.
 pub(crate) async fn inbound_ktls(
-    shared: &Shared,
-    svc: &HttpService,
+    shared: &Arc<Shared>,
+    svc: &Arc<HttpService>,
     t: &Tracked<'_>,
     backend: TcpStream,
     peer: TcpStream,
 ) -> Outcome {
+    match tokio::time::timeout(svc.config.request_head_timeout, crate::h2::preface_on_socket(&peer)).await {
+        Ok(Ok(true)) => {
+            let who = (t.peer.clone(), t.service.clone());
+            return h2_outcome(crate::h2::serve(shared.clone(), svc.clone(), t.id, who, backend, peer).await);
+        }
+        Ok(Ok(false)) => {}
+        Ok(Err(e)) => return Outcome::Failed(Side::Peer, e),
+        Err(_) => return Outcome::Closed,
+    }
     let copy = svc.config.copy;
     let result = {
         let mut down = Leg::socket(&peer, true, copy);
@@ -68,18 +78,29 @@ pub(crate) async fn inbound_ktls(
 /// As [`inbound_ktls`], with the peer leg in userspace TLS (every body byte is decrypted here
 /// anyway, and counted so).
 pub(crate) async fn inbound_tls<S>(
-    shared: &Shared,
-    svc: &HttpService,
+    shared: &Arc<Shared>,
+    svc: &Arc<HttpService>,
     t: &Tracked<'_>,
     backend: TcpStream,
     mut tls: S,
 ) -> Outcome
 where
-    S: weir_forward::http1::ByteStream + weir_forward::TcpBacked,
+    S: weir_forward::http1::ByteStream + weir_forward::TcpBacked + 'static,
 {
+    let prefix =
+        match tokio::time::timeout(svc.config.request_head_timeout, crate::h2::preface_on_stream(&mut tls)).await {
+            Ok(Ok((true, prefix))) => {
+                let who = (t.peer.clone(), t.service.clone());
+                let mesh = crate::h2::Prefixed::new(prefix, tls);
+                return h2_outcome(crate::h2::serve(shared.clone(), svc.clone(), t.id, who, backend, mesh).await);
+            }
+            Ok(Ok((false, prefix))) => prefix,
+            Ok(Err(e)) => return Outcome::Failed(Side::Peer, e),
+            Err(_) => return Outcome::Closed,
+        };
     let copy = svc.config.copy;
     let result = {
-        let mut down = Leg::stream(&mut tls);
+        let mut down = Leg::stream_with(&mut tls, prefix);
         let mut up = Leg::socket(&backend, false, copy);
         let mut hooks = InboundHooks::new(shared, svc, t, copy);
         http1::serve(&mut down, &mut up, (Side::Peer, Side::Local), &mut hooks, &svc.limits(), &t.tally).await
@@ -91,6 +112,13 @@ where
             weir_forward::abort_both(&backend, tls.tcp());
             outcome
         }
+    }
+}
+
+fn h2_outcome(result: Result<(), String>) -> Outcome {
+    match result {
+        Ok(()) => Outcome::Closed,
+        Err(e) => Outcome::Failed(Side::Peer, std::io::Error::other(e)),
     }
 }
 

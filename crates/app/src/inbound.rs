@@ -43,7 +43,7 @@ struct Accepted<IO> {
     backend: TcpStream,
 }
 
-async fn handle(socket: TcpStream, from: SocketAddr, backends: &Backends, shared: &Shared) {
+async fn handle(socket: TcpStream, from: SocketAddr, backends: &Backends, shared: &Arc<Shared>) {
     let id = shared.next_id();
     let _ = socket.set_nodelay(true);
     let acceptor = TlsAcceptor::from(shared.tls.server());

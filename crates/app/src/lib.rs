@@ -10,6 +10,7 @@
 mod admin;
 mod capture;
 mod conn;
+mod h2;
 mod http;
 mod inbound;
 mod kernel_facts;

@@ -40,7 +40,12 @@ impl<'a> Leg<'a> {
 
     /// A userspace stream leg.
     pub fn stream(stream: &'a mut dyn ByteStream) -> Self {
-        Self { io: Io::Stream(stream), buf: Vec::new(), peeked: 0, copy: true }
+        Self::stream_with(stream, Vec::new())
+    }
+
+    /// A userspace stream leg whose first bytes were already read off it (`read`).
+    pub fn stream_with(stream: &'a mut dyn ByteStream, read: Vec<u8>) -> Self {
+        Self { io: Io::Stream(stream), buf: read, peeked: 0, copy: true }
     }
 
     /// Bytes this leg read ahead that belong to whatever follows (stream legs only).
