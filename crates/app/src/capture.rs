@@ -24,7 +24,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn handle(app: TcpStream, from: SocketAddr, shared: &Shared) {
+async fn handle(app: TcpStream, from: SocketAddr, shared: &Arc<Shared>) {
     let id = shared.next_id();
     let _ = app.set_nodelay(true);
     let found = shared.orig_dst.as_ref().map(|o| o.take(from));

@@ -25,16 +25,61 @@ use weir_telemetry::Direction;
 /// The HTTP/2 client connection preface.
 pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// What each stream's request is judged and recorded under.
-struct Ctx {
+/// Who a stream is recorded under (owned: streams run on their own tasks).
+#[derive(Clone)]
+struct Who {
     shared: Arc<Shared>,
-    svc: Arc<HttpService>,
     conn: u64,
+    direction: Direction,
     service: String,
-    peer: SpiffeId,
+    route: String,
+    source: SpiffeId,
+    destination: SpiffeId,
+}
+
+impl Who {
+    fn recorder(&self) -> Recorder<'_> {
+        Recorder {
+            shared: &self.shared,
+            conn: self.conn,
+            direction: self.direction,
+            service: self.service.clone(),
+            route: self.route.clone(),
+            source: self.source.clone(),
+            destination: self.destination.clone(),
+            mode: "copy",
+        }
+    }
+
+    fn answer(
+        &self,
+        head: &weir_http::RequestHead,
+        current: &Current,
+        started: Instant,
+        response: Local,
+    ) -> Response<BoxBody> {
+        let ex = exchange(started, response.0.as_u16(), ExchangeResult::Local);
+        self.recorder().record(Some(head), &ex, Some(current));
+        local(response)
+    }
 }
 
 type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>;
+type Sender = hyper::client::conn::http2::SendRequest<BoxBody>;
+
+/// A response Weir gives itself: status, an extra field, a short text.
+struct Local(StatusCode, Option<(&'static str, String)>, &'static str);
+
+fn local(Local(status, extra, text): Local) -> Response<BoxBody> {
+    let mut r = Response::new(Full::new(Bytes::from(format!("{text}\n"))).map_err(|e| match e {}).boxed_unsync());
+    *r.status_mut() = status;
+    if let Some((name, value)) = extra {
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&value) {
+            r.headers_mut().insert(name, v);
+        }
+    }
+    r
+}
 
 /// Serves HTTP/2 from the peer node (`mesh`: a kTLS socket or a userspace TLS stream) to the
 /// backend until either side ends the connection.
@@ -49,19 +94,13 @@ pub(crate) async fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, backend_conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .handshake::<_, BoxBody>(TokioIo::new(backend))
-        .await
-        .map_err(|e| format!("backend HTTP/2 handshake: {e}"))?;
-    tokio::spawn(async move {
-        if let Err(e) = backend_conn.await {
-            tracing::debug!(error = %e, "backend HTTP/2 connection ended");
-        }
-    });
-    let ctx = Arc::new(Ctx { shared, svc, conn, service, peer });
+    let sender = handshake(backend).await.map_err(|e| format!("backend HTTP/2 handshake: {e}"))?;
+    let destination = shared.store.id().clone();
+    let who =
+        Who { shared, conn, direction: Direction::Inbound, service, route: String::new(), source: peer, destination };
     let handler = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let (ctx, sender) = (ctx.clone(), sender.clone());
-        async move { Ok::<_, std::convert::Infallible>(stream(&ctx, sender, req).await) }
+        let (who, svc, sender) = (who.clone(), svc.clone(), sender.clone());
+        async move { Ok::<_, std::convert::Infallible>(inbound_stream(who, &svc, sender, req).await) }
     });
     hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .serve_connection(TokioIo::new(mesh), handler)
@@ -69,103 +108,220 @@ where
         .map_err(|e| format!("HTTP/2 from the peer: {e}"))
 }
 
-/// One stream: policy on its head, then relayed with counted bodies; recorded when its
-/// response body ends.
-async fn stream(
-    ctx: &Arc<Ctx>,
-    mut sender: hyper::client::conn::http2::SendRequest<BoxBody>,
-    req: Request<Incoming>,
-) -> Response<BoxBody> {
+/// An HTTP/2 client connection over `io`, driven on its own task.
+async fn handshake<T>(io: T) -> Result<Sender, hyper::Error>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, BoxBody>(TokioIo::new(io))
+        .await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "HTTP/2 client connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// One inbound stream: policy on its head, then relayed.
+async fn inbound_stream(who: Who, svc: &HttpService, sender: Sender, req: Request<Incoming>) -> Response<BoxBody> {
     let started = Instant::now();
     let head = head_of(&req);
-    let facts = RequestFacts { source: &ctx.peer, method: &head.method, target: &head.target, headers: &head.headers };
+    let facts =
+        RequestFacts { source: &who.source, method: &head.method, target: &head.target, headers: &head.headers };
     let verdict = {
-        let mut limiter = ctx.svc.limiter.lock().unwrap_or_else(|p| p.into_inner());
-        weir_policy::decide(&ctx.svc.config.policy, &mut limiter, &facts, Instant::now())
+        let mut limiter = svc.limiter.lock().unwrap_or_else(|p| p.into_inner());
+        weir_policy::decide(&svc.config.policy, &mut limiter, &facts, Instant::now())
     };
     let label = verdict.as_label();
-    let verdicts = &ctx.shared.metrics.http.verdicts;
-    verdicts.get_or_create(&VerdictLabels { service: ctx.service.clone(), verdict: label }).inc();
+    let verdicts = &who.shared.metrics.http.verdicts;
+    verdicts.get_or_create(&VerdictLabels { service: who.service.clone(), verdict: label }).inc();
     let path = weir_policy::normalize_path(&head.target).unwrap_or_default();
     let current = Current::of(&head, path, label);
-    let local = |status: StatusCode, extra: Option<(&'static str, String)>, text: &str| {
-        let mut r = Response::new(Full::new(Bytes::from(format!("{text}\n"))).map_err(|e| match e {}).boxed_unsync());
-        *r.status_mut() = status;
-        if let Some((name, value)) = extra {
-            if let Ok(v) = hyper::header::HeaderValue::from_str(&value) {
-                r.headers_mut().insert(name, v);
-            }
+    let refusal = match verdict {
+        HttpVerdict::Allow => return relay(who, head, current, req, sender, started, None).await,
+        HttpVerdict::Deny { .. } => Local(StatusCode::FORBIDDEN, None, "denied by policy"),
+        HttpVerdict::BadTarget(why) => Local(StatusCode::BAD_REQUEST, None, why),
+        HttpVerdict::RateLimited { retry_after_secs } => {
+            Local(StatusCode::TOO_MANY_REQUESTS, Some(("retry-after", retry_after_secs.to_string())), "rate limited")
         }
-        r
     };
-    let answer = match verdict {
-        HttpVerdict::Allow => None,
-        HttpVerdict::Deny { .. } => Some((403, local(StatusCode::FORBIDDEN, None, "denied by policy"))),
-        HttpVerdict::BadTarget(why) => Some((400, local(StatusCode::BAD_REQUEST, None, why))),
-        HttpVerdict::RateLimited { retry_after_secs } => Some((
-            429,
-            local(StatusCode::TOO_MANY_REQUESTS, Some(("retry-after", retry_after_secs.to_string())), "rate limited"),
-        )),
-    };
-    if let Some((status, response)) = answer {
-        let mut ex = exchange(started, status, ExchangeResult::Local);
-        ex.duration = started.elapsed();
-        ctx.recorder().record(Some(&head), &ex, Some(&current));
-        return response;
-    }
+    who.answer(&head, &current, started, refusal)
+}
+
+/// Sends one stream on `sender` (normalized path, this hop's traceparent) and relays the
+/// response with counted bodies; recorded when the response body ends. `deadline`: the
+/// longest wait for the response head.
+async fn relay(
+    who: Who,
+    head: weir_http::RequestHead,
+    current: Current,
+    req: Request<Incoming>,
+    mut sender: Sender,
+    started: Instant,
+    deadline: Option<std::time::Duration>,
+) -> Response<BoxBody> {
     let (mut parts, body) = req.into_parts();
     let target = match head.target.split_once('?') {
         Some((_, q)) => format!("{}?{q}", current.path),
         None => current.path.clone(),
     };
-    let authority = parts.uri.authority().map_or_else(|| "backend".to_owned(), |a| a.to_string());
+    let authority = parts.uri.authority().map_or_else(|| who.service.clone(), |a| a.to_string());
     parts.uri = match format!("http://{authority}{target}").parse() {
         Ok(u) => u,
-        Err(_) => return local(StatusCode::BAD_REQUEST, None, "unusable request target"),
+        Err(_) => return who.answer(&head, &current, started, Local(StatusCode::BAD_REQUEST, None, "unusable target")),
     };
     if let Ok(v) = hyper::header::HeaderValue::from_str(&current.trace.header()) {
         parts.headers.insert("traceparent", v);
     }
     let sent = Arc::new(prometheus_client::metrics::counter::Counter::<u64>::default());
     let upstream = Request::from_parts(parts, Counted::new(body, sent.clone(), None).boxed_unsync());
-    match sender.send_request(upstream).await {
-        Ok(resp) => {
+    let response = match deadline {
+        Some(d) => tokio::time::timeout(d, sender.send_request(upstream)).await.map_err(|_| 504),
+        None => Ok(sender.send_request(upstream).await),
+    };
+    match response {
+        Ok(Ok(resp)) => {
             let (parts, body) = resp.into_parts();
             let status = parts.status.as_u16();
-            let (ctx, head) = (ctx.clone(), head.clone());
             let on_end = Box::new(move |received: u64| {
                 let mut ex = exchange(started, status, ExchangeResult::Ok);
                 ex.request_body = sent.get();
                 ex.response_body = received;
                 ex.userspace_body = ex.request_body + received;
-                ctx.recorder().record(Some(&head), &ex, Some(&current));
+                who.recorder().record(Some(&head), &ex, Some(&current));
             });
-            let counted = Counted::new(body, Arc::default(), Some(on_end));
-            Response::from_parts(parts, counted.boxed_unsync())
+            Response::from_parts(parts, Counted::new(body, Arc::default(), Some(on_end)).boxed_unsync())
         }
-        Err(e) => {
-            tracing::debug!(error = %e, "backend stream failed");
-            let mut ex = exchange(started, 502, ExchangeResult::UpstreamError);
+        failed => {
+            let status = if failed.is_err() { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::BAD_GATEWAY };
+            if let Ok(Err(e)) = &failed {
+                tracing::debug!(error = %e, "upstream stream failed");
+            }
+            let mut ex = exchange(started, status.as_u16(), ExchangeResult::UpstreamError);
             ex.request_body = sent.get();
-            ctx.recorder().record(Some(&head), &ex, Some(&current));
-            local(StatusCode::BAD_GATEWAY, None, "upstream failed")
+            who.recorder().record(Some(&head), &ex, Some(&current));
+            local(Local(status, None, "upstream failed"))
         }
     }
 }
 
-impl Ctx {
-    fn recorder(&self) -> Recorder<'_> {
-        Recorder {
-            shared: &self.shared,
-            conn: self.conn,
-            direction: Direction::Inbound,
-            service: self.service.clone(),
-            route: String::new(),
-            source: self.peer.clone(),
-            destination: self.shared.store.id().clone(),
-            mode: "copy",
+/// Serves HTTP/2 from a local app on an outbound `protocol = "http"` listener: each stream is
+/// routed like an HTTP/1.1 request and sent over one multiplexed mesh connection per service.
+pub(crate) async fn serve_outbound(
+    shared: Arc<Shared>,
+    http: Arc<weir_config::OutboundHttp>,
+    tls: Arc<weir_tls::TlsConfigs>,
+    conn: u64,
+    app: TcpStream,
+) -> Result<(), String> {
+    let senders: Arc<tokio::sync::Mutex<std::collections::HashMap<String, Sender>>> = Arc::default();
+    let source = tls.id();
+    let handler = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let (shared, http, tls, senders, source) =
+            (shared.clone(), http.clone(), tls.clone(), senders.clone(), source.clone());
+        async move {
+            let started = Instant::now();
+            let head = head_of(&req);
+            let mut who = Who {
+                shared: shared.clone(),
+                conn,
+                direction: Direction::Outbound,
+                service: String::new(),
+                route: String::new(),
+                source,
+                destination: shared.store.id().clone(),
+            };
+            let path = match weir_policy::normalize_path(&head.target) {
+                Ok(p) => p,
+                Err(why) => {
+                    let current = Current::of(&head, String::new(), "bad_target");
+                    return Ok(who.answer(&head, &current, started, Local(StatusCode::BAD_REQUEST, None, why)));
+                }
+            };
+            let current = Current::of(&head, path, "routed");
+            let host = crate::routing::host_of(&head);
+            let route = crate::routing::choose(&http.routes, host.as_deref(), &current.path);
+            let draw = u32::from_le_bytes(crate::http::random()[..4].try_into().unwrap_or([0; 4]));
+            let target = route
+                .and_then(|r| Some((r, crate::routing::pick(&r.split, draw)?)))
+                .and_then(|(r, s)| Some((r, shared.directory.get(s)?.clone())));
+            let Some((route, target)) = target else {
+                return Ok(who.answer(
+                    &head,
+                    &current,
+                    started,
+                    Local(StatusCode::SERVICE_UNAVAILABLE, None, "no route"),
+                ));
+            };
+            who.service = target.service.clone();
+            who.route = route.path_prefix.clone();
+            who.destination = target.peer_id.clone();
+            let sender = {
+                let mut senders = senders.lock().await;
+                match senders.get(&target.service).filter(|s| !s.is_closed()) {
+                    Some(s) => Some(s.clone()),
+                    None => match mesh_sender(&shared, &target, &tls, route.connect_timeout).await {
+                        Some(s) => {
+                            senders.insert(target.service.clone(), s.clone());
+                            Some(s)
+                        }
+                        None => None,
+                    },
+                }
+            };
+            let Some(sender) = sender else {
+                return Ok(who.answer(
+                    &head,
+                    &current,
+                    started,
+                    Local(StatusCode::SERVICE_UNAVAILABLE, None, "peer unreachable"),
+                ));
+            };
+            Ok::<_, std::convert::Infallible>(
+                relay(who, head, current, req, sender, started, Some(route.response_timeout)).await,
+            )
         }
-    }
+    });
+    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(app), handler)
+        .await
+        .map_err(|e| format!("HTTP/2 from the app: {e}"))
+}
+
+/// A multiplexed mesh connection to `target`'s peer node, tracked as a mesh connection for as
+/// long as it lives.
+async fn mesh_sender(
+    shared: &Arc<Shared>,
+    target: &weir_config::OutboundRoute,
+    tls: &weir_tls::TlsConfigs,
+    timeout: std::time::Duration,
+) -> Option<Sender> {
+    let id = shared.next_id();
+    let up = crate::outbound::connect(target, tls, shared, id, timeout).await.ok()?;
+    let mode = up.mode();
+    let io: Box<dyn weir_forward::http1::ByteStream> = match up {
+        // The inbound side speaks only after the client's preface: early bytes cannot be framed.
+        crate::outbound::Upstream::Ktls(_, drained) if !drained.is_empty() => return None,
+        crate::outbound::Upstream::Ktls(socket, _) => Box::new(socket),
+        crate::outbound::Upstream::Tls(tls) => tls,
+    };
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, BoxBody>(TokioIo::new(io))
+        .await
+        .map_err(|e| tracing::warn!(error = %e, service = target.service, "HTTP/2 over the mesh: handshake failed"))
+        .ok()?;
+    let (shared, peer, service) = (shared.clone(), target.peer_id.clone(), target.service.clone());
+    tokio::spawn(async move {
+        let t = crate::conn::Tracked::open(&shared, id, Direction::Outbound, mode, peer, service);
+        let outcome = match connection.await {
+            Ok(()) => weir_forward::Outcome::Closed,
+            Err(e) => weir_forward::Outcome::Failed(weir_forward::Side::Peer, std::io::Error::other(e.to_string())),
+        };
+        t.close(outcome);
+    });
+    Some(sender)
 }
 
 fn exchange(started: Instant, status: u16, result: ExchangeResult) -> Exchange {

@@ -34,7 +34,7 @@ pub(crate) async fn serve(listener: TcpListener, route: Arc<OutboundRoute>, shar
 
 /// Carries one app connection to `route`'s peer, presenting the SVID in `tls` (the node's, or
 /// a captured workload's).
-pub(crate) async fn handle(app: TcpStream, route: &OutboundRoute, tls: &TlsConfigs, shared: &Shared) {
+pub(crate) async fn handle(app: TcpStream, route: &OutboundRoute, tls: &Arc<TlsConfigs>, shared: &Arc<Shared>) {
     let _ = app.set_nodelay(true);
     if let Some(http) = &route.http {
         return crate::outbound_http::handle(app, route, http, tls, shared).await;

@@ -7,6 +7,7 @@ use crate::conn::{Refusal, Shared, Tracked};
 use crate::http::{Current, Recorder};
 use crate::outbound::{self, Upstream};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 use tokio::net::TcpStream;
 use weir_config::{OutboundHttp, OutboundRoute};
@@ -43,9 +44,21 @@ pub(crate) async fn handle(
     app: TcpStream,
     entry: &OutboundRoute,
     http: &OutboundHttp,
-    tls: &TlsConfigs,
-    shared: &Shared,
+    tls: &Arc<TlsConfigs>,
+    shared: &Arc<Shared>,
 ) {
+    match tokio::time::timeout(http.request_head_timeout, crate::h2::preface_on_socket(&app)).await {
+        Ok(Ok(true)) => {
+            let id = shared.next_id();
+            let served = crate::h2::serve_outbound(shared.clone(), Arc::new(http.clone()), tls.clone(), id, app).await;
+            if let Err(e) = served {
+                tracing::debug!(conn = id, error = e, "HTTP/2 app connection ended");
+            }
+            return;
+        }
+        Ok(Ok(false)) => {}
+        Ok(Err(_)) | Err(_) => return,
+    }
     let id = shared.next_id();
     let limits = Http1Limits {
         head: weir_http::Limits { max_head_bytes: http.max_head_bytes, max_headers: http.max_headers },
