@@ -139,3 +139,98 @@ async fn session_tickets_before_the_switch_are_drained() {
     let c = client.metrics_text();
     assert_eq!(metric(&c, "weir_connections_opened_total", &["mode=\"ktls_sw\""]), 1.0, "{c}");
 }
+
+/// An HTTP backend: answers `/bytes/N` with N pattern bytes, and reports the SHA-256 and length
+/// of any request body in `x-body`.
+async fn http_backend() -> std::net::SocketAddr {
+    use sha2::{Digest, Sha256};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.expect("accept");
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    use http_body_util::BodyExt;
+                    let n: usize = req.uri().path().strip_prefix("/bytes/").and_then(|n| n.parse().ok()).unwrap_or(0);
+                    let body = req.into_body().collect().await.expect("body").to_bytes();
+                    let out: Vec<u8> = (0..n).map(|i| (i % 253) as u8).collect();
+                    let mut resp = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(out)));
+                    let tag = format!("{}-{:x}", body.len(), Sha256::digest(&body));
+                    resp.headers_mut().insert("x-body", tag.parse().expect("header"));
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// HTTP/1.1 over kTLS on both nodes: large Content-Length and chunked bodies both ways, byte
+/// exact, and not one body byte through userspace on the HTTP node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_bodies_over_ktls_never_cross_userspace() {
+    use sha2::{Digest, Sha256};
+    require_ktls().await;
+    let mut opts = Opts::new("auto");
+    opts.backend = Some(http_backend().await);
+    opts.service_extra = "protocol = \"http\"\n".into();
+    let mesh = Mesh::start(opts).await;
+    let mut s = TcpStream::connect(mesh.outbound()).await.expect("connect");
+    let upload: Vec<u8> = (0..8 * MIB as usize).map(|i| (i % 241) as u8).collect();
+    let want = format!("{}-{:x}", upload.len(), Sha256::digest(&upload));
+    // Content-Length up, 16 MiB down.
+    let head = format!("POST /bytes/{} HTTP/1.1\r\nHost: echo\r\nContent-Length: {}\r\n\r\n", 16 * MIB, upload.len());
+    let (mut r, mut w) = s.split();
+    let send = async {
+        w.write_all(head.as_bytes()).await.expect("head");
+        w.write_all(&upload).await.expect("body");
+    };
+    let (_, (tag, body)) = tokio::join!(send, read_response_split(&mut r));
+    assert_eq!(tag, want, "backend got the upload byte for byte");
+    assert_eq!(body.len() as u64, 16 * MIB);
+    assert!(body.iter().enumerate().all(|(i, b)| *b == (i % 253) as u8), "download byte-exact");
+    // Chunked up on the same connection.
+    let mut chunked = b"POST /bytes/5 HTTP/1.1\r\nHost: echo\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for part in upload.chunks(3 * MIB as usize) {
+        chunked.extend_from_slice(format!("{:x};x=y\r\n", part.len()).as_bytes());
+        chunked.extend_from_slice(part);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let send = async { w.write_all(&chunked).await.expect("chunked") };
+    let (_, (tag, body)) = tokio::join!(send, read_response_split(&mut r));
+    assert_eq!(tag, want);
+    assert_eq!(body, b"\x00\x01\x02\x03\x04");
+    drop(s);
+    mesh.settle().await;
+    let text = mesh.server.metrics_text();
+    assert_eq!(metric(&text, "weir_http_requests_total", &["mode=\"ktls_sw\"", "status_class=\"2xx\""]), 2.0, "{text}");
+    assert_eq!(metric(&text, "weir_http_userspace_body_bytes_total", &["mode=\"ktls_sw\""]), 0.0, "{text}");
+    assert_eq!(metric(&text, "weir_connections_opened_total", &["mode=\"ktls_sw\""]), 1.0, "{text}");
+}
+
+async fn read_response_split(r: &mut tokio::net::tcp::ReadHalf<'_>) -> (String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let (head_len, len, tag) = loop {
+        let n = r.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "closed early");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            assert!(head.starts_with("http/1.1 200"), "{head}");
+            let field = |name: &str| head.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()));
+            break (end + 4, field("content-length:").expect("length").parse::<usize>().expect("n"), field("x-body:"));
+        }
+    };
+    while buf.len() < head_len + len {
+        let n = r.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "body cut short");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    (tag.unwrap_or_default(), buf[head_len..head_len + len].to_vec())
+}
