@@ -164,6 +164,12 @@ pub(crate) async fn handle(
                     log.done(Some(&req), ex);
                     break Ok(false);
                 }
+                Err(Failure::Rejected { status, reason }) => {
+                    front.reject(&mut down, &mut ex, status, reason).await;
+                    log.done(Some(&req), ex);
+                    pooled.close(Outcome::Failed(Side::Local, std::io::Error::other(reason))).await;
+                    break Ok(false);
+                }
                 Err(Failure::Io(side, e)) => {
                     log.done(Some(&req), ex);
                     aborted = true;

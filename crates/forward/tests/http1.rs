@@ -316,3 +316,17 @@ async fn a_head_trickling_in_past_the_timeout_gets_408_and_an_idle_connection_ju
     assert!(read_to_end(&mut h.client).await.is_empty(), "idle: closed without a word");
     assert!(h.seen.lock().unwrap().exchanges.is_empty());
 }
+
+#[tokio::test]
+async fn a_malformed_chunk_in_the_request_is_the_clients_error_and_gets_400() {
+    let mut h = harness(false).await;
+    let head = b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+    h.client.write_all(head).await.unwrap();
+    h.client.write_all(b"zz\r\nhello\r\n0\r\n\r\n").await.unwrap();
+    let answer = String::from_utf8(read_to_end(&mut h.client).await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert_eq!(read_to_end(&mut h.backend).await, head.to_vec(), "only the head went up, no chunk after it");
+    let seen = h.seen.lock().unwrap();
+    assert_eq!(seen.exchanges[0].result, ExchangeResult::BadRequest);
+    assert_eq!(seen.exchanges[0].rejected, Some("bad_chunk"));
+}

@@ -155,12 +155,27 @@ fn trailer_field(field: &[u8]) -> Result<(), Error> {
     if field[colon + 1..].iter().any(|c| *c < 0x20 && *c != b'\t' || *c == 0x7f) {
         return Err(Error::BadChunk("control character in a trailer"));
     }
+    // RFC 9110 §6.5.1: framing fields are not allowed in trailers; a recipient that merged them
+    // into the head would re-frame the message.
+    const FRAMING: [&[u8]; 4] = [b"content-length", b"transfer-encoding", b"host", b"trailer"];
+    if FRAMING.iter().any(|f| name.eq_ignore_ascii_case(f)) {
+        return Err(Error::BadChunk("framing field in trailers"));
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn framing_fields_in_trailers_are_refused() {
+        for t in ["Content-Length: 5", "transfer-encoding: chunked", "Host: x", "Trailer: a"] {
+            let body = format!("1\r\na\r\n0\r\n{t}\r\n\r\n");
+            assert_eq!(walk(body.as_bytes()).unwrap_err(), Error::BadChunk("framing field in trailers"), "{t}");
+        }
+        assert!(walk(b"1\r\na\r\n0\r\nX-Checksum: 1\r\n\r\n").is_ok());
+    }
 
     /// Walks `body` completely, pretending to move data bytes; returns the data bytes.
     fn walk(body: &[u8]) -> Result<(Vec<u8>, usize), Error> {

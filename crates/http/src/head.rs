@@ -92,6 +92,12 @@ fn tokens(headers: &[(String, Vec<u8>)], name: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether a comma-separated list element of any `name` field equals `token` (ASCII
+/// case-insensitively), without allocating: this runs on every request.
+fn has_token(headers: &[(String, Vec<u8>)], name: &str, token: &str) -> bool {
+    values(headers, name).flat_map(|v| v.split(|b| *b == b',')).any(|t| trim(t).eq_ignore_ascii_case(token.as_bytes()))
+}
+
 fn is_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
@@ -124,10 +130,10 @@ fn trim(b: &[u8]) -> &[u8] {
 
 /// Transfer-Encoding present: the final coding must be `chunked`, exactly once, all tokens.
 fn chunked(headers: &[(String, Vec<u8>)], minor_version: u8) -> Result<bool, Error> {
-    let codings = tokens(headers, "transfer-encoding");
     if values(headers, "transfer-encoding").next().is_none() {
         return Ok(false);
     }
+    let codings = tokens(headers, "transfer-encoding");
     // HTTP/1.0 has no transfer codings: a TE field there is a smuggling attempt or a bug.
     let valid = minor_version == 1
         && codings.last().map(String::as_str) == Some("chunked")
@@ -141,11 +147,10 @@ fn chunked(headers: &[(String, Vec<u8>)], minor_version: u8) -> Result<bool, Err
 }
 
 fn keep_alive(headers: &[(String, Vec<u8>)], minor_version: u8) -> bool {
-    let conn = tokens(headers, "connection");
-    if conn.iter().any(|t| t == "close") {
+    if has_token(headers, "connection", "close") {
         return false;
     }
-    minor_version == 1 || conn.iter().any(|t| t == "keep-alive")
+    minor_version == 1 || has_token(headers, "connection", "keep-alive")
 }
 
 fn owned(raw: &[httparse::Header<'_>]) -> Result<Vec<(String, Vec<u8>)>, Error> {
@@ -203,8 +208,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parsed<RequestHead>,
     };
     let expect_continue = values(&headers, "expect").any(|v| trim(v).eq_ignore_ascii_case(b"100-continue"));
     let upgrade = method == "CONNECT"
-        || (tokens(&headers, "connection").iter().any(|t| t == "upgrade")
-            && values(&headers, "upgrade").next().is_some());
+        || (has_token(&headers, "connection", "upgrade") && values(&headers, "upgrade").next().is_some());
     let keep_alive = keep_alive(&headers, minor_version);
     Ok(Parsed::Complete {
         head: RequestHead { method, target, minor_version, headers, body, keep_alive, expect_continue, upgrade },

@@ -125,13 +125,17 @@ pub async fn serve(
             Verdict::Forward(head) => head,
         };
         let (mut ex, step) = conn.exchange(down, up, &req, &head, started).await;
-        if let Err(Failure::Upstream { status, .. }) = &step {
-            conn.fail(down, &mut ex, *status).await;
+        match &step {
+            Err(Failure::Upstream { status, .. }) => conn.fail(down, &mut ex, *status).await,
+            Err(Failure::Rejected { status, reason }) => conn.reject(down, &mut ex, *status, reason).await,
+            _ => {}
         }
         hooks.done(Some(&req), ex);
         match step {
             Ok(Next::Again) => continue,
-            Ok(Next::Close) | Err(Failure::Upstream { .. }) => return conn.close(down, up).await,
+            Ok(Next::Close) | Err(Failure::Upstream { .. } | Failure::Rejected { .. }) => {
+                return conn.close(down, up).await
+            }
             Ok(Next::Upgrade) => return conn.upgrade(down, up).await,
             Err(Failure::Io(side, e)) => return Err(Outcome::from_error(side, e)),
         }
@@ -173,6 +177,14 @@ pub enum Failure {
         status: u16,
         /// Safe to send again elsewhere.
         retryable: bool,
+    },
+    /// The request's body framing was malformed (e.g. a bad chunk-size line) before anything
+    /// reached the client: answer `status` and close. `reason` is a `weir_http::Error` label.
+    Rejected {
+        /// 400.
+        status: u16,
+        /// Why, as a metric label.
+        reason: &'static str,
     },
     /// A leg failed mid-exchange.
     Io(Side, io::Error),
@@ -256,6 +268,15 @@ impl<'t> Conn<'t> {
         let step = self.relay(down, up, req, head, &mut ex, &mut relayed).await;
         ex.duration = started.elapsed();
         let step = match step {
+            // The client's own framing was bad: its error, answered as such.
+            Err(Failure::Io(side, e)) if side == self.sides.0 && e.kind() == io::ErrorKind::InvalidData && !relayed => {
+                let reason = e
+                    .get_ref()
+                    .and_then(|i| i.downcast_ref::<weir_http::Error>())
+                    .map_or("bad_chunk", |h| h.as_label());
+                tracing::debug!(error = %e, "request body framing refused");
+                Err(Failure::Rejected { status: 400, reason })
+            }
             // A dead upstream before anything reached the client is the upstream's failure,
             // not the client's: it can be answered, or retried.
             Err(Failure::Io(side, e)) if side == self.sides.1 && !relayed => {
@@ -268,6 +289,14 @@ impl<'t> Conn<'t> {
             other => other,
         };
         (ex, step)
+    }
+
+    /// Answers a request refused for its body framing, and records why.
+    pub async fn reject(&mut self, down: &mut Leg<'_>, ex: &mut Exchange, status: u16, reason: &'static str) {
+        ex.result = ExchangeResult::BadRequest;
+        ex.status = status;
+        ex.rejected = Some(reason);
+        let _ = down.write_all(&weir_http::error_response(status, reason)).await;
     }
 
     /// Answers a failed exchange downstream (when something can still be said).
@@ -389,10 +418,11 @@ impl<'t> Conn<'t> {
     ) -> Result<Moved, (Side, io::Error)> {
         let (src_side, dst_side) = if request { self.sides } else { (self.sides.1, self.sides.0) };
         let pipe = if request { &mut self.pipes.0 } else { &mut self.pipes.1 };
-        // A short read is the source's fault; anything else most likely the sink's.
-        let (moved, framing_bytes) = move_framed(src, dst, framing, pipe)
-            .await
-            .map_err(|e| (if e.kind() == io::ErrorKind::UnexpectedEof { src_side } else { dst_side }, e))?;
+        // A short read or bad framing is the source's fault; anything else most likely the sink's.
+        let (moved, framing_bytes) = move_framed(src, dst, framing, pipe).await.map_err(|e| {
+            let source = matches!(e.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData);
+            (if source { src_side } else { dst_side }, e)
+        })?;
         let counter = if dst_side == Side::Peer { &self.tally.to_peer } else { &self.tally.from_peer };
         counter.inc_by(moved.bytes + framing_bytes);
         self.tally.userspace.inc_by(moved.userspace + framing_bytes);
