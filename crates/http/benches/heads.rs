@@ -1,4 +1,5 @@
 //! Head parsing cost: what the L7 path pays per request instead of touching the body.
+#![allow(missing_docs, reason = "criterion macros generate undocumented items")]
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use weir_http::{parse_request, parse_response, Limits, Parsed};
 
