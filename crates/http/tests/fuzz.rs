@@ -29,8 +29,14 @@ fn walk(body: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// 2000 cases per property in `make test`; `PROPTEST_CASES=N` for a long run.
+fn config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    ProptestConfig { cases, ..ProptestConfig::default() }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #![proptest_config(config())]
 
     #[test]
     fn parsers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
