@@ -162,8 +162,8 @@ impl<'a> Tracked<'a> {
         let bytes =
             |flow| m.bytes.get_or_create(&BytesLabels { direction, flow, mode: label, peer: peer.to_string() }).clone();
         let tally = Tally {
-            to_peer: bytes(Flow::ToPeer),
-            from_peer: bytes(Flow::FromPeer),
+            to_peer: weir_forward::FlowCounter::new(bytes(Flow::ToPeer)),
+            from_peer: weir_forward::FlowCounter::new(bytes(Flow::FromPeer)),
             userspace: m.userspace_bytes.get_or_create(&ModeLabels { mode: label }).clone(),
             userspace_body: Default::default(),
         };

@@ -175,6 +175,8 @@ async fn relay(
     if let Ok(v) = hyper::header::HeaderValue::from_str(&current.trace.header()) {
         parts.headers.insert("traceparent", v);
     }
+    // :authority says the host; a differing `host` field must not reach the upstream.
+    parts.headers.remove(hyper::header::HOST);
     let sent = Arc::new(prometheus_client::metrics::counter::Counter::<u64>::default());
     let upstream = Request::from_parts(parts, Counted::new(body, sent.clone(), None).boxed_unsync());
     let response = match deadline {
@@ -338,11 +340,15 @@ fn exchange(started: Instant, status: u16, result: ExchangeResult) -> Exchange {
 
 /// The request as the HTTP/1.1 policy sees heads: method, path-and-query, fields.
 fn head_of(req: &Request<Incoming>) -> weir_http::RequestHead {
+    // :authority is the host the upstream sees; a `host` field beside it must not be judged.
+    let authority = req.uri().authority().map(|a| ("host".to_owned(), a.as_str().as_bytes().to_vec()));
+    let has_authority = authority.is_some();
     let headers = req
         .headers()
         .iter()
+        .filter(|(n, _)| !(has_authority && n.as_str() == "host"))
         .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
-        .chain(req.uri().authority().map(|a| ("host".to_owned(), a.as_str().as_bytes().to_vec())))
+        .chain(authority)
         .collect();
     weir_http::RequestHead {
         method: req.method().as_str().to_owned(),

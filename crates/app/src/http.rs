@@ -56,7 +56,12 @@ pub(crate) async fn inbound_ktls(
         }
         Ok(Ok(false)) => {}
         Ok(Err(e)) => return Outcome::Failed(Side::Peer, e),
-        Err(_) => return Outcome::Closed,
+        Err(_) => {
+            // Idle from the start: end it as cleanly as an idle connection between requests.
+            let _ = http1::finish(&mut Leg::socket(&peer, true, false)).await;
+            let _ = http1::finish(&mut Leg::socket(&backend, false, false)).await;
+            return Outcome::Closed;
+        }
     }
     let copy = svc.config.copy;
     let result = {
@@ -96,7 +101,12 @@ where
             }
             Ok(Ok((false, prefix))) => prefix,
             Ok(Err(e)) => return Outcome::Failed(Side::Peer, e),
-            Err(_) => return Outcome::Closed,
+            Err(_) => {
+                // Idle from the start: end it as cleanly as an idle connection between requests.
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+                let _ = http1::finish(&mut Leg::socket(&backend, false, false)).await;
+                return Outcome::Closed;
+            }
         };
     let copy = svc.config.copy;
     let result = {
@@ -142,8 +152,8 @@ impl Current {
         }
     }
 
-    /// The head to send on: the normalized path (with the query), the new `traceparent`, and
-    /// Host from an absolute-form target.
+    /// The head to send on: the normalized path (with the query) and the new `traceparent`.
+    /// `head` is already in origin form ([`origin_form`]).
     pub fn forward_head(&self, head: &RequestHead) -> Vec<u8> {
         // The upstream gets the path the policy and routing judged, so it cannot read another.
         let target = match head.target.split_once('?') {
@@ -151,14 +161,39 @@ impl Current {
             None => self.path.clone(),
         };
         let traceparent = self.trace.header();
-        let mut set: Vec<(&str, &[u8])> = vec![("traceparent", traceparent.as_bytes())];
-        let authority = absolute_authority(&head.target);
-        if let Some(host) = &authority {
-            // Absolute-form goes upstream as origin-form: its authority becomes Host.
-            set.push(("host", host.as_bytes()));
-        }
-        weir_http::encode_request(head, &target, &set)
+        weir_http::encode_request(head, &target, &[("traceparent", traceparent.as_bytes())])
     }
+}
+
+/// The request as its upstream will read it, which is what policy and routing must judge: an
+/// absolute-form target becomes origin-form with its authority as the only Host (RFC 9112
+/// §3.2.2: the authority wins over a Host field), and a fragment (never valid in a request)
+/// is dropped.
+pub(crate) fn origin_form(head: &RequestHead) -> std::borrow::Cow<'_, RequestHead> {
+    let authority = absolute_authority(&head.target);
+    let fragment = head.target.contains('#');
+    if authority.is_none() && !fragment {
+        return std::borrow::Cow::Borrowed(head);
+    }
+    let mut out = head.clone();
+    let target = head.target.split('#').next().unwrap_or("");
+    out.target = match &authority {
+        Some(a) => {
+            let rest = target.split_once("://").map_or("", |(_, r)| r);
+            let path = &rest[a.len()..];
+            if path.starts_with('/') {
+                path.to_owned()
+            } else {
+                format!("/{path}")
+            }
+        }
+        None => target.to_owned(),
+    };
+    if let Some(a) = authority {
+        out.headers.retain(|(n, _)| !n.eq_ignore_ascii_case("host"));
+        out.headers.push(("Host".to_owned(), a.into_bytes()));
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Where a connection's requests are counted and logged.
@@ -250,6 +285,7 @@ impl<'a> InboundHooks<'a> {
 
 impl Hooks for InboundHooks<'_> {
     fn request(&mut self, head: &RequestHead) -> Verdict {
+        let head = &*origin_form(head);
         let facts = RequestFacts {
             source: &self.rec.source,
             method: &head.method,

@@ -91,6 +91,8 @@ pub(crate) async fn handle(
             Err(_) => break None,
         };
         let started = Instant::now();
+        let raw = req;
+        let req = crate::http::origin_form(&raw).into_owned();
         let path = match weir_policy::normalize_path(&req.target) {
             Ok(p) => p,
             Err(why) => {

@@ -39,6 +39,8 @@ struct Seen {
     body_len: u64,
     body_sha: Vec<u8>,
     trailers: Vec<(String, String)>,
+    /// The body ended as framed (not cut by an error).
+    complete: bool,
 }
 
 impl Seen {
@@ -104,7 +106,7 @@ impl HttpBackend {
 async fn handle(
     mut req: hyper::Request<Incoming>,
     seen: Arc<Mutex<Vec<Seen>>>,
-) -> Result<hyper::Response<RespBody>, Infallible> {
+) -> Result<hyper::Response<RespBody>, std::io::Error> {
     let method = req.method().to_string();
     let target = req.uri().to_string();
     let headers = req
@@ -114,10 +116,36 @@ async fn handle(
         .collect();
     let path = req.uri().path().to_owned();
     let upgrade = (path == "/upgrade").then(|| hyper::upgrade::on(&mut req));
+    let record = |body_len, body_sha, trailers, complete| Seen {
+        method,
+        target,
+        headers,
+        body_len,
+        body_sha,
+        trailers,
+        complete,
+    };
+    if path == "/fail" {
+        // hyper closes the connection without a response.
+        seen.lock().unwrap().push(record(0, vec![], vec![], false));
+        return Err(std::io::Error::other("no answer"));
+    }
+    if path == "/noread" {
+        // A final answer without reading the body (hyper then sends no 100 Continue).
+        seen.lock().unwrap().push(record(0, vec![], vec![], false));
+        return Ok(hyper::Response::builder()
+            .status(413)
+            .body(Full::new(Bytes::from_static(b"no\n")).boxed())
+            .unwrap());
+    }
     let (mut hasher, mut body, mut trailers) = (Sha256::new(), Vec::new(), Vec::new());
     let mut incoming = req.into_body();
+    let mut complete = true;
     while let Some(frame) = incoming.frame().await {
-        let Ok(frame) = frame else { break };
+        let Ok(frame) = frame else {
+            complete = false;
+            break;
+        };
         match frame.into_data() {
             Ok(data) => {
                 hasher.update(&data);
@@ -134,14 +162,7 @@ async fn handle(
         }
     }
     let body_len = body.len() as u64;
-    seen.lock().unwrap().push(Seen {
-        method,
-        target,
-        headers,
-        body_len,
-        body_sha: hasher.finalize().to_vec(),
-        trailers,
-    });
+    seen.lock().unwrap().push(record(body_len, hasher.finalize().to_vec(), trailers, complete));
 
     let full = |b: Vec<u8>| Full::new(Bytes::from(b)).boxed();
     let response = if let Some(on) = upgrade {
@@ -164,6 +185,11 @@ async fn handle(
         hyper::Response::builder().body(Chunks { data: Bytes::from(pattern(n, n).await), piece: 10_007 }.boxed())
     } else if path == "/echo" {
         hyper::Response::builder().body(full(body))
+    } else if let Some(code) = path.strip_prefix("/status/").and_then(|n| n.parse::<u16>().ok()) {
+        hyper::Response::builder().status(code).body(http_body_util::Empty::new().boxed())
+    } else if let Some(ms) = path.strip_prefix("/sleep/").and_then(|n| n.parse::<u64>().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        hyper::Response::builder().body(full(b"late\n".to_vec()))
     } else {
         hyper::Response::builder().body(full(b"ok\n".to_vec()))
     };
@@ -276,7 +302,7 @@ impl Client {
     async fn head(&mut self) -> (u16, Vec<(String, String)>) {
         let status_line = self.line().await;
         let mut parts = status_line.splitn(3, ' ');
-        assert_eq!(parts.next(), Some("HTTP/1.1"), "status line {status_line:?}");
+        assert!(parts.next().is_some_and(|v| v == "HTTP/1.1" || v == "HTTP/1.0"), "status line {status_line:?}");
         let status = parts.next().and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("status in {status_line:?}"));
         let mut headers = Vec::new();
         loop {
@@ -360,9 +386,49 @@ async fn refused(addr: SocketAddr, request: &[u8], status: u16) -> Resp {
 
 const HTTP_SERVICE: &str = "protocol = \"http\"\n[inbound.services.http]\n";
 
+/// Everything logged in this test binary (access lines included), also printed for the test
+/// harness. Installed before any node starts, so it is the global subscriber.
+fn logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        let filter = format!("{},weir::access=info", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(move || LogSink(sink.clone()))
+            .try_init()
+            .expect("the http suite's subscriber is the first one");
+        buf
+    })
+    .clone()
+}
+
+struct LogSink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        print!("{}", String::from_utf8_lossy(b));
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The logged lines that contain every string of `all`.
+fn log_lines(all: &[&str]) -> Vec<String> {
+    let text = String::from_utf8_lossy(&logs().lock().unwrap()).into_owned();
+    text.lines().filter(|l| all.iter().all(|w| l.contains(w))).map(str::to_owned).collect()
+}
+
 /// A mesh whose `echo` service is HTTP with `http` (TOML after `[inbound.services.http]`),
 /// in front of an [`HttpBackend`], admitting `client` and `other`.
 async fn http_mesh(http: &str) -> (Mesh, HttpBackend) {
+    logs();
     let backend = HttpBackend::start().await;
     let mut opts = Opts::new("off");
     opts.backend = Some(backend.addr);
@@ -466,9 +532,23 @@ async fn keep_alive_requests_and_bodies_are_byte_exact() {
         );
     }
 
+    // Pipelined behind bodies: a Content-Length body and a chunked body, each followed by a GET
+    // in the same write.
+    let mut mixed = b"POST /echo HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\n\r\nhello".to_vec();
+    mixed.extend(get("/bytes/11"));
+    mixed.extend_from_slice(
+        b"POST /echo HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n3;x\r\nabc\r\n0\r\n\r\n",
+    );
+    mixed.extend(get("/bytes/12"));
+    c.send(&mixed).await;
+    assert_eq!(c.response().await.body, b"hello");
+    assert_eq!(c.response().await.body.len(), 11);
+    assert_eq!(c.response().await.body, b"abc");
+    assert_eq!(c.response().await.body.len(), 12);
+
     // What the backend received, byte-exact, all on one upstream connection.
     let seen = backend.seen();
-    assert_eq!(seen.len(), 50 + 2 + 1 + 2 + 3, "every request reached the backend once");
+    assert_eq!(seen.len(), 50 + 2 + 1 + 2 + 3 + 4, "every request reached the backend once");
     let post_cl = &seen[53];
     assert_eq!((post_cl.method.as_str(), post_cl.body_len, &post_cl.body_sha), ("POST", 4 * MIB, &sha(&body)));
     let post_chunked = &seen[54];
@@ -479,7 +559,8 @@ async fn keep_alive_requests_and_bodies_are_byte_exact() {
     );
     assert_eq!(post_chunked.trailers, vec![("x-checksum".to_owned(), "abc".to_owned())], "trailer forwarded");
     let pipelined: Vec<&str> = seen[55..].iter().map(|s| s.target.as_str()).collect();
-    assert_eq!(pipelined, ["/bytes/3001", "/chunked/3002", "/bytes/3003"]);
+    assert_eq!(pipelined, ["/bytes/3001", "/chunked/3002", "/bytes/3003", "/echo", "/bytes/11", "/echo", "/bytes/12"]);
+    assert!(seen.iter().all(|s| s.complete), "every body ended as framed");
     assert_eq!(backend.conns.load(Ordering::SeqCst), 1, "one mesh connection, one backend connection");
     drop(c);
     mesh.settle().await;
@@ -506,9 +587,19 @@ headers = [{ name = "X-Forbidden" }]
 async fn policy_denies_every_spelling_of_a_denied_path() {
     let (mesh, backend) = http_mesh(POLICY).await;
     let addr = mesh.outbound();
-    for path in
-        ["/admin", "/admin/x", "//admin", "/./admin", "/%61dmin", "/x/../admin", "/admin?x=1", "/ADMIN/../admin"]
-    {
+    for path in [
+        "/admin",
+        "/admin/x",
+        "//admin",
+        "/./admin",
+        "/%61dmin",
+        "/x/../admin",
+        "/admin?x=1",
+        "/ADMIN/../admin",
+        "/%2e%2e/admin",
+        "/x/%2E%2E/admin",
+        "/admin/",
+    ] {
         let r = refused(addr, &get(path), 403).await;
         assert_eq!(r.text(), "denied by policy\n", "{path}");
     }
@@ -552,27 +643,28 @@ async fn policy_denies_every_spelling_of_a_denied_path() {
     );
 
     let s = mesh.server.metrics_text();
-    assert_eq!(metric(&s, "weir_http_policy_verdicts_total", &["verdict=\"deny\""]), 12.0, "{s}");
+    assert_eq!(metric(&s, "weir_http_policy_verdicts_total", &["verdict=\"deny\""]), 15.0, "{s}");
     assert_eq!(metric(&s, "weir_http_policy_verdicts_total", &["verdict=\"bad_target\""]), 4.0, "{s}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_answer_to_a_large_body_arrives_intact() {
-    // The client is still sending a body when the 403 comes back: it must read the 403 (not a
-    // reset that discards it).
+    // The client is still sending a body when the 403 comes back: it must read the 403, not a
+    // reset or an empty close (RFC 9112 9.6: close in stages, keep reading for a while).
     let (mesh, backend) = http_mesh(POLICY).await;
-    for _ in 0..5 {
+    let body = Arc::new(pattern(8 * MIB, 5).await);
+    for k in 0..20 {
         let mut c = Client::connect(mesh.outbound()).await;
-        let body = pattern(8 * MIB, 5).await;
         c.send(format!("POST /admin HTTP/1.1\r\nHost: web\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes()).await;
         let mut w = c.w.take().expect("write half");
+        let body = body.clone();
         let writer = tokio::spawn(async move {
             // The server stops reading after the head: this write may fail, that is fine.
             let _ = w.write_all(&body).await;
             w
         });
         let resp = c.response().await;
-        assert_eq!(resp.status, 403, "the 403 arrives while the body is still being sent");
+        assert_eq!(resp.status, 403, "attempt {k}: the 403 arrives while the body is still being sent");
         writer.abort();
     }
     assert!(backend.seen().is_empty());
@@ -648,10 +740,12 @@ async fn traceparent_is_continued_or_started() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_are_refused_and_reach_nothing() {
-    let (mesh, backend) = http_mesh("max_head_bytes = 4096\n").await;
+    let (mesh, backend) = http_mesh("max_head_bytes = 4096\nmax_headers = 10\n").await;
     let addr = mesh.outbound();
     let big = format!("GET / HTTP/1.1\r\nHost: web\r\nX-Big: {}\r\n\r\n", "a".repeat(6000));
-    let cases: [(&[u8], u16); 7] = [
+    let many: String = (0..12).map(|k| format!("X-H{k}: v\r\n")).collect();
+    let many = format!("GET / HTTP/1.1\r\nHost: web\r\n{many}\r\n");
+    let cases: [(&[u8], u16); 13] = [
         (b"POST /m HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
         (b"POST /m HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nabcdef", 400),
         (b"POST /m HTTP/1.1\r\nHost: web\r\nContent-Length: 5, 6\r\n\r\nabcdef", 400),
@@ -659,6 +753,12 @@ async fn malformed_requests_are_refused_and_reach_nothing() {
         (big.as_bytes(), 431),
         (b"GET /m HTTP/1.1\r\nHost: web\r\nX-Fold: a\r\n b\r\n\r\n", 400),
         (b"GET /m HTTP/1.1\r\nHost : web\r\n\r\n", 400),
+        (many.as_bytes(), 431),
+        (b"GET /m HTTP/2.0\r\nHost: web\r\n\r\n", 505),
+        (b"POST /m HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        (b"POST /m HTTP/1.1\r\nHost: web\r\nContent-Length: -1\r\n\r\n", 400),
+        (b"POST /m HTTP/1.0\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+        (b"GET /m HTTP/1.1\r\nHost: web\r\nX-Bad: a\x00b\r\n\r\n", 400),
     ];
     for (request, status) in cases {
         refused(addr, request, status).await;
@@ -668,7 +768,7 @@ async fn malformed_requests_are_refused_and_reach_nothing() {
     assert_eq!(once(addr, &get("/fine")).await.status, 200);
     mesh.settle().await;
     let s = mesh.server.metrics_text();
-    assert_eq!(metric(&s, "weir_http_requests_total", &["result=\"bad_request\""]), 7.0, "{s}");
+    assert_eq!(metric(&s, "weir_http_requests_total", &["result=\"bad_request\""]), 13.0, "{s}");
     assert_eq!(metric(&s, "weir_http_requests_total", &["result=\"ok\""]), 1.0, "{s}");
 }
 
@@ -782,4 +882,279 @@ async fn expect_100_continue_gets_100_then_the_final_response() {
     let seen = backend.seen();
     assert_eq!((seen[0].body_len, &seen[0].body_sha), (body.len() as u64, &sha(&body)));
     assert_eq!(seen.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_variants() {
+    let (mesh, backend) = http_mesh(POLICY).await;
+    let addr = mesh.outbound();
+    let body = pattern(50_000, 12).await;
+    let head = |path: &str| {
+        format!("POST {path} HTTP/1.1\r\nHost: web\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n", body.len())
+    };
+
+    // A client that does not wait for the 100 (curl after its 1 s) still gets 100, then 200.
+    let mut c = Client::connect(addr).await;
+    c.send(head("/echo").as_bytes()).await;
+    c.send(&body).await;
+    assert_eq!(c.head().await.0, 100);
+    let r = c.response().await;
+    assert_eq!((r.status, sha(&r.body)), (200, sha(&body)));
+
+    // The backend answers without reading the body: no 100, its answer, then the connection
+    // ends (the unsent body cannot be framed).
+    let mut c = Client::connect(addr).await;
+    c.send(head("/noread").as_bytes()).await;
+    let r = c.response().await;
+    assert_eq!((r.status, r.text().as_str()), (413, "no\n"));
+    c.expect_eof().await;
+
+    // Denied: 403 straight away, no 100 (the head is enough to refuse).
+    let mut c = Client::connect(addr).await;
+    c.send(head("/admin").as_bytes()).await;
+    let (status, _) = c.head().await;
+    assert_eq!(status, 403, "no 100 Continue for a denied request");
+
+    assert_eq!(backend.targets(), ["/echo", "/noread"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_and_close_delimited_responses() {
+    let (mesh, backend) = http_mesh("").await;
+    let addr = mesh.outbound();
+    // HTTP/1.0 cannot be chunked: hyper ends the body by closing, Weir relays to the end.
+    let mut c = Client::connect(addr).await;
+    c.send(b"GET /chunked/70001 HTTP/1.0\r\n\r\n").await;
+    let r = c.response().await;
+    assert_eq!(r.header("content-length"), None, "close-delimited");
+    assert_eq!((r.status, r.body.len(), sha(&r.body)), (200, 70_001, pattern_hash(70_001, 70_001).await));
+    // HTTP/1.0 keep-alive with known lengths.
+    let mut c = Client::connect(addr).await;
+    for n in [100u64, 200] {
+        c.send(format!("GET /bytes/{n} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").as_bytes()).await;
+        let r = c.response().await;
+        assert_eq!((r.status, r.body.len() as u64), (200, n));
+    }
+    // HTTP/1.1 with Connection: close: the response, then the end.
+    let mut c = Client::connect(addr).await;
+    c.send(b"GET /bytes/300 HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(c.response().await.body.len(), 300);
+    c.expect_eof().await;
+    assert_eq!(backend.seen().len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodiless_responses_and_a_declined_upgrade_keep_the_connection() {
+    let (mesh, backend) = http_mesh("").await;
+    let mut c = Client::connect(mesh.outbound()).await;
+    for (path, status) in [("/status/204", 204), ("/status/304", 304), ("/bytes/10", 200)] {
+        c.send(&get(path)).await;
+        let r = c.response().await;
+        assert_eq!(r.status, status, "{path}");
+    }
+    // Upgrade asked, not granted: an ordinary exchange, and the connection stays HTTP.
+    c.send(b"GET /bytes/20 HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n").await;
+    let r = c.response().await;
+    assert_eq!((r.status, r.body.len()), (200, 20));
+    c.send(&get("/bytes/30")).await;
+    assert_eq!(c.response().await.body.len(), 30);
+    assert_eq!(backend.seen().len(), 5);
+    assert_eq!(backend.conns.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_are_answered_502_and_504() {
+    let (mesh, _backend) = http_mesh("response_timeout_ms = 300\n").await;
+    let addr = mesh.outbound();
+    let r = refused(addr, &get("/sleep/2000"), 504).await;
+    assert!(r.text().contains("upstream"), "{}", r.text());
+    refused(addr, &get("/fail"), 502).await;
+    assert_eq!(once(addr, &get("/sleep/10")).await.status, 200, "a prompt answer is relayed");
+    mesh.settle().await;
+    let s = mesh.server.metrics_text();
+    assert_eq!(
+        metric(&s, "weir_http_requests_total", &["result=\"upstream_error\"", "status_class=\"5xx\""]),
+        2.0,
+        "{s}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_head_gets_408_and_an_idle_keep_alive_connection_closes() {
+    let (mesh, backend) = http_mesh("request_head_timeout_ms = 300\n").await;
+    let addr = mesh.outbound();
+    let started = std::time::Instant::now();
+    let r = refused(addr, b"GET /slow HTTP/1.1\r\nHost: w", 408).await;
+    assert!(r.text().contains("timeout"), "{}", r.text());
+    // Idle after a request: closed without a word.
+    let mut c = Client::connect(addr).await;
+    c.send(&get("/bytes/5")).await;
+    assert_eq!(c.response().await.body.len(), 5);
+    c.expect_eof().await;
+    assert!(started.elapsed() < Duration::from_secs(5), "the timeouts fired: {:?}", started.elapsed());
+    assert_eq!(backend.targets(), ["/bytes/5"]);
+    drop(c);
+    mesh.settle().await;
+    let c = mesh.client.metrics_text();
+    assert_eq!(metric(&c, "weir_connections_closed_total", &["outcome=\"closed\""]), 2.0, "clean closes:\n{c}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_idle_from_the_start_closes_cleanly() {
+    let (mesh, _backend) = http_mesh("request_head_timeout_ms = 300\n").await;
+    let mut c = Client::connect(mesh.outbound()).await;
+    c.expect_eof().await;
+    drop(c);
+    mesh.settle().await;
+    let c = mesh.client.metrics_text();
+    assert_eq!(metric(&c, "weir_connections_closed_total", &["outcome=\"closed\""]), 1.0, "a clean close:\n{c}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_half_closes_after_its_request_gets_the_response() {
+    let (mesh, _backend) = http_mesh("").await;
+    let mut c = Client::connect(mesh.outbound()).await;
+    c.send(&get("/bytes/70000")).await;
+    c.w.take().expect("write half").shutdown().await.expect("half-close");
+    let r = c.response().await;
+    assert_eq!((r.body.len(), sha(&r.body)), (70_000, pattern_hash(70_000, 70_000).await));
+    c.expect_eof().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_carries_bytes_sent_right_after_the_request_head() {
+    let (mesh, _backend) = http_mesh("").await;
+    let mut c = Client::connect(mesh.outbound()).await;
+    c.send(b"GET /upgrade HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nEARLY-BYTES").await;
+    assert_eq!(c.head().await.0, 101);
+    c.send(b"-LATER").await;
+    c.w.take().expect("write half").shutdown().await.expect("half-close");
+    while c.fill().await != 0 {}
+    assert_eq!(String::from_utf8_lossy(&c.buf), "EARLY-BYTES-LATER");
+}
+
+const HOST_POLICY: &str = r#"
+[[inbound.services.http.rules]]
+action = "deny"
+headers = [{ name = "host", value = "admin.internal" }]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_rule_judges_the_host_the_backend_gets() {
+    let (mesh, backend) = http_mesh(HOST_POLICY).await;
+    let addr = mesh.outbound();
+    refused(addr, b"GET /x HTTP/1.1\r\nHost: admin.internal\r\n\r\n", 403).await;
+    // Absolute-form: its authority is the host (RFC 9112 3.2.2) and goes upstream as Host.
+    let mut c = Client::connect(addr).await;
+    c.send(b"GET http://admin.internal/x HTTP/1.1\r\nHost: public\r\n\r\n").await;
+    let r = c.response().await;
+    let hosts: Vec<String> = backend.seen().iter().map(|s| s.all("host").join(",")).collect();
+    assert!(
+        r.status == 403 || hosts.iter().all(|h| h != "admin.internal"),
+        "the policy allowed Host \"public\" but the backend got {hosts:?} (status {})",
+        r.status
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_gets_one_access_log_line() {
+    let (mesh, _backend) = http_mesh(POLICY).await;
+    let addr = mesh.outbound();
+    let mut c = Client::connect(addr).await;
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    c.send(
+        format!("GET /logged-7d1e?q=1 HTTP/1.1\r\nHost: web\r\ntraceparent: 00-{trace}-b7ad6b7169203331-01\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(c.response().await.status, 200);
+    drop(c);
+    refused(addr, &get("/admin/logged-7d1e"), 403).await;
+    mesh.settle().await;
+    let ok = log_lines(&["weir::access", "/logged-7d1e"]);
+    let ok: Vec<&String> = ok.iter().filter(|l| !l.contains("/admin")).collect();
+    assert_eq!(ok.len(), 1, "one line for the allowed request: {ok:?}");
+    let trace_field = format!("trace_id=\"{trace}\"");
+    for want in [
+        "status=200",
+        "verdict=\"allow\"",
+        "method=\"GET\"",
+        "path=\"/logged-7d1e\"",
+        &trace_field,
+        "source=spiffe://weir.local/ns/test/sa/client",
+        "service=\"echo\"",
+        "direction=Inbound",
+    ] {
+        assert!(ok[0].contains(want), "{want:?} missing from {}", ok[0]);
+    }
+    assert!(!ok[0].contains("q=1"), "the query string stays out of the log: {}", ok[0]);
+    let denied = log_lines(&["weir::access", "/admin/logged-7d1e"]);
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert!(denied[0].contains("status=403") && denied[0].contains("verdict=\"deny\""), "{}", denied[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_in_many_small_pieces_is_assembled() {
+    let (mesh, backend) = http_mesh("").await;
+    let mut c = Client::connect(mesh.outbound()).await;
+    let request = b"GET /bytes/9?piece=1 HTTP/1.1\r\nHost: web\r\nX-Long: abcdefghij\r\n\r\n";
+    for piece in request.chunks(3) {
+        c.send(piece).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(c.response().await.body.len(), 9);
+    let seen = backend.seen();
+    assert_eq!((seen[0].target.as_str(), seen[0].header("x-long")), ("/bytes/9?piece=1", Some("abcdefghij")));
+}
+
+/// Sends a chunked POST whose body is `body` on a fresh connection; returns all it gets back
+/// before the connection ends (by close or reset).
+async fn post_chunked_raw(addr: SocketAddr, body: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n").await.expect("head");
+    s.write_all(body).await.expect("body");
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(READ_TIMEOUT, s.read_to_end(&mut got)).await.expect("the connection ends");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+const BAD_CHUNKS: [&[u8]; 4] = [
+    b"5\nhello\r\n0\r\n\r\n",
+    b"5\r\nhelloXX0\r\n\r\n",
+    b"zz\r\nhello\r\n0\r\n\r\n",
+    b"5;a=\x01\r\nhello\r\n0\r\n\r\n",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_chunk_never_completes_a_request_at_the_backend() {
+    let (mesh, backend) = http_mesh("").await;
+    for body in BAD_CHUNKS {
+        let got = post_chunked_raw(mesh.outbound(), body).await;
+        assert!(
+            !got.contains(" 200 "),
+            "{:?}: the backend's answer was relayed: {got:?}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let seen = backend.seen();
+    assert_eq!(seen.len(), BAD_CHUNKS.len(), "the heads went up before the bodies: {seen:?}");
+    assert!(seen.iter().all(|s| !s.complete), "no bad body completed a request: {seen:?}");
+    assert!(seen.iter().all(|s| s.body_len <= 5), "nothing after the bad framing reached the backend: {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_chunk_is_the_clients_fault() {
+    let (mesh, _backend) = http_mesh("").await;
+    for body in BAD_CHUNKS {
+        let got = post_chunked_raw(mesh.outbound(), body).await;
+        assert!(
+            got.is_empty() || got.starts_with("HTTP/1.1 400 "),
+            "{:?}: a client error, not the backend's: {got:?}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    mesh.settle().await;
+    let s = mesh.server.metrics_text();
+    assert_eq!(metric(&s, "weir_http_requests_total", &["result=\"upstream_error\""]), 0.0, "{s}");
 }

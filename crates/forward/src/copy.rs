@@ -52,7 +52,7 @@ where
 async fn pump<R, W>(
     rd: &mut R,
     wr: &mut W,
-    moved: &Counter,
+    moved: &crate::FlowCounter,
     userspace: &Counter,
     (from, to): (Side, Side),
 ) -> Result<(), Outcome>

@@ -21,15 +21,41 @@ use prometheus_client::metrics::counter::Counter;
 #[derive(Debug, Clone, Default)]
 pub struct Tally {
     /// Plaintext bytes sent to the peer node.
-    pub to_peer: Counter,
+    pub to_peer: FlowCounter,
     /// Plaintext bytes received from the peer node.
-    pub from_peer: Counter,
+    pub from_peer: FlowCounter,
     /// Bytes that crossed userspace (0 on the splice path but for rare control records; on
     /// the HTTP path, heads and chunk framing always do).
     pub userspace: Counter,
     /// HTTP body bytes that crossed userspace: 0 when both legs splice, the body size where a
     /// leg is userspace TLS or the listener is in copy mode.
     pub userspace_body: Counter,
+}
+
+/// Bytes of one flow: a metric family's counter (shared by every connection with the same
+/// labels) and this connection's own total.
+#[derive(Debug, Clone, Default)]
+pub struct FlowCounter {
+    family: Counter,
+    own: Counter,
+}
+
+impl FlowCounter {
+    /// Counts into `family` as well as into this connection's own total.
+    pub fn new(family: Counter) -> Self {
+        Self { family, own: Counter::default() }
+    }
+
+    /// Adds `n` bytes.
+    pub fn inc_by(&self, n: u64) {
+        self.family.inc_by(n);
+        self.own.inc_by(n);
+    }
+
+    /// This connection's total.
+    pub fn get(&self) -> u64 {
+        self.own.get()
+    }
 }
 
 /// Which leg of the hop.

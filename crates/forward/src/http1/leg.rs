@@ -167,6 +167,23 @@ impl<'a> Leg<'a> {
     }
 }
 
+/// Lingering close: after our last write, reads and discards what the other side is still
+/// sending (say, the rest of a refused upload) until it ends, for at most `time` or 64 MiB.
+/// Closing with unread input would make the kernel send a reset, which can destroy the answer
+/// we just sent before the other side reads it.
+pub async fn drain(leg: &mut Leg<'_>, time: std::time::Duration) {
+    let mut left: u64 = 64 << 20;
+    let _ = tokio::time::timeout(time, async {
+        while left > 0 {
+            match leg.read_some(STEP).await {
+                Ok(chunk) if !chunk.is_empty() => left = left.saturating_sub(chunk.len() as u64),
+                _ => return,
+            }
+        }
+    })
+    .await;
+}
+
 /// What a body move cost in userspace copies.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Moved {

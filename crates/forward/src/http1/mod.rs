@@ -8,7 +8,7 @@
 //! closes. After a successful Upgrade/CONNECT the caller switches to the L4 pump.
 mod leg;
 
-pub use leg::{finish, move_body, ByteStream, Leg, Moved};
+pub use leg::{drain, finish, move_body, ByteStream, Leg, Moved};
 
 use crate::{Outcome, Side, Tally};
 use std::io;
@@ -17,6 +17,9 @@ use tokio::time::timeout;
 use weir_http::chunked::{Decoder, Step};
 use weir_http::{BodyFraming, Parsed, RequestHead, ResponseHead};
 use weir_sys::Pipe;
+
+/// How long a closing connection keeps reading what the client still sends.
+const LINGER: Duration = Duration::from_secs(2);
 
 /// Limits of the HTTP/1.1 path (from config).
 #[derive(Debug, Clone, Copy)]
@@ -308,10 +311,12 @@ impl<'t> Conn<'t> {
         }
     }
 
-    /// Ends both legs' sending halves after the last exchange.
+    /// Ends both legs' sending halves after the last exchange, then lets the client finish
+    /// sending (lingering close) so our last answer is not lost to a reset.
     pub async fn close(&mut self, down: &mut Leg<'_>, up: &mut Leg<'_>) -> Result<End, Outcome> {
         let _ = finish(up).await;
         let _ = finish(down).await;
+        drain(down, LINGER).await;
         Ok(End::Closed)
     }
 
