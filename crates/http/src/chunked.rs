@@ -172,7 +172,11 @@ mod tests {
     fn framing_fields_in_trailers_are_refused() {
         for t in ["Content-Length: 5", "transfer-encoding: chunked", "Host: x", "Trailer: a"] {
             let body = format!("1\r\na\r\n0\r\n{t}\r\n\r\n");
-            assert_eq!(walk(body.as_bytes()).expect_err("refused"), Error::BadChunk("framing field in trailers"), "{t}");
+            assert_eq!(
+                walk(body.as_bytes()).expect_err("refused"),
+                Error::BadChunk("framing field in trailers"),
+                "{t}"
+            );
         }
         assert!(walk(b"1\r\na\r\n0\r\nX-Checksum: 1\r\n\r\n").is_ok());
     }
