@@ -30,10 +30,10 @@ fn missing(what: &str) -> ! {
 /// The path of `name` on PATH, or a failure naming `make setup`.
 fn tool(name: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| missing(&format!("`{name}` (Debian package {name})")))
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file()).unwrap_or_else(|| {
+        let package = if name == "h2load" { "nghttp2-client" } else { name };
+        missing(&format!("`{name}` (Debian package {package})"))
+    })
 }
 
 fn free_port() -> SocketAddr {
@@ -95,6 +95,8 @@ fn wait_listening(addr: SocketAddr, child: &mut Child, what: &str, log: &Path) {
 struct Nginx {
     child: Child,
     addr: SocketAddr,
+    /// The same files over h2c (HTTP/2 with prior knowledge).
+    h2: SocketAddr,
     root: PathBuf,
     log: PathBuf,
     dir: tempfile::TempDir,
@@ -119,7 +121,7 @@ impl Nginx {
         for (name, content) in files {
             std::fs::write(root.join(name), content).unwrap();
         }
-        let (addr, internal) = (free_port(), free_port());
+        let (addr, internal, h2) = (free_port(), free_port(), free_port());
         let id = |flag: &str| {
             let o = Command::new("id").arg(flag).output().expect("id");
             String::from_utf8_lossy(&o.stdout).trim().to_owned()
@@ -155,6 +157,10 @@ http {{
         location /sink {{ return 200 "sink $request_method\n"; }}
     }}
     server {{
+        listen {h2} http2;
+        root {root};
+    }}
+    server {{
         listen {internal};
         access_log off;
         root {root};
@@ -181,7 +187,7 @@ http {{
             .spawn()
             .unwrap_or_else(|e| panic!("start {NGINX}: {e}"));
         wait_listening(addr, &mut child, "nginx", &dir.path().join("error.log"));
-        Self { child, addr, root, log, dir }
+        Self { child, addr, h2, root, log, dir }
     }
 
     /// nginx's access log so far, one request a line.
@@ -782,4 +788,24 @@ fn smuggling_corpus_never_reaches_nginx_hidden() {
     assert!(matches!(http_get(mesh.server_admin, "/readyz"), Some((200, _))), "server node still ready");
     println!("smuggling corpus: {:?}", started.elapsed());
     assert!(failures.is_empty(), "{} case(s) failed:\n{}\n{}", failures.len(), failures.join("\n"), table.join("\n"));
+}
+
+/// h2load (HTTP/2, multiplexed) through two nodes to nginx over h2c: every request succeeds, and
+/// nginx logged each one.
+#[test]
+fn h2load_through_the_mesh_to_nginx() {
+    let h2load = tool("h2load");
+    let small = pseudo_random(1024, 7);
+    let nginx = Nginx::start(&[("1k", &small)]);
+    let mut mesh = Mesh::start(nginx.h2, "splice");
+    let before = nginx.lines().len();
+    let out = run(Command::new(&h2load).args(["-n", "2000", "-c", "4", "-m", "10"]).arg(mesh.url("/1k")));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = text.lines().find(|l| l.starts_with("requests:")).unwrap_or_else(|| panic!("h2load output:\n{text}"));
+    assert!(line.contains("2000 total") && line.contains("2000 succeeded") && line.contains("0 failed"), "{line}");
+    assert!(text.contains("status codes: 2000 2xx"), "{text}");
+    assert_eq!(nginx.lines().len() - before, 2000, "nginx saw every request once");
+    mesh.assert_alive("after h2load");
+    let metrics = http_get(mesh.server_admin, "/metrics").map(|(_, m)| m).unwrap_or_default();
+    assert!(metrics.contains("mode=\"copy\""), "HTTP/2 is labelled copy mode:\n{metrics}");
 }
