@@ -58,7 +58,7 @@ impl Who {
         started: Instant,
         response: Local,
     ) -> Response<BoxBody> {
-        let ex = exchange(started, response.0.as_u16(), ExchangeResult::Local);
+        let ex = Exchange::new(response.0.as_u16(), started, ExchangeResult::Local);
         self.recorder().record(Some(head), &ex, Some(current));
         local(response)
     }
@@ -188,7 +188,7 @@ async fn relay(
             let (parts, body) = resp.into_parts();
             let status = parts.status.as_u16();
             let on_end = Box::new(move |received: u64| {
-                let mut ex = exchange(started, status, ExchangeResult::Ok);
+                let mut ex = Exchange::new(status, started, ExchangeResult::Ok);
                 ex.request_body = sent.get();
                 ex.response_body = received;
                 ex.userspace_body = ex.request_body + received;
@@ -201,7 +201,7 @@ async fn relay(
             if let Ok(Err(e)) = &failed {
                 tracing::debug!(error = %e, "upstream stream failed");
             }
-            let mut ex = exchange(started, status.as_u16(), ExchangeResult::UpstreamError);
+            let mut ex = Exchange::new(status.as_u16(), started, ExchangeResult::UpstreamError);
             ex.request_body = sent.get();
             who.recorder().record(Some(&head), &ex, Some(&current));
             local(Local(status, None, "upstream failed"))
@@ -324,18 +324,6 @@ async fn mesh_sender(
         t.close(outcome);
     });
     Some(sender)
-}
-
-fn exchange(started: Instant, status: u16, result: ExchangeResult) -> Exchange {
-    Exchange {
-        status,
-        request_body: 0,
-        response_body: 0,
-        userspace_body: 0,
-        duration: started.elapsed(),
-        result,
-        rejected: None,
-    }
 }
 
 /// The request as the HTTP/1.1 policy sees heads: method, path-and-query, fields.

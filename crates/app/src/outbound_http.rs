@@ -184,7 +184,7 @@ pub(crate) async fn handle(
             Ok(true) => continue,
             Ok(false) => break pool.remove(UPGRADED),
             Err(status) => {
-                let mut ex = empty_exchange(started);
+                let mut ex = Exchange::new(0, started, weir_forward::http1::ExchangeResult::UpstreamError);
                 front.fail(&mut down, &mut ex, status).await;
                 log.done(Some(&req), ex);
                 break None;
@@ -213,18 +213,6 @@ pub(crate) async fn handle(
 
 /// Pool key of the mesh connection an upgrade continues on.
 const UPGRADED: &str = "\0upgraded";
-
-fn empty_exchange(started: Instant) -> Exchange {
-    Exchange {
-        status: 0,
-        request_body: 0,
-        response_body: 0,
-        userspace_body: 0,
-        duration: started.elapsed(),
-        result: weir_forward::http1::ExchangeResult::UpstreamError,
-        rejected: None,
-    }
-}
 
 async fn connect<'s>(
     target: &OutboundRoute,

@@ -89,6 +89,21 @@ pub struct Exchange {
     pub rejected: Option<&'static str>,
 }
 
+impl Exchange {
+    /// An exchange that began at `started` and ended now, with no body moved.
+    pub fn new(status: u16, started: Instant, result: ExchangeResult) -> Self {
+        Self {
+            status,
+            request_body: 0,
+            response_body: 0,
+            userspace_body: 0,
+            duration: started.elapsed(),
+            result,
+            rejected: None,
+        }
+    }
+}
+
 /// The caller's part: decide on each request, hear about each exchange.
 pub trait Hooks: Send {
     /// A complete, well-formed request head arrived.
@@ -146,15 +161,7 @@ pub async fn serve(
 }
 
 fn exchange(status: u16, started: Instant, result: ExchangeResult) -> Exchange {
-    Exchange {
-        status,
-        request_body: 0,
-        response_body: 0,
-        userspace_body: 0,
-        duration: started.elapsed(),
-        result,
-        rejected: None,
-    }
+    Exchange::new(status, started, result)
 }
 
 /// What follows a relayed exchange.
