@@ -59,7 +59,10 @@ impl Mesh {
                 .replace("127.0.0.1:15000", &admin.to_string())
         };
         let server = base("server-node", "server", server_admin).replace("0.0.0.0:15008", &inbound.to_string())
-            + &format!("\n[[inbound.services]]\nname = \"echo\"\nbackend = \"{backend}\"\nallow = [\"{client_id}\"]\n{}\n", opts.service_toml);
+            + &format!(
+                "\n[[inbound.services]]\nname = \"echo\"\nbackend = \"{backend}\"\nallow = [\"{client_id}\"]\n{}\n",
+                opts.service_toml
+            );
         let client = base("client-node", "client", client_admin).replace("listen = \"0.0.0.0:15008\"", &format!("listen = \"{}\"", free_port()?))
             + &format!("\n[[outbound]]\nlisten = \"{outbound}\"\nservice = \"echo\"\npeer = \"{inbound}\"\npeer_id = \"{server_id}\"\n");
         let mut mesh =

@@ -48,7 +48,7 @@ enum Command {
     },
     /// Run the local demo: CA, two nodes, a backend, sample traffic, a summary.
     Demo(demo::DemoArgs),
-    /// Benchmark the hop against haproxy and no mesh, side by side (figures, not tests).
+    /// Benchmark Weir against no mesh and haproxy, side by side: bulk hop, L7 HTTP, connect() (figures, not tests).
     Bench(bench::BenchArgs),
     /// Start a command inside a workload's cgroup (captured and policed by the kernel path).
     Exec(exec::ExecArgs),

@@ -5,11 +5,16 @@
 //! pinned to CPU 0, the proxies to CPU 1; runs are interleaved (A B C A B C …) and reported as
 //! medians with min–max and as ratios to the other paths of the same run. Idle: N idle
 //! connections held open through each path, memory per connection from the proxies' RSS.
+//! L7 (`--scenario http`, in `http.rs`): wrk against nginx directly, through the mesh with an
+//! HTTP inbound service (splice and copy mode) and through two haproxy processes in `mode http`.
 //! Figures only: nothing here asserts a speed.
 pub mod connect;
 mod haproxy;
+mod http;
 mod idle;
+mod logs;
 mod procs;
+mod wrk;
 
 use anyhow::{bail, Context};
 use procs::{cpu_seconds, machine_busy_seconds, memory_kib, Proc};
@@ -33,7 +38,7 @@ pub struct BenchArgs {
     /// limit: each proxied connection costs a mesh node two descriptors).
     #[arg(long, default_value_t = 10_000)]
     pub idle_conns: usize,
-    /// Smoke run: 256 MiB, 1 repetition, 1000 idle connections, fewer connects.
+    /// Smoke run: 256 MiB, 1 repetition, 1000 idle connections, fewer connects, 4 s wrk runs.
     #[arg(long)]
     pub quick: bool,
     /// What to measure.
@@ -50,6 +55,9 @@ pub enum Scenario {
     Hop,
     /// connect() latency with the kernel path attached vs not (needs root).
     Connect,
+    /// HTTP/1.1 through the mesh (inbound `protocol = "http"`, splice and copy mode) vs a
+    /// two-haproxy chain in `mode http` vs direct: wrk against nginx.
+    Http,
 }
 
 pub(crate) fn free_port() -> anyhow::Result<SocketAddr> {
@@ -88,8 +96,9 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     if args.quick {
         (args.mib, args.reps, args.idle_conns) = (256, 1, 1000);
     }
+    let hop = matches!(args.scenario, Scenario::All | Scenario::Hop);
     for tool in ["iperf3", "taskset"] {
-        if !procs::installed(tool) {
+        if (hop || tool == "taskset") && !procs::installed(tool) {
             bail!("{tool} is not installed: run `make setup`");
         }
     }
@@ -98,16 +107,21 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     // (its config caps at 7900 so it starts under a 20000 limit, and it stopped accepting near 4400
     // held TLS connections there).
     let fit = ((nofile.saturating_sub(250) * 2 / 5) as usize).min(5000);
-    if args.idle_conns > fit {
+    if hop && args.idle_conns > fit {
         eprintln!("note: {} idle connections need more descriptors per proxy process than the open-file limit here ({nofile}) allows: measuring {fit}", args.idle_conns);
         args.idle_conns = fit;
     }
     let connects = if args.quick { 2000 } else { 20_000 };
-    if args.scenario != Scenario::Connect {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    if hop {
         rt.block_on(bench(&args))?;
     }
-    if args.scenario != Scenario::Hop {
+    if matches!(args.scenario, Scenario::All | Scenario::Http) {
+        // Per wrk run; 4 paths × 2 loads × reps runs, plus a 1 s warm-up per path.
+        let secs = if args.quick { 4 } else { 10 };
+        print!("{}", rt.block_on(http::run(secs, args.reps))?);
+    }
+    if matches!(args.scenario, Scenario::All | Scenario::Connect) {
         print!("{}", connect::run(args.reps.max(3), connects)?);
     }
     Ok(())

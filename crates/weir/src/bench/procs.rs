@@ -27,6 +27,19 @@ impl Proc {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Asks the process to stop (SIGTERM) and waits up to `grace` for it to exit, for programs
+    /// that must clean up after themselves (nginx's master stops its workers).
+    pub fn terminate(&mut self, grace: std::time::Duration) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = std::time::Instant::now() + grace;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Proc {
@@ -53,6 +66,12 @@ fn ticks_per_second() -> f64 {
     100.0
 }
 
+/// True while process `pid` runs (it exists and is not a zombie waiting to be reaped).
+pub fn alive(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()).is_some_and(|s| s != "Z" && s != "X")
+}
+
 /// Resident set size in KiB (`VmRSS`), or peak (`VmHWM`).
 pub fn memory_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -64,9 +83,19 @@ pub fn memory_kib(pid: u32, field: &str) -> u64 {
 
 /// Busy CPU seconds of the whole machine (all CPUs), from /proc/stat.
 pub fn machine_busy_seconds() -> f64 {
+    busy_seconds("cpu")
+}
+
+/// Busy seconds of one CPU (`"0"`, `"1"`, …), from /proc/stat.
+pub fn cpu_busy_seconds(cpu: &str) -> f64 {
+    busy_seconds(&format!("cpu{cpu}"))
+}
+
+/// All but idle and iowait time of the /proc/stat line named `name`.
+fn busy_seconds(name: &str) -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let v: Vec<f64> =
-        stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let line = stat.lines().find(|l| l.split_whitespace().next() == Some(name)).unwrap_or("");
+    let v: Vec<f64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
     if v.len() < 5 {
         return 0.0;
     }
