@@ -325,13 +325,12 @@ pub(crate) fn absolute_authority(target: &str) -> Option<String> {
     Some(rest[..end].to_owned())
 }
 
-/// Random bytes for trace and span ids (not secrets: a weak source only costs uniqueness).
+/// Random bytes for trace and span ids and split draws: a per-thread generator seeded by the
+/// OS (ids need uniqueness, not secrecy, and a syscall per request would cost more than the
+/// rest of the head work).
 pub(crate) fn random() -> [u8; 24] {
     let mut b = [0u8; 24];
-    if getrandom::getrandom(&mut b).is_err() {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        b[..16].copy_from_slice(&nanos.to_le_bytes());
-        b[16..].copy_from_slice(&(nanos as u64 ^ 0x9e37_79b9_7f4a_7c15).to_le_bytes());
-    }
+    b[..16].copy_from_slice(&fastrand::u128(..).to_le_bytes());
+    b[16..].copy_from_slice(&fastrand::u64(..).to_le_bytes());
     b
 }

@@ -134,6 +134,24 @@ impl<'a> Leg<'a> {
         }
     }
 
+    /// Whether bodies from this leg to `dst` can be spliced (both sockets, no copy mode).
+    pub fn splices_to(&self, dst: &Leg<'_>) -> bool {
+        self.splice_source().is_some() && dst.splice_sink().is_some()
+    }
+
+    /// Reads exactly `n` body bytes into userspace.
+    pub async fn read_exact(&mut self, n: usize) -> io::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let chunk = self.read_some(n - out.len()).await?;
+            if chunk.is_empty() {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "message body cut short"));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
     /// Reads up to `max` body bytes into userspace (copy path). 0 is end of stream.
     async fn read_some(&mut self, max: usize) -> io::Result<Vec<u8>> {
         if let Io::Stream(_) = self.io {

@@ -18,6 +18,9 @@ use weir_http::chunked::{Decoder, Step};
 use weir_http::{BodyFraming, Parsed, RequestHead, ResponseHead};
 use weir_sys::Pipe;
 
+/// Largest response body sent in one write with its head when it is copied anyway.
+const INLINE_BODY: u64 = 16 * 1024;
+
 /// How long a closing connection keeps reading what the client still sends.
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -378,16 +381,31 @@ impl<'t> Conn<'t> {
                 break (resp, raw);
             },
         };
-        *relayed = true;
-        down.write_all(&raw).await.map_err(|e| Failure::Io(down_side, e))?;
         ex.status = resp.status;
         let upgraded =
             (resp.status == 101 && req.upgrade) || (req.method == "CONNECT" && (200..300).contains(&resp.status));
-        if upgraded {
-            ex.result = ExchangeResult::Ok;
-            return Ok(Next::Upgrade);
-        }
-        let moved = self.body(up, down, false, resp.body).await.map_err(|(side, e)| Failure::Io(side, e))?;
+        let moved = match resp.body {
+            BodyFraming::Length(n) if !upgraded && n <= INLINE_BODY && !up.splices_to(down) => {
+                // A small body that is copied anyway leaves with its head in one write: one
+                // TLS record and one send instead of two, on this node and the next.
+                let mut out = raw;
+                out.extend_from_slice(&up.read_exact(n as usize).await.map_err(|e| Failure::Io(up_side, e))?);
+                *relayed = true;
+                down.write_all(&out).await.map_err(|e| Failure::Io(down_side, e))?;
+                let moved = Moved { bytes: n, userspace: n };
+                self.account(false, moved, 0);
+                moved
+            }
+            _ => {
+                *relayed = true;
+                down.write_all(&raw).await.map_err(|e| Failure::Io(down_side, e))?;
+                if upgraded {
+                    ex.result = ExchangeResult::Ok;
+                    return Ok(Next::Upgrade);
+                }
+                self.body(up, down, false, resp.body).await.map_err(|(side, e)| Failure::Io(side, e))?
+            }
+        };
         ex.response_body = moved.bytes;
         ex.userspace_body += moved.userspace;
         ex.result = ExchangeResult::Ok;
@@ -435,11 +453,17 @@ impl<'t> Conn<'t> {
             let source = matches!(e.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData);
             (if source { src_side } else { dst_side }, e)
         })?;
+        self.account(request, moved, framing_bytes);
+        Ok(moved)
+    }
+
+    /// Counts a moved body (and its framing bytes) in the request or response direction.
+    fn account(&self, request: bool, moved: Moved, framing_bytes: u64) {
+        let dst_side = if request { self.sides.1 } else { self.sides.0 };
         let counter = if dst_side == Side::Peer { &self.tally.to_peer } else { &self.tally.from_peer };
         counter.inc_by(moved.bytes + framing_bytes);
         self.tally.userspace.inc_by(moved.userspace + framing_bytes);
         self.tally.userspace_body.inc_by(moved.userspace);
-        Ok(moved)
     }
 
     /// Counts head bytes that came from `from` (heads always cross userspace). Each head is
