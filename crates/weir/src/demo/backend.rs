@@ -1,5 +1,5 @@
 //! The demo's sample backend: an HTTP/1.1 server that serves `GET /bytes/N` (N deterministic
-//! bytes) and echoes `POST /echo`.
+//! bytes), echoes `POST /echo`, and answers `GET /trace` with the traceparent it received.
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode};
@@ -32,7 +32,11 @@ pub async fn start() -> std::io::Result<SocketAddr> {
 
 async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_owned();
-    let body = if let Some(n) = path.strip_prefix("/bytes/") {
+    let body = if path == "/trace" {
+        // What trace context reached the backend (the server node sets it on every request).
+        let tp = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or("none");
+        Bytes::from(tp.to_owned())
+    } else if let Some(n) = path.strip_prefix("/bytes/") {
         match n.parse::<usize>() {
             Ok(n) if n <= 1 << 30 => Bytes::from(pattern(n)),
             _ => return Ok(status(StatusCode::BAD_REQUEST)),

@@ -2,13 +2,18 @@
 //!
 //! Creates a CA, starts two `weir run` processes (client side and server side) from the
 //! embedded default config, a sample HTTP backend, drives real traffic through the mesh (many
-//! small requests, a large download, an upload, and an impostor that must be refused), then
+//! small requests, a large download, an upload, a request the L7 policy denies, a trace that
+//! must reach the backend, and an impostor that must be refused), then
 //! prints what happened and stops everything it started.
 pub mod backend;
 mod summary;
 pub mod traffic;
 
 use anyhow::Context;
+
+/// The demo service speaks HTTP: the server node reads each head, applies this policy, and
+/// splices the bodies.
+const L7: &str = "protocol = \"http\"\n[[inbound.services.http.rules]]\naction = \"deny\"\npath_prefix = \"/admin\"\n";
 
 /// Options of `weir demo`.
 #[derive(Debug, clap::Args)]
@@ -36,7 +41,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("weir-demo.").tempdir()?;
     let ca = weir_identity::Ca::init(&dir.path().join("ca"), "weir.local")?;
     let backend = backend::start().await.context("sample backend")?;
-    let mesh = crate::local_mesh::Mesh::start(dir.path(), ca.dir(), backend, None).await?;
+    let opts = crate::local_mesh::Options { service_toml: L7, ..Default::default() };
+    let mesh = crate::local_mesh::Mesh::start_with(dir.path(), ca.dir(), backend, opts).await?;
     println!("Weir demo: two nodes, one trust domain (weir.local), a sample HTTP backend (working directory {}, kept with --keep)", dir.path().display());
     if let Ok(guest) = std::env::var("WEIR_IN_GUEST") {
         println!("Running in a {guest} guest kernel: kTLS is real, its crypto is emulated or generic C, so speeds below are not meaningful.");
@@ -47,8 +53,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let large = traffic::large_download(mesh.outbound, args.large_mib << 20).await.context("large download")?;
     let upload = traffic::upload_echo(mesh.outbound, 16 << 20).await.context("upload")?;
     let impostor = traffic::impostor(mesh.inbound, &ca, &mesh.server_id).await.context("impostor")?;
+    let l7 = traffic::l7_checks(mesh.outbound).await.context("L7 checks")?;
 
-    let report = summary::Report::gather(&mesh, small, large, upload, impostor).await?;
+    let report = summary::Report::gather(&mesh, small, large, upload, impostor, l7).await?;
     print!("{report}");
     mesh.stop();
     if args.keep {

@@ -1,6 +1,6 @@
 //! The demo's report: what the nodes' own `/metrics` and `/status` say, next to what the
 //! clients measured, in a form a person reads.
-use super::traffic::{get_text, Small};
+use super::traffic::{get_text, Small, L7};
 use crate::local_mesh::Mesh;
 use anyhow::bail;
 use std::collections::BTreeMap;
@@ -53,6 +53,7 @@ impl Report {
         large: (u64, f64),
         upload: u64,
         impostor: String,
+        l7: L7,
     ) -> anyhow::Result<Self> {
         let (client, server) = (
             parse(&get_text(mesh.client_admin, "/metrics").await?.1),
@@ -141,6 +142,34 @@ impl Report {
         let (cu, su) =
             (sum(&client, "weir_userspace_bytes_total", &[]), sum(&server, "weir_userspace_bytes_total", &[]));
         let _ = writeln!(t, "  payload bytes through userspace: client {cu}, server {su} (userspace TLS must copy; kTLS + splice copies none)");
+
+        let _ = writeln!(t, "\nHTTP on the server node (heads read, policy on every request, bodies spliced)");
+        let classes: Vec<String> = ["2xx", "3xx", "4xx", "5xx"]
+            .into_iter()
+            .map(|c| (c, sum(&server, "weir_http_requests_total", &[("status_class", c)])))
+            .filter(|(_, n)| *n > 0.0)
+            .map(|(c, n)| format!("{c} {n}"))
+            .collect();
+        let _ = writeln!(t, "  requests        {}", classes.join(", "));
+        let _ = writeln!(
+            t,
+            "  policy          allow {}, deny {} (GET /admin/users answered {} by the server node)",
+            sum(&server, "weir_http_policy_verdicts_total", &[("verdict", "allow")]),
+            sum(&server, "weir_http_policy_verdicts_total", &[("verdict", "deny")]),
+            l7.admin_status
+        );
+        let _ = writeln!(t, "  trace           the backend received traceparent {}", l7.traceparent);
+        let _ = writeln!(
+            t,
+            "  body bytes through userspace on the HTTP path: {} (userspace TLS decrypts every body; over kTLS they are spliced and this is 0)",
+            sum(&server, "weir_http_userspace_body_bytes_total", &[])
+        );
+        if l7.admin_status != 403 {
+            problems.push(format!("GET /admin/users was answered {}, not 403", l7.admin_status));
+        }
+        if !l7.traceparent.starts_with("00-") {
+            problems.push(format!("no trace context reached the backend: {}", l7.traceparent));
+        }
 
         let _ = writeln!(t, "\nRefused");
         let _ = writeln!(

@@ -129,3 +129,18 @@ pub async fn impostor(
         Err(e) => Ok(format!("connection closed ({e})")),
     }
 }
+
+/// What the L7 path did to two probes: a request its policy must deny, and one whose trace
+/// context must reach the backend.
+pub struct L7 {
+    /// Status of `GET /admin` (the demo policy denies it).
+    pub admin_status: u16,
+    /// The traceparent the backend received for `GET /trace`.
+    pub traceparent: String,
+}
+
+pub async fn l7_checks(addr: SocketAddr) -> anyhow::Result<L7> {
+    let (admin_status, _) = get_text(addr, "/admin/users").await?;
+    let (_, traceparent) = get_text(addr, "/trace").await?;
+    Ok(L7 { admin_status, traceparent })
+}
