@@ -193,6 +193,11 @@ impl<'a> Tracked<'a> {
             Outcome::Failed(side, e) => {
                 tracing::warn!(conn = self.id, direction = ?self.direction, mode = label, peer = %self.peer, service = self.service, sent, received, secs, ?side, error = %e, "connection failed")
             }
+            // A reset is how clients abandon connections (load generators at the end of a run,
+            // browsers navigating away): worth a line, not a warning.
+            Outcome::Reset(_) => {
+                tracing::info!(conn = self.id, direction = ?self.direction, mode = label, peer = %self.peer, service = self.service, sent, received, secs, outcome = outcome.as_label(), "connection reset")
+            }
             other => {
                 tracing::warn!(conn = self.id, direction = ?self.direction, mode = label, peer = %self.peer, service = self.service, sent, received, secs, outcome = other.as_label(), "connection ended abnormally")
             }
