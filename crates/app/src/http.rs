@@ -111,7 +111,8 @@ where
     let copy = svc.config.copy;
     let result = {
         let mut down = Leg::stream_with(&mut tls, prefix);
-        let mut up = Leg::socket(&backend, false, copy);
+        // Bodies cross userspace for the TLS anyway: the backend leg reads ahead too.
+        let mut up = Leg::socket(&backend, false, true);
         let mut hooks = InboundHooks::new(shared, svc, t, copy);
         http1::serve(&mut down, &mut up, (Side::Peer, Side::Local), &mut hooks, &svc.limits(), &t.tally).await
     };

@@ -24,16 +24,19 @@ enum Io<'a> {
 /// One side of the exchange.
 pub struct Leg<'a> {
     io: Io<'a>,
-    /// Stream legs: bytes read ahead and not yet consumed. Socket legs: the last peek.
+    /// Buffered legs: bytes read ahead and not yet consumed. Peeking legs: the last peek.
     buf: Vec<u8>,
-    /// Socket legs: how much of `buf` the last peek filled.
+    /// Peeking legs: how much of `buf` the last peek filled.
     peeked: usize,
-    /// Move bodies through userspace even where splice could (the explicit copy mode).
+    /// Move bodies through userspace even where splice could (copy mode, or a socket leg
+    /// whose partner is a userspace stream). Such a leg reads ahead like a stream: one read
+    /// takes a head and the body behind it, instead of a peek, a read and another read.
     copy: bool,
 }
 
 impl<'a> Leg<'a> {
-    /// A socket leg: plaintext, or kTLS with both directions installed (`ktls`).
+    /// A socket leg: plaintext, or kTLS with both directions installed (`ktls`). `copy`:
+    /// bodies to and from it cross userspace anyway (copy mode, or the other leg is a stream).
     pub fn socket(tcp: &'a TcpStream, ktls: bool, copy: bool) -> Self {
         Self { io: Io::Socket { tcp, ktls }, buf: Vec::new(), peeked: 0, copy }
     }
@@ -48,64 +51,58 @@ impl<'a> Leg<'a> {
         Self { io: Io::Stream(stream), buf: read, peeked: 0, copy: true }
     }
 
-    /// Bytes this leg read ahead that belong to whatever follows (stream legs only).
+    /// Bytes this leg read ahead that belong to whatever follows (buffered legs only).
     pub fn take_read_ahead(&mut self) -> Vec<u8> {
-        match self.io {
-            Io::Stream(_) => std::mem::take(&mut self.buf),
-            Io::Socket { .. } => Vec::new(),
+        if self.copy {
+            std::mem::take(&mut self.buf)
+        } else {
+            Vec::new()
         }
     }
 
     /// The unconsumed input, waiting for at least one byte; empty means end of stream (for
     /// kTLS: close_notify).
     pub async fn peek(&mut self) -> io::Result<&[u8]> {
-        match &mut self.io {
-            Io::Socket { tcp, ktls } => {
-                self.buf.resize(STEP, 0);
-                self.peeked = loop {
-                    match tcp.peek(&mut self.buf).await {
-                        Err(e) if *ktls && is_control_record(&e) => match control_record(tcp).await? {
-                            None => continue,
-                            Some(KtlsRead::CloseNotify) => break 0,
-                            Some(_) => return Err(io::Error::other("unexpected TLS record between messages")),
-                        },
-                        other => break other?,
-                    }
-                };
-                Ok(&self.buf[..self.peeked])
+        if self.copy {
+            if self.buf.is_empty() {
+                self.buf = self.read_more(STEP).await?;
             }
-            Io::Stream(s) => {
-                if self.buf.is_empty() {
-                    let mut chunk = vec![0u8; STEP];
-                    let n = s.read(&mut chunk).await?;
-                    self.buf.extend_from_slice(&chunk[..n]);
-                }
-                Ok(&self.buf)
-            }
+            return Ok(&self.buf);
         }
+        let Io::Socket { tcp, ktls } = &self.io else { unreachable!("stream legs are buffered") };
+        self.buf.resize(STEP, 0);
+        self.peeked = loop {
+            match tcp.peek(&mut self.buf).await {
+                Err(e) if *ktls && is_control_record(&e) => match control_record(tcp).await? {
+                    None => continue,
+                    Some(KtlsRead::CloseNotify) => break 0,
+                    Some(_) => return Err(io::Error::other("unexpected TLS record between messages")),
+                },
+                other => break other?,
+            }
+        };
+        Ok(&self.buf[..self.peeked])
     }
 
     /// Consumes `n` bytes of what [`Leg::peek`] returned.
     pub async fn consume(&mut self, n: usize) -> io::Result<()> {
-        match &self.io {
-            Io::Socket { tcp, .. } => {
-                debug_assert!(n <= self.peeked);
-                let mut done = 0;
-                while done < n {
-                    tcp.readable().await?;
-                    match tcp.try_read(&mut self.buf[done..n]) {
-                        Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                        Ok(m) => done += m,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                        Err(e) => return Err(e),
-                    }
-                }
-                self.peeked = 0;
-            }
-            Io::Stream(_) => {
-                self.buf.drain(..n);
+        if self.copy {
+            self.buf.drain(..n);
+            return Ok(());
+        }
+        let Io::Socket { tcp, .. } = &self.io else { unreachable!("stream legs are buffered") };
+        debug_assert!(n <= self.peeked);
+        let mut done = 0;
+        while done < n {
+            tcp.readable().await?;
+            match tcp.try_read(&mut self.buf[done..n]) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(m) => done += m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
             }
         }
+        self.peeked = 0;
         Ok(())
     }
 
@@ -152,14 +149,19 @@ impl<'a> Leg<'a> {
         Ok(out)
     }
 
-    /// Reads up to `max` body bytes into userspace (copy path). 0 is end of stream.
+    /// Reads up to `max` body bytes into userspace (copy path), read-ahead first. Empty is end
+    /// of stream.
     async fn read_some(&mut self, max: usize) -> io::Result<Vec<u8>> {
-        if let Io::Stream(_) = self.io {
-            if !self.buf.is_empty() {
-                let n = self.buf.len().min(max);
-                return Ok(self.buf.drain(..n).collect());
-            }
+        if !self.buf.is_empty() && self.copy {
+            let n = self.buf.len().min(max);
+            return Ok(self.buf.drain(..n).collect());
         }
+        self.read_more(max).await
+    }
+
+    /// One read of up to `max` bytes from the stream or socket itself (kTLS control records
+    /// handled). Empty is end of stream.
+    async fn read_more(&mut self, max: usize) -> io::Result<Vec<u8>> {
         let mut chunk = vec![0u8; max.min(STEP)];
         let n = match &mut self.io {
             Io::Stream(s) => s.read(&mut chunk).await?,
