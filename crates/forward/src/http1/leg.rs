@@ -28,6 +28,8 @@ pub struct Leg<'a> {
     buf: Vec<u8>,
     /// Peeking legs: how much of `buf` the last peek filled.
     peeked: usize,
+    /// Where reads land before they are handed out.
+    scratch: Vec<u8>,
     /// Move bodies through userspace even where splice could (copy mode, or a socket leg
     /// whose partner is a userspace stream). Such a leg reads ahead like a stream: one read
     /// takes a head and the body behind it, instead of a peek, a read and another read.
@@ -38,7 +40,7 @@ impl<'a> Leg<'a> {
     /// A socket leg: plaintext, or kTLS with both directions installed (`ktls`). `copy`:
     /// bodies to and from it cross userspace anyway (copy mode, or the other leg is a stream).
     pub fn socket(tcp: &'a TcpStream, ktls: bool, copy: bool) -> Self {
-        Self { io: Io::Socket { tcp, ktls }, buf: Vec::new(), peeked: 0, copy }
+        Self { io: Io::Socket { tcp, ktls }, buf: Vec::new(), peeked: 0, scratch: Vec::new(), copy }
     }
 
     /// A userspace stream leg.
@@ -48,7 +50,7 @@ impl<'a> Leg<'a> {
 
     /// A userspace stream leg whose first bytes were already read off it (`read`).
     pub fn stream_with(stream: &'a mut dyn ByteStream, read: Vec<u8>) -> Self {
-        Self { io: Io::Stream(stream), buf: read, peeked: 0, copy: true }
+        Self { io: Io::Stream(stream), buf: read, peeked: 0, scratch: Vec::new(), copy: true }
     }
 
     /// Bytes this leg read ahead that belong to whatever follows (buffered legs only).
@@ -160,30 +162,30 @@ impl<'a> Leg<'a> {
     }
 
     /// One read of up to `max` bytes from the stream or socket itself (kTLS control records
-    /// handled). Empty is end of stream.
+    /// handled), through a scratch buffer kept for the leg's life (a fresh zeroed 16 KiB per
+    /// read would cost more than the small message it carries). Empty is end of stream.
     async fn read_more(&mut self, max: usize) -> io::Result<Vec<u8>> {
-        let mut chunk = vec![0u8; max.min(STEP)];
+        if self.scratch.len() < STEP {
+            self.scratch.resize(STEP, 0);
+        }
+        let chunk = &mut self.scratch[..max.min(STEP)];
         let n = match &mut self.io {
-            Io::Stream(s) => s.read(&mut chunk).await?,
+            Io::Stream(s) => s.read(chunk).await?,
             Io::Socket { tcp, ktls } => loop {
                 tcp.readable().await?;
-                match tcp.try_read(&mut chunk) {
+                match tcp.try_read(chunk) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(e) if *ktls && is_control_record(&e) => match control_record(tcp).await? {
                         None => continue,
                         Some(KtlsRead::CloseNotify) => break 0,
-                        Some(KtlsRead::Record(bytes)) => {
-                            chunk = bytes;
-                            break chunk.len();
-                        }
+                        Some(KtlsRead::Record(bytes)) => return Ok(bytes),
                         Some(_) => return Err(io::ErrorKind::UnexpectedEof.into()),
                     },
                     other => break other?,
                 }
             },
         };
-        chunk.truncate(n);
-        Ok(chunk)
+        Ok(chunk[..n].to_vec())
     }
 }
 
