@@ -188,10 +188,28 @@ fn head_len(parsed: httparse::Result<usize>, have: usize, limits: &Limits) -> Re
     }
 }
 
+/// Header slots kept on the stack for the common limit; larger limits use the heap.
+const STACK_HEADERS: usize = 128;
+
+/// `limits.max_headers` slots for httparse: on the stack when they fit (this runs for every
+/// head, and is re-run while a head arrives in pieces).
+fn header_slots<'s, 'h>(
+    stack: &'s mut [httparse::Header<'h>; STACK_HEADERS],
+    heap: &'s mut Vec<httparse::Header<'h>>,
+    limits: &Limits,
+) -> &'s mut [httparse::Header<'h>] {
+    if limits.max_headers <= STACK_HEADERS {
+        &mut stack[..limits.max_headers]
+    } else {
+        *heap = vec![httparse::EMPTY_HEADER; limits.max_headers];
+        heap
+    }
+}
+
 /// Parses a request head from the start of `buf`.
 pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parsed<RequestHead>, Error> {
-    let mut raw = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut req = httparse::Request::new(&mut raw);
+    let (mut stack, mut heap) = ([httparse::EMPTY_HEADER; STACK_HEADERS], Vec::new());
+    let mut req = httparse::Request::new(header_slots(&mut stack, &mut heap, limits));
     let Some(len) = head_len(req.parse(buf), buf.len(), limits)? else { return Ok(Parsed::Partial) };
     let (method, target, minor_version) = match (req.method, req.path, req.version) {
         (Some(m), Some(p), Some(v)) => (m.to_owned(), p.to_owned(), v),
@@ -218,8 +236,8 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Parsed<RequestHead>,
 
 /// Parses a response head from the start of `buf`; `request_method` decides bodiless cases.
 pub fn parse_response(buf: &[u8], limits: &Limits, request_method: &str) -> Result<Parsed<ResponseHead>, Error> {
-    let mut raw = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut resp = httparse::Response::new(&mut raw);
+    let (mut stack, mut heap) = ([httparse::EMPTY_HEADER; STACK_HEADERS], Vec::new());
+    let mut resp = httparse::Response::new(header_slots(&mut stack, &mut heap, limits));
     let Some(len) = head_len(resp.parse(buf), buf.len(), limits)? else { return Ok(Parsed::Partial) };
     let (status, minor_version) = match (resp.code, resp.version) {
         (Some(c), Some(v)) => (c, v),
