@@ -27,7 +27,11 @@ impl TraceContext {
 
     /// The `traceparent` value to send on.
     pub fn header(&self) -> String {
-        format!("00-{}-{}-{}", self.trace_id, self.span_id, self.flags)
+        let mut h = String::with_capacity(55);
+        for part in ["00-", &self.trace_id, "-", &self.span_id, "-", &self.flags] {
+            h.push_str(part);
+        }
+        h
     }
 }
 
@@ -50,8 +54,15 @@ fn parse(v: &[u8]) -> Option<(String, String, String)> {
     valid.then(|| (trace.to_owned(), parent.to_owned(), flags.to_owned()))
 }
 
+/// Lower-case hex without a `format!` per byte (this runs for every request).
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 #[cfg(test)]
