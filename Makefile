@@ -38,9 +38,9 @@ test-ktls: setup
 lint: setup
 	@bash scripts/test.sh lint
 
-## bench: the hop benchmark (Weir vs a two-haproxy mTLS chain vs no mesh), figures as ratios
+## bench: the hop benchmark (Weir vs a two-haproxy mTLS chain vs no mesh), figures as ratios; data and charts in target/bench
 bench: build
-	target/release/weir bench $(BENCH_ARGS)
+	target/release/weir bench --out target/bench $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean

@@ -15,7 +15,7 @@ lint() {
 }
 
 host() {
-  echo "== unit and host-kernel suites (userspace TLS, loopback capture, CLI, demo)"
+  echo "== unit and host-kernel suites (userspace TLS, loopback capture, CLI, demo, a quick bench run writing its report)"
   $CARGO test --release --workspace
 }
 

@@ -2,6 +2,7 @@
 //! rules, a connection limit and capture targets, none of which match) against the same
 //! connect() from a cgroup with no programs. A child process (`weir probe-connect`) does the
 //! connects, pinned to one CPU, interleaved in and out of the workload cgroup.
+use super::report::{Better, Figures, Metric, Role, Section};
 use anyhow::{bail, Context};
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener};
@@ -66,8 +67,12 @@ fn run_probe(addr: SocketAddr, count: usize, cgroup: Option<&Path>) -> anyhow::R
     }
 }
 
+/// The two cgroups, as in the table.
+const WITHOUT: &str = "no programs (Weir's parent cgroup)";
+const WITH: &str = "workload (connect4 + sockops, 64 deny rules, limit, capture map)";
+
 /// Runs the scenario and returns the report.
-pub fn run(reps: usize, count: usize) -> anyhow::Result<String> {
+pub fn run(reps: usize, count: usize) -> anyhow::Result<Section> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     std::thread::spawn(move || {
@@ -115,18 +120,23 @@ pub fn run(reps: usize, count: usize) -> anyhow::Result<String> {
     let mut t = String::new();
     let _ = writeln!(t, "\n## connect() latency: kernel path attached vs not ({reps} interleaved reps x {count} connects, loopback, probe on CPU {})\n", super::CLIENT_CPU);
     let _ = writeln!(t, "| cgroup | p50 µs | p99 µs |\n|---|---|---|");
-    let _ = writeln!(
-        t,
-        "| no programs (Weir's parent cgroup) | {:.2} | {:.2} |",
-        med(&without, |r| r.0),
-        med(&without, |r| r.1)
-    );
-    let _ = writeln!(
-        t,
-        "| workload (connect4 + sockops, 64 deny rules, limit, capture map) | {:.2} | {:.2} |",
-        med(&with, |r| r.0),
-        med(&with, |r| r.1)
-    );
+    let _ = writeln!(t, "| {WITHOUT} | {:.2} | {:.2} |", med(&without, |r| r.0), med(&without, |r| r.1));
+    let _ = writeln!(t, "| {WITH} | {:.2} | {:.2} |", med(&with, |r| r.0), med(&with, |r| r.1));
     let _ = writeln!(t, "\nmedian added by the kernel path: {:+.2} µs", med(&with, |r| r.0) - med(&without, |r| r.0));
-    Ok(t)
+    let mut rows = Vec::new();
+    for (name, f) in [("p50 connect()", (|r: &(u64, u64)| r.0) as fn(&(u64, u64)) -> u64), ("p99 connect()", |r| r.1)] {
+        let us = |v: &[(u64, u64)]| v.iter().map(|r| f(r) as f64 / 1000.0).collect();
+        let metric = Metric {
+            scenario: "connect",
+            load: format!("{count} connects × {reps} reps"),
+            name,
+            unit: "µs",
+            better: Better::Lower,
+        };
+        rows.extend(
+            metric
+                .rows(vec![Figures::of(WITHOUT, Role::Direct, us(&without)), Figures::of(WITH, Role::Weir, us(&with))]),
+        );
+    }
+    Ok(Section { markdown: t, rows, notes: Vec::new() })
 }

@@ -7,6 +7,7 @@
 //! as medians with min–max. A path that cannot run says why; it never shows as zero.
 use super::logs::{first_lines, log_tail, problem_lines_in, read_lines, seconds_of_day, utc_seconds_of_day};
 use super::procs::{self, cpu_busy_seconds, cpu_seconds, Proc};
+use super::report::{Better, Figures, Metric, Role, Row, Section, P50, P99};
 use super::wrk::wrk;
 use super::{haproxy, median, CLIENT_CPU, PROXY_CPU};
 use crate::local_mesh::{Mesh, Options};
@@ -123,7 +124,7 @@ impl Target {
 }
 
 /// Runs the scenario: `secs` per wrk run, `reps` interleaved repetitions. Returns the report.
-pub async fn run(secs: u64, reps: usize) -> anyhow::Result<String> {
+pub async fn run(secs: u64, reps: usize) -> anyhow::Result<Section> {
     let dir = tempfile::Builder::new().prefix("weir-bench-http.").tempdir()?;
     let keep = std::env::var_os("WEIR_BENCH_KEEP").is_some();
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -151,7 +152,7 @@ pub async fn run(secs: u64, reps: usize) -> anyhow::Result<String> {
         _ => {
             let why = format!("not installed ({}): `make setup`", missing.join(", "));
             let targets: Vec<Target> = names.iter().map(|&(n, k)| Target::new(n, k, Err(why.clone()))).collect();
-            return Ok(report(secs, reps, &targets, &notes));
+            return Ok(section(secs, reps, &targets, notes));
         }
     };
 
@@ -160,7 +161,7 @@ pub async fn run(secs: u64, reps: usize) -> anyhow::Result<String> {
         Err(e) => {
             let why = format!("failed: nginx did not start: {e:#}");
             let targets: Vec<Target> = names.iter().map(|&(n, k)| Target::new(n, k, Err(why.clone()))).collect();
-            return Ok(report(secs, reps, &targets, &notes));
+            return Ok(section(secs, reps, &targets, notes));
         }
     };
     let backend = nginx.addr;
@@ -307,7 +308,49 @@ pub async fn run(secs: u64, reps: usize) -> anyhow::Result<String> {
     if keep {
         notes.push(format!("configs and logs kept in {} (WEIR_BENCH_KEEP)", dir.keep().display()));
     }
-    Ok(report(secs, reps, &targets, &notes))
+    Ok(section(secs, reps, &targets, notes))
+}
+
+fn section(secs: u64, reps: usize, targets: &[Target], notes: Vec<String>) -> Section {
+    Section { markdown: report(secs, reps, targets, &notes), rows: rows(targets), notes }
+}
+
+/// The figures of the tables as rows: per load rate, p50, p99 and proxy CPU (per GiB too for
+/// 1 MiB); a path that did not run has the reason its table row gives.
+fn rows(targets: &[Target]) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for load in [&SMALL, &LARGE] {
+        let small = load.body == SMALL.body;
+        let figures = |f: &dyn Fn(&Sample) -> f64, proxied_only: bool| -> Vec<Figures> {
+            let paths = targets.iter().filter(|t| !proxied_only || t.kind != Kind::Direct);
+            let paths = paths.map(|t| {
+                let role = match t.kind {
+                    Kind::Direct => Role::Direct,
+                    Kind::Weir => Role::Weir,
+                    Kind::Haproxy => Role::Peer,
+                };
+                let s = t.series(load);
+                match (&t.entry, &s.failed) {
+                    (Err(why), _) | (Ok(_), Some(why)) => Figures::none(t.name, role, why),
+                    _ => Figures::of(t.name, role, s.runs.iter().map(f).collect()),
+                }
+            });
+            paths.collect()
+        };
+        let metric = |name, unit, better| Metric { scenario: "http", load: load.name.to_owned(), name, unit, better };
+        rows.extend(metric("requests/s", "req/s", Better::Higher).rows(figures(&|s| s.rps, false)));
+        rows.extend(metric(P50, "ms", Better::Lower).rows(figures(&|s| s.p50_ms, false)));
+        rows.extend(metric(P99, "ms", Better::Lower).rows(figures(&|s| s.p99_ms, false)));
+        let (unit, per) = if small { ("ms / 1000 req", 1e6) } else { ("ms / req", 1e3) };
+        rows.extend(
+            metric("proxy CPU", unit, Better::Lower).rows(figures(&|s| s.proxy_cpu_s * per / s.requests, true)),
+        );
+        if !small {
+            let gib = |s: &Sample| s.proxy_cpu_s / (s.requests * load.body as f64 / (1u64 << 30) as f64);
+            rows.extend(metric("proxy CPU per GiB", "s / GiB", Better::Lower).rows(figures(&gib, true)));
+        }
+    }
+    rows
 }
 
 /// A running nginx serving `/1k` and `/1m`.

@@ -37,7 +37,7 @@ pub async fn measure(ca: &weir_identity::Ca, dir: &Path, conns: usize) -> anyhow
     mesh.stop();
     if super::procs::installed("haproxy") {
         let chain = super::haproxy::start(&idle_dir, ca, backend, super::PROXY_CPU)?;
-        out.push(hold("haproxy x2 (mTLS, splice)", chain.entry, &chain.pids(), conns, &accepted).await?);
+        out.push(hold(super::HAPROXY, chain.entry, &chain.pids(), conns, &accepted).await?);
     }
     server.abort();
     Ok(out)

@@ -7,19 +7,24 @@
 //! connections held open through each path, memory per connection from the proxies' RSS.
 //! L7 (`--scenario http`, in `http.rs`): wrk against nginx directly, through the mesh with an
 //! HTTP inbound service (splice and copy mode) and through two haproxy processes in `mode http`.
-//! Figures only: nothing here asserts a speed.
+//! Figures only: nothing here asserts a speed. `--out DIR` also writes every figure as data
+//! (`report.json`) and as charts (`report.html`), see `report.rs`.
+mod charts;
 pub mod connect;
 mod haproxy;
 mod http;
 mod idle;
 mod logs;
 mod procs;
+mod report;
 mod wrk;
 
 use anyhow::{bail, Context};
 use procs::{cpu_seconds, machine_busy_seconds, memory_kib, Proc};
+use report::{Better, Figures, Metric, Role, Row, Section};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 const CLIENT_CPU: &str = "0";
@@ -44,6 +49,9 @@ pub struct BenchArgs {
     /// What to measure.
     #[arg(long, value_enum, default_value = "all")]
     pub scenario: Scenario,
+    /// Also write every figure to DIR/report.json and as charts to DIR/report.html.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }
 
 /// Benchmark scenarios.
@@ -85,6 +93,7 @@ struct Run {
 /// A path under test: where apps connect and which processes are the mesh.
 struct Path {
     name: &'static str,
+    role: Role,
     entry: SocketAddr,
     pids: Vec<u32>,
     runs: Vec<Run>,
@@ -112,22 +121,44 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         args.idle_conns = fit;
     }
     let connects = if args.quick { 2000 } else { 20_000 };
+    // Per wrk run; 4 paths × 2 loads × reps runs, plus a 1 s warm-up per path.
+    let wrk_secs = if args.quick { 4 } else { 10 };
+    let connect_reps = args.reps.max(3);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    if hop {
-        rt.block_on(bench(&args))?;
+    let mut results = report::Report::new(report::Settings {
+        quick: args.quick,
+        reps: args.reps,
+        scenario: format!("{:?}", args.scenario).to_lowercase(),
+        bulk_mib: args.mib,
+        idle_conns: args.idle_conns,
+        wrk_secs,
+        connects,
+        connect_reps,
+    });
+    let outcome = (|| {
+        if hop {
+            results.scenario("hop", || rt.block_on(bench(&args)))?;
+        }
+        if matches!(args.scenario, Scenario::All | Scenario::Http) {
+            results.scenario("http", || rt.block_on(http::run(wrk_secs, args.reps)))?;
+        }
+        if matches!(args.scenario, Scenario::All | Scenario::Connect) {
+            results.scenario("connect", || connect::run(connect_reps, connects))?;
+        }
+        anyhow::Ok(())
+    })();
+    // A failed scenario still leaves a report: what ran before it, and its error.
+    if let Some(dir) = &args.out {
+        match results.write(dir) {
+            Ok(()) => eprintln!("report: {} and report.html", dir.join("report.json").display()),
+            Err(e) if outcome.is_ok() => return Err(e),
+            Err(e) => eprintln!("no report written: {e:#}"),
+        }
     }
-    if matches!(args.scenario, Scenario::All | Scenario::Http) {
-        // Per wrk run; 4 paths × 2 loads × reps runs, plus a 1 s warm-up per path.
-        let secs = if args.quick { 4 } else { 10 };
-        print!("{}", rt.block_on(http::run(secs, args.reps))?);
-    }
-    if matches!(args.scenario, Scenario::All | Scenario::Connect) {
-        print!("{}", connect::run(args.reps.max(3), connects)?);
-    }
-    Ok(())
+    outcome
 }
 
-async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+async fn bench(args: &BenchArgs) -> anyhow::Result<Section> {
     let dir = tempfile::Builder::new().prefix("weir-bench.").tempdir()?;
     let ca = weir_identity::Ca::init(&dir.path().join("ca"), "weir.local")?;
     let sink = free_port()?;
@@ -138,9 +169,18 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
 
     let mesh = crate::local_mesh::Mesh::start(dir.path(), ca.dir(), sink, Some(PROXY_CPU)).await?;
     let mut paths = vec![
-        Path { name: "direct (no mesh)", entry: sink, pids: vec![], runs: vec![], idle_rss_kib: 0, admin: None },
+        Path {
+            name: "direct (no mesh)",
+            role: Role::Direct,
+            entry: sink,
+            pids: vec![],
+            runs: vec![],
+            idle_rss_kib: 0,
+            admin: None,
+        },
         Path {
             name: "weir (userspace TLS)",
+            role: Role::Weir,
             entry: mesh.outbound,
             pids: mesh.pids(),
             runs: vec![],
@@ -152,7 +192,8 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     let chain = if procs::installed("haproxy") {
         let chain = haproxy::start(dir.path(), &ca, sink, PROXY_CPU)?;
         paths.push(Path {
-            name: "haproxy x2 (mTLS, splice)",
+            name: HAPROXY,
+            role: Role::Peer,
             entry: chain.entry,
             pids: chain.pids(),
             runs: vec![],
@@ -183,10 +224,47 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let userspace = weir_userspace_bytes(&paths).await - userspace_before;
     let idle = idle::measure(&ca, dir.path(), args.idle_conns).await?;
+    let haproxy_missing = chain.is_none();
     drop(chain);
     mesh.stop();
-    print!("{}", report(args, &paths, userspace, &idle, &notes));
-    Ok(())
+    Ok(Section {
+        markdown: report(args, &paths, userspace, &idle, &notes),
+        rows: rows(args, &paths, userspace, &idle, haproxy_missing),
+        notes,
+    })
+}
+
+/// The haproxy chain's name in the hop tables.
+const HAPROXY: &str = "haproxy x2 (mTLS, splice)";
+
+/// The hop scenario's figures as rows; haproxy's say "not installed" when it is missing.
+fn rows(args: &BenchArgs, paths: &[Path], userspace: f64, idle: &[idle::Idle], haproxy_missing: bool) -> Vec<Row> {
+    let missing = || haproxy_missing.then(|| Figures::none(HAPROXY, Role::Peer, "not installed: `make setup`"));
+    let bulk = format!("{} MiB bulk (iperf3)", args.mib);
+    let metric = |load: &str, name, unit, better| Metric { scenario: "hop", load: load.to_owned(), name, unit, better };
+    let runs = |f: fn(&Run) -> f64, proxied_only: bool| -> Vec<Figures> {
+        let measured = paths.iter().filter(|p| !proxied_only || !p.pids.is_empty());
+        measured.map(|p| Figures::of(p.name, p.role, p.runs.iter().map(f).collect())).chain(missing()).collect()
+    };
+    let mut rows = metric(&bulk, "throughput", "MiB/s", Better::Higher).rows(runs(|r| r.mib_s, false));
+    rows.extend(metric(&bulk, "proxy CPU", "s/GiB", Better::Lower).rows(runs(|r| r.proxy_cpu_per_gib, true)));
+    rows.extend(metric(&bulk, "machine CPU", "s/GiB", Better::Lower).rows(runs(|r| r.machine_cpu_per_gib, false)));
+    let rss = paths.iter().filter(|p| !p.pids.is_empty());
+    let rss = rss.map(|p| Figures::of(p.name, p.role, vec![p.idle_rss_kib as f64 / 1024.0])).chain(missing());
+    rows.extend(metric(&bulk, "mesh RSS at start", "MiB", Better::Lower).rows(rss.collect()));
+    let moved = (args.mib * args.reps as u64) as f64 * (1 << 20) as f64;
+    let weir = paths.iter().filter(|p| p.role == Role::Weir);
+    let weir = weir.map(|p| Figures::of(p.name, p.role, vec![userspace / moved.max(1.0)])).collect();
+    rows.extend(metric(&bulk, "payload through userspace", "× bytes moved", Better::Lower).rows(weir));
+    let per_conn = idle.iter().map(|i| {
+        let role = if i.name == HAPROXY { Role::Peer } else { Role::Weir };
+        Figures::of(i.name, role, vec![i.after_kib.saturating_sub(i.before_kib) as f64 / i.conns.max(1) as f64])
+    });
+    let load = format!("{} idle connections", args.idle_conns);
+    rows.extend(
+        metric(&load, "memory per idle connection", "KiB", Better::Lower).rows(per_conn.chain(missing()).collect()),
+    );
+    rows
 }
 
 async fn weir_userspace_bytes(paths: &[Path]) -> f64 {
