@@ -257,7 +257,26 @@ pub fn normalize_path(target: &str) -> Result<String, &'static str> {
         }
         rest.find('/').map_or("/", |start| &rest[start..])
     };
+    if is_normal(path) {
+        return Ok(path.to_owned());
+    }
     Ok(remove_dot_segments(&decode_unreserved(path)?))
+}
+
+/// Already normal (the common case, checked without allocating): no escapes, no empty, `.` or
+/// `..` segment before the last, and a last segment that is not `.` or `..`.
+fn is_normal(path: &str) -> bool {
+    if path.contains('%') {
+        return false;
+    }
+    let mut segments = path.split('/').skip(1).peekable();
+    while let Some(s) = segments.next() {
+        let last = segments.peek().is_none();
+        if s == "." || s == ".." || (s.is_empty() && !last) {
+            return false;
+        }
+    }
+    true
 }
 
 fn decode_unreserved(path: &str) -> Result<String, &'static str> {
@@ -399,7 +418,12 @@ impl RateLimiter {
             return Ok(());
         };
         let key = (index, source.clone());
-        if !self.buckets.contains_key(&key) && self.buckets.len() >= MAX_BUCKETS {
+        // The common case, an existing bucket: one lookup.
+        if let Some(bucket) = self.buckets.get_mut(&key) {
+            bucket.refill(limit, now);
+            return bucket.take(limit);
+        }
+        if self.buckets.len() >= MAX_BUCKETS {
             self.evict_idle(policy, now);
             if self.buckets.len() >= MAX_BUCKETS {
                 return Err(1);

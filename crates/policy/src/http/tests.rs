@@ -416,3 +416,35 @@ fn bucket_map_is_bounded_and_fails_closed() {
     l.clear();
     assert!(l.is_empty());
 }
+
+#[test]
+fn the_fast_path_for_normal_paths_agrees_with_full_normalization() {
+    let paths = [
+        "/",
+        "/a",
+        "/a/",
+        "/a/b",
+        "/a/b/",
+        "/.a",
+        "/..a",
+        "/a/..b",
+        "/a.b/c",
+        "/a//",
+        "//",
+        "/a/.",
+        "/a/..",
+        "/./a",
+        "/a/./b",
+        "/a%20b",
+        "/~x/y-z_1",
+        "/a/b/../c",
+    ];
+    for p in paths {
+        let full = super::remove_dot_segments(&super::decode_unreserved(p).expect("decodes"));
+        if super::is_normal(p) {
+            assert_eq!(full, p, "{p} was taken as normal");
+        } else {
+            assert_eq!(normalize_path(p).expect("normalizes"), full, "{p}");
+        }
+    }
+}
