@@ -141,7 +141,7 @@ impl Report {
         }
         let (cu, su) =
             (sum(&client, "weir_userspace_bytes_total", &[]), sum(&server, "weir_userspace_bytes_total", &[]));
-        let _ = writeln!(t, "  payload bytes through userspace: client {cu}, server {su} (userspace TLS must copy; kTLS + splice copies none)");
+        let _ = writeln!(t, "  payload bytes through userspace: client {cu}, server {su} (userspace TLS must copy; with kTLS + splice only the server's HTTP heads do)");
 
         let _ = writeln!(t, "\nHTTP on the server node (heads read, policy on every request, bodies spliced)");
         let classes: Vec<String> = ["2xx", "3xx", "4xx", "5xx"]
