@@ -8,10 +8,11 @@ use std::process::Command;
 use std::time::Instant;
 
 /// Scenarios of `--scenario all` and the paths each must report, by name prefix.
-const EXPECTED: [(&str, &[&str]); 3] = [
+const EXPECTED: [(&str, &[&str]); 4] = [
     ("hop", &["direct", "weir", "haproxy"]),
     ("http", &["direct", "weir http, splice", "weir http, copy", "haproxy"]),
     ("connect", &["no programs", "workload"]),
+    ("churn", &["direct", "weir", "haproxy"]),
 ];
 
 #[test]
@@ -39,7 +40,7 @@ fn quick_bench_writes_a_complete_report() {
     assert_eq!(run["quick"], Value::Bool(true));
     assert_eq!(run["reps"].as_u64(), Some(1));
     assert!(run["git_commit"].is_null() || run["git_commit"].as_str().is_some_and(|c| c.len() == 40), "{run}");
-    for key in ["bulk_mib", "idle_conns", "wrk_secs", "connects", "elapsed_s"] {
+    for key in ["bulk_mib", "idle_conns", "wrk_secs", "connects", "churn_secs", "elapsed_s"] {
         assert!(run[key].as_f64().is_some_and(|v| v > 0.0), "run.{key} in {run}");
     }
 

@@ -7,9 +7,11 @@
 //! connections held open through each path, memory per connection from the proxies' RSS.
 //! L7 (`--scenario http`, in `http.rs`): wrk against nginx directly, through the mesh with an
 //! HTTP inbound service (splice and copy mode) and through two haproxy processes in `mode http`.
+//! Churn (`--scenario churn`, in `churn.rs`): new connections per second, one tiny echo each.
 //! Figures only: nothing here asserts a speed. `--out DIR` also writes every figure as data
 //! (`report.json`) and as charts (`report.html`), see `report.rs`.
 mod charts;
+mod churn;
 pub mod connect;
 mod haproxy;
 mod http;
@@ -43,7 +45,8 @@ pub struct BenchArgs {
     /// limit: each proxied connection costs a mesh node two descriptors).
     #[arg(long, default_value_t = 10_000)]
     pub idle_conns: usize,
-    /// Smoke run: 256 MiB, 1 repetition, 1000 idle connections, fewer connects, 4 s wrk runs.
+    /// Smoke run: 256 MiB, 1 repetition, 1000 idle connections, fewer connects, 4 s wrk runs,
+    /// 3 s churn runs.
     #[arg(long)]
     pub quick: bool,
     /// What to measure.
@@ -66,6 +69,9 @@ pub enum Scenario {
     /// HTTP/1.1 through the mesh (inbound `protocol = "http"`, splice and copy mode) vs a
     /// two-haproxy chain in `mode http` vs direct: wrk against nginx.
     Http,
+    /// New connections per second (connect, 16-byte echo, close) through the mesh vs the
+    /// haproxy chain vs direct.
+    Churn,
 }
 
 pub(crate) fn free_port() -> anyhow::Result<SocketAddr> {
@@ -124,6 +130,7 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     // Per wrk run; 4 paths × 2 loads × reps runs, plus a 1 s warm-up per path.
     let wrk_secs = if args.quick { 4 } else { 10 };
     let connect_reps = args.reps.max(3);
+    let churn_secs = if args.quick { 3 } else { 8 };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let mut results = report::Report::new(report::Settings {
         quick: args.quick,
@@ -134,6 +141,7 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         wrk_secs,
         connects,
         connect_reps,
+        churn_secs,
     });
     let outcome = (|| {
         if hop {
@@ -144,6 +152,9 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         }
         if matches!(args.scenario, Scenario::All | Scenario::Connect) {
             results.scenario("connect", || connect::run(connect_reps, connects))?;
+        }
+        if matches!(args.scenario, Scenario::All | Scenario::Churn) {
+            results.scenario("churn", || churn::run(churn_secs, args.reps))?;
         }
         anyhow::Ok(())
     })();

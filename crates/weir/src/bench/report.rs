@@ -38,7 +38,7 @@ pub enum Better {
 /// One metric of one path: its figures, or why it has none.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
-    /// `hop`, `http` or `connect`.
+    /// `hop`, `http`, `connect` or `churn`.
     pub scenario: &'static str,
     /// What ran, e.g. `1 KiB` or `256 MiB bulk (iperf3)`.
     pub load: String,
@@ -190,6 +190,8 @@ pub struct Settings {
     pub connects: usize,
     /// Repetitions of the connect scenario.
     pub connect_reps: usize,
+    /// Seconds per churn run.
+    pub churn_secs: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -315,8 +317,8 @@ impl Report {
             (
                 "durations",
                 format!(
-                    "{} MiB bulk, {} idle connections, {} s per wrk run, {} × {} connects; took {:.0} s",
-                    s.bulk_mib, s.idle_conns, s.wrk_secs, s.connect_reps, s.connects, r.elapsed_s
+                    "{} MiB bulk, {} idle connections, {} s per wrk run, {} × {} connects, {} s per churn run; took {:.0} s",
+                    s.bulk_mib, s.idle_conns, s.wrk_secs, s.connect_reps, s.connects, s.churn_secs, r.elapsed_s
                 ),
             ),
         ];
@@ -460,6 +462,7 @@ mod tests {
             wrk_secs: 1,
             connects: 1,
             connect_reps: 3,
+            churn_secs: 1,
         };
         let mut report = Report::new(settings);
         let metric = |name, better| Metric { scenario: "http", load: "1 KiB".into(), name, unit: "ms", better };
