@@ -287,8 +287,30 @@ async fn weir_userspace_bytes(paths: &[Path]) -> f64 {
         .sum()
 }
 
-/// One iperf3 transfer of `mib` through `p`.
+/// One iperf3 transfer of `mib` through `p`. The iperf3 server serves one test at a time and
+/// takes a moment to clear a previous one (including the bare connect that proved it was
+/// listening): a refusal of the control connection is retried, a real failure is not.
 fn bulk(p: &Path, mib: u64) -> anyhow::Result<Run> {
+    let mut tries = 0;
+    loop {
+        match bulk_once(p, mib) {
+            Err(e) if tries < 5 && transient(&e) => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn transient(e: &anyhow::Error) -> bool {
+    let text = format!("{e:#}");
+    ["unable to receive control message", "server is busy", "unable to connect to server"]
+        .iter()
+        .any(|t| text.contains(t))
+}
+
+fn bulk_once(p: &Path, mib: u64) -> anyhow::Result<Run> {
     let cpu0: f64 = p.pids.iter().map(|&pid| cpu_seconds(pid)).sum();
     let machine0 = machine_busy_seconds();
     let out = std::process::Command::new("taskset")
