@@ -54,15 +54,8 @@ fn http(c: &mut Check<'_>, prefix: &str, raw: Option<&RawHttp>) -> Option<HttpCo
     };
     let h = raw.unwrap_or(&empty);
     let p = |f: &str| format!("{prefix}{f}");
-    let copy = c.optional(&h.mode, &p("mode"), false, |m| match m.as_str() {
-        "splice" => Ok(false),
-        "copy" => Ok(true),
-        other => Err(format!("{other:?} is not a mode (splice, copy)")),
-    });
-    let max_head = c.optional(&h.max_head_bytes, &p("max_head_bytes"), 16 * 1024, ranged(1024, 1 << 20));
-    let max_headers = c.optional(&h.max_headers, &p("max_headers"), 100, ranged(1, 1000));
-    let req_timeout =
-        c.optional(&h.request_head_timeout_ms, &p("request_head_timeout_ms"), 60_000, ranged(10, 3_600_000));
+    let (copy, max_head, max_headers, req_timeout) =
+        head_settings(c, prefix, (&h.mode, &h.max_head_bytes, &h.max_headers, &h.request_head_timeout_ms));
     let resp_timeout = c.optional(&h.response_timeout_ms, &p("response_timeout_ms"), 30_000, ranged(10, 3_600_000));
     let default = c.optional(&h.default, &p("default"), Action::Allow, |a: &String| action(a));
     let rules: Vec<_> = h.rules.iter().enumerate().map(|(k, r)| rule(c, &p(&format!("rules[{k}]")), r)).collect();
@@ -96,6 +89,32 @@ fn http(c: &mut Check<'_>, prefix: &str, raw: Option<&RawHttp>) -> Option<HttpCo
             rate_limits: limits.into_iter().collect::<Option<_>>()?,
         },
     })
+}
+
+type Spanned<T> = Option<toml::Spanned<T>>;
+
+/// What both kinds of `http` section share: the mode and the request-head limits, checked the
+/// same way under `prefix`.
+fn head_settings(
+    c: &mut Check<'_>,
+    prefix: &str,
+    (mode, max_head_bytes, max_headers, request_head_timeout_ms): (
+        &Spanned<String>,
+        &Spanned<i64>,
+        &Spanned<i64>,
+        &Spanned<i64>,
+    ),
+) -> (Option<bool>, Option<i64>, Option<i64>, Option<i64>) {
+    let p = |f: &str| format!("{prefix}{f}");
+    let copy = c.optional(mode, &p("mode"), false, |m| match m.as_str() {
+        "splice" => Ok(false),
+        "copy" => Ok(true),
+        other => Err(format!("{other:?} is not a mode (splice, copy)")),
+    });
+    let max_head = c.optional(max_head_bytes, &p("max_head_bytes"), 16 * 1024, ranged(1024, 1 << 20));
+    let max_headers = c.optional(max_headers, &p("max_headers"), 100, ranged(1, 1000));
+    let timeout = c.optional(request_head_timeout_ms, &p("request_head_timeout_ms"), 60_000, ranged(10, 3_600_000));
+    (copy, max_head, max_headers, timeout)
 }
 
 fn rule(c: &mut Check<'_>, prefix: &str, r: &RawHttpRule) -> Option<HttpRule> {
@@ -236,15 +255,8 @@ fn outbound_http(
     };
     let h = raw.unwrap_or(&empty);
     let p = |f: &str| format!("{prefix}{f}");
-    let copy = c.optional(&h.mode, &p("mode"), false, |m| match m.as_str() {
-        "splice" => Ok(false),
-        "copy" => Ok(true),
-        other => Err(format!("{other:?} is not a mode (splice, copy)")),
-    });
-    let max_head = c.optional(&h.max_head_bytes, &p("max_head_bytes"), 16 * 1024, ranged(1024, 1 << 20));
-    let max_headers = c.optional(&h.max_headers, &p("max_headers"), 100, ranged(1, 1000));
-    let req_timeout =
-        c.optional(&h.request_head_timeout_ms, &p("request_head_timeout_ms"), 60_000, ranged(10, 3_600_000));
+    let (copy, max_head, max_headers, req_timeout) =
+        head_settings(c, prefix, (&h.mode, &h.max_head_bytes, &h.max_headers, &h.request_head_timeout_ms));
     let connect = c.optional(&h.connect_timeout_ms, &p("connect_timeout_ms"), 5_000, ranged(10, 600_000));
     let response = c.optional(&h.response_timeout_ms, &p("response_timeout_ms"), 30_000, ranged(10, 3_600_000));
     let retries = c.optional(&h.retries, &p("retries"), 1, ranged(0, 5));

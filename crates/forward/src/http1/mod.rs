@@ -163,10 +163,6 @@ pub async fn serve(
     }
 }
 
-fn exchange(status: u16, started: Instant, result: ExchangeResult) -> Exchange {
-    Exchange::new(status, started, result)
-}
-
 /// What follows a relayed exchange.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {
@@ -245,7 +241,7 @@ impl<'t> Conn<'t> {
         };
         tracing::debug!(status, reason = why, "request refused for its form");
         let _ = down.write_all(&weir_http::error_response(status, &why)).await;
-        let mut ex = exchange(status, Instant::now(), ExchangeResult::BadRequest);
+        let mut ex = Exchange::new(status, Instant::now(), ExchangeResult::BadRequest);
         ex.rejected = Some(reason);
         hooks.done(None, ex);
         Ok(None)
@@ -262,7 +258,7 @@ impl<'t> Conn<'t> {
         bytes: &[u8],
     ) {
         let _ = down.write_all(bytes).await;
-        hooks.done(Some(req), exchange(status, started, ExchangeResult::Local));
+        hooks.done(Some(req), Exchange::new(status, started, ExchangeResult::Local));
     }
 
     /// Relays one exchange: `head` (the request head to send) and the request body up, the
@@ -276,7 +272,7 @@ impl<'t> Conn<'t> {
         head: &[u8],
         started: Instant,
     ) -> (Exchange, Result<Next, Failure>) {
-        let mut ex = exchange(0, started, ExchangeResult::Aborted);
+        let mut ex = Exchange::new(0, started, ExchangeResult::Aborted);
         let mut relayed = false;
         let step = self.relay(down, up, req, head, &mut ex, &mut relayed).await;
         ex.duration = started.elapsed();
