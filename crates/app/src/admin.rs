@@ -1,4 +1,5 @@
-//! The admin endpoint (loopback by default): `/healthz`, `/readyz`, `/metrics`, `/status`.
+//! The admin endpoint (loopback by default): `/healthz`, `/readyz`, `/metrics`, `/status`,
+//! `/connections` (open connections' records), `/kernel/connections`.
 use crate::conn::Shared;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -42,9 +43,18 @@ fn route(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Full
             r
         }
         "/status" => text(StatusCode::OK, status_json(shared)),
+        "/connections" => text(StatusCode::OK, connections_json(shared)),
         "/kernel/connections" => text(StatusCode::OK, crate::kernel_facts::connections_json(shared)),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }
+}
+
+/// Every open mesh connection's record, as a JSON array (what `weir top` shows).
+fn connections_json(shared: &Shared) -> String {
+    let now = SystemTime::now();
+    let mut views: Vec<_> = shared.records.all().iter().map(|r| r.view(now)).collect();
+    views.sort_by_key(|v| v.id);
+    serde_json::to_string(&views).unwrap_or_else(|_| "[]".into())
 }
 
 /// Ready when the node's SVID and every workload's SVID are valid and rotating.

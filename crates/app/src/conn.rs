@@ -1,20 +1,28 @@
 //! What every mesh connection shares: the node context, ids, refusal reasons, and the
 //! bookkeeping around the pump (metrics open/close, the closing log line).
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
 use weir_forward::{Outcome, Tally};
 use weir_identity::{SpiffeId, SvidStore};
 use weir_policy::InboundPolicy;
+use weir_telemetry::records::{ConnRecord, RecordStart, Records, TcpFacts};
 use weir_telemetry::{
     ActiveLabels, BytesLabels, ClosedLabels, ConnLabels, Direction, Flow, Metrics, ModeLabels, RefusedLabels,
 };
 use weir_tls::ktls::Support;
-use weir_tls::{Mode, TlsConfigs};
+use weir_tls::{Mode, SessionFacts, TlsConfigs};
 
 /// Everything a connection handler needs, shared by all of a node's listeners.
 pub(crate) struct Shared {
     pub metrics: Metrics,
+    /// Records of open mesh connections (sampled and listed off the data path).
+    pub records: Records,
+    /// Request spans to the OTLP collector, when one is configured.
+    pub spans: Option<crate::otlp::Spans>,
     pub tls: Arc<TlsConfigs>,
     pub store: Arc<SvidStore>,
     pub ktls: Support,
@@ -62,6 +70,8 @@ impl Shared {
     ) -> Self {
         Self {
             metrics: Metrics::default(),
+            records: Records::default(),
+            spans: None,
             tls,
             store,
             ktls,
@@ -133,7 +143,36 @@ impl Refusal {
     }
 }
 
-/// One accepted, authorized connection: its metrics handles and the closing log line.
+/// The mesh leg as a connection record shows it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MeshLeg {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub fd: RawFd,
+    pub session: SessionFacts,
+    /// Served by a copy-mode HTTP listener.
+    pub copy: bool,
+}
+
+impl MeshLeg {
+    pub fn of(tcp: &TcpStream, session: SessionFacts) -> Self {
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        Self {
+            local: tcp.local_addr().unwrap_or(unspecified),
+            remote: tcp.peer_addr().unwrap_or(unspecified),
+            fd: tcp.as_raw_fd(),
+            session,
+            copy: false,
+        }
+    }
+
+    pub fn copy(self, copy: bool) -> Self {
+        Self { copy, ..self }
+    }
+}
+
+/// One accepted, authorized connection: its metrics handles, its record and the closing
+/// access-log line.
 pub(crate) struct Tracked<'a> {
     shared: &'a Shared,
     pub id: u64,
@@ -143,6 +182,7 @@ pub(crate) struct Tracked<'a> {
     pub service: String,
     started: Instant,
     pub tally: Tally,
+    pub record: Arc<ConnRecord>,
 }
 
 impl<'a> Tracked<'a> {
@@ -151,8 +191,8 @@ impl<'a> Tracked<'a> {
         id: u64,
         direction: Direction,
         mode: Mode,
-        peer: SpiffeId,
-        service: String,
+        (peer, service): (SpiffeId, String),
+        leg: MeshLeg,
     ) -> Self {
         let m = &shared.metrics;
         let label = mode.as_label();
@@ -166,14 +206,43 @@ impl<'a> Tracked<'a> {
             from_peer: weir_forward::FlowCounter::new(bytes(Flow::FromPeer)),
             userspace: m.userspace_bytes.get_or_create(&ModeLabels { mode: label }).clone(),
             userspace_body: Default::default(),
+            tcp_at_close: Default::default(),
         };
+        let record = Arc::new(ConnRecord::new(
+            RecordStart {
+                id,
+                role: "node",
+                direction,
+                local: leg.local,
+                remote: leg.remote,
+                peer: peer.to_string(),
+                service: service.clone(),
+                mode: if leg.copy { "copy" } else { label },
+                tls_mode: label,
+                tls_version: leg.session.version,
+                cipher: leg.session.cipher,
+                fd: leg.fd,
+            },
+            tally.to_peer.own(),
+            tally.from_peer.own(),
+        ));
+        shared.records.insert(record.clone());
         tracing::info!(conn = id, ?direction, mode = label, peer = %peer, service, "connection open");
-        Self { shared, id, direction, mode, peer, service, started: Instant::now(), tally }
+        Self { shared, id, direction, mode, peer, service, started: Instant::now(), tally, record }
     }
 
     pub fn close(self, outcome: Outcome) {
         let m = &self.shared.metrics;
         let label = self.mode.as_label();
+        self.record.forget_fd();
+        self.shared.records.remove(self.id);
+        if let Some(info) = self.tally.tcp_at_close.get() {
+            let added = self.record.set_tcp(tcp_facts(info));
+            let labels = ConnLabels { direction: self.direction, mode: label, peer: self.peer.to_string() };
+            m.tcp_retransmits.get_or_create(&labels).inc_by(u64::from(added));
+            let at_close = ActiveLabels { direction: self.direction, mode: label };
+            m.tcp_srtt_us.get_or_create(&at_close).observe(f64::from(info.srtt_us));
+        }
         m.closed
             .get_or_create(&ClosedLabels {
                 direction: self.direction,
@@ -184,24 +253,47 @@ impl<'a> Tracked<'a> {
             .inc();
         m.active.get_or_create(&ActiveLabels { direction: self.direction, mode: label }).dec();
         self.shared.open.fetch_sub(1, Ordering::Relaxed);
-        let (sent, received) = (self.tally.to_peer.get(), self.tally.from_peer.get());
         let secs = self.started.elapsed().as_secs_f64();
+        let r = self.record.view(std::time::SystemTime::now());
+        let tcp = r.tcp.unwrap_or_default();
+        // One access-log line per connection: the whole record, joined with how it ended.
+        macro_rules! closing_line {
+            ($level:ident, $message:literal $(, $extra:ident = $value:expr)*) => {
+                tracing::$level!(
+                    target: "weir::access",
+                    conn = r.id, direction = r.direction, role = r.role, mode = r.mode,
+                    local = %r.local, remote = %r.remote, peer = r.peer, service = r.service,
+                    tls_version = r.tls_version, cipher = r.cipher,
+                    sent = r.bytes_to_peer, received = r.bytes_from_peer, requests = r.requests,
+                    srtt_us = tcp.srtt_us, rttvar_us = tcp.rttvar_us, retransmits = tcp.retransmits,
+                    cwnd = tcp.cwnd, delivery_rate = tcp.delivery_rate, secs,
+                    outcome = outcome.as_label() $(, $extra = $value)*, $message
+                )
+            };
+        }
         match &outcome {
-            Outcome::Closed => {
-                tracing::info!(conn = self.id, direction = ?self.direction, mode = label, peer = %self.peer, service = self.service, sent, received, secs, "connection closed")
-            }
+            Outcome::Closed => closing_line!(info, "connection closed"),
             Outcome::Failed(side, e) => {
-                tracing::warn!(conn = self.id, direction = ?self.direction, mode = label, peer = %self.peer, service = self.service, sent, received, secs, ?side, error = %e, "connection failed")
+                closing_line!(warn, "connection failed", side = format!("{side:?}"), error = e.to_string())
             }
             // A reset is how clients abandon connections (load generators at the end of a run,
             // browsers navigating away): worth a line, not a warning.
-            Outcome::Reset(_) => {
-                tracing::info!(conn = self.id, direction = ?self.direction, mode = label, peer = %self.peer, service = self.service, sent, received, secs, outcome = outcome.as_label(), "connection reset")
-            }
-            other => {
-                tracing::warn!(conn = self.id, direction = ?self.direction, mode = label, peer = %self.peer, service = self.service, sent, received, secs, outcome = other.as_label(), "connection ended abnormally")
-            }
+            Outcome::Reset(_) => closing_line!(info, "connection reset"),
+            _ => closing_line!(warn, "connection ended abnormally"),
         }
+    }
+}
+
+/// A `TCP_INFO` reading as a record keeps it.
+pub(crate) fn tcp_facts(info: &weir_sys::TcpInfo) -> TcpFacts {
+    TcpFacts {
+        srtt_us: info.srtt_us,
+        rttvar_us: info.rttvar_us,
+        retransmits: info.total_retrans,
+        lost: info.lost,
+        cwnd: info.snd_cwnd,
+        delivery_rate: info.delivery_rate,
+        sampled_unix_ms: weir_telemetry::records::unix_ms(std::time::SystemTime::now()),
     }
 }
 

@@ -48,6 +48,9 @@ impl Who {
             source: self.source.clone(),
             destination: self.destination.clone(),
             mode: "copy",
+            // Inbound streams share the mesh connection's id; an outbound app connection is not
+            // a mesh connection and has no record.
+            record: self.shared.records.get(self.conn),
         }
     }
 
@@ -302,11 +305,11 @@ async fn mesh_sender(
 ) -> Option<Sender> {
     let id = shared.next_id();
     let up = crate::outbound::connect(target, tls, shared, id, timeout).await.ok()?;
-    let mode = up.mode();
+    let (mode, leg) = (up.mode(), up.leg(true));
     let io: Box<dyn weir_forward::http1::ByteStream> = match up {
         // The inbound side speaks only after the client's preface: early bytes cannot be framed.
-        crate::outbound::Upstream::Ktls(_, drained) if !drained.is_empty() => return None,
-        crate::outbound::Upstream::Ktls(socket, _) => Box::new(socket),
+        crate::outbound::Upstream::Ktls(_, drained, _) if !drained.is_empty() => return None,
+        crate::outbound::Upstream::Ktls(socket, _, _) => Box::new(socket),
         crate::outbound::Upstream::Tls(tls) => tls,
     };
     let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
@@ -316,7 +319,7 @@ async fn mesh_sender(
         .ok()?;
     let (shared, peer, service) = (shared.clone(), target.peer_id.clone(), target.service.clone());
     tokio::spawn(async move {
-        let t = crate::conn::Tracked::open(&shared, id, Direction::Outbound, mode, peer, service);
+        let t = crate::conn::Tracked::open(&shared, id, Direction::Outbound, mode, (peer, service), leg);
         let outcome = match connection.await {
             Ok(()) => weir_forward::Outcome::Closed,
             Err(e) => weir_forward::Outcome::Failed(weir_forward::Side::Peer, std::io::Error::other(e.to_string())),

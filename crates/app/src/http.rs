@@ -3,6 +3,7 @@
 //! metrics and the access log. The bytes move in `weir_forward::http1` (heads only through
 //! userspace; bodies spliced unless a leg is userspace TLS or the service is in copy mode).
 use crate::conn::{Shared, Tracked};
+use opentelemetry::KeyValue;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::net::TcpStream;
@@ -15,6 +16,7 @@ use weir_policy::{HttpVerdict, RateLimiter, RequestFacts};
 use weir_telemetry::http::{
     method_label, status_class, BodyLabels, DurationLabels, RejectedLabels, RequestLabels, VerdictLabels,
 };
+use weir_telemetry::records::ConnRecord;
 use weir_telemetry::trace::TraceContext;
 use weir_telemetry::Direction;
 
@@ -70,6 +72,9 @@ pub(crate) async fn inbound_ktls(
         let mut hooks = InboundHooks::new(shared, svc, t, copy);
         http1::serve(&mut down, &mut up, (Side::Peer, Side::Local), &mut hooks, &svc.limits(), &t.tally).await
     };
+    if !matches!(result, Ok(End::Upgraded)) {
+        t.tally.note_close(&peer);
+    }
     match result {
         Ok(End::Closed) => Outcome::Closed,
         Ok(End::Upgraded) => weir_forward::splice_ktls(backend, peer, Vec::new(), &t.tally, shared.limits).await,
@@ -116,6 +121,9 @@ where
         let mut hooks = InboundHooks::new(shared, svc, t, copy);
         http1::serve(&mut down, &mut up, (Side::Peer, Side::Local), &mut hooks, &svc.limits(), &t.tally).await
     };
+    if !matches!(result, Ok(End::Upgraded)) {
+        t.tally.note_close(tls.tcp());
+    }
     match result {
         Ok(End::Closed) => Outcome::Closed,
         Ok(End::Upgraded) => weir_forward::copy_tls(backend, tls, &t.tally).await,
@@ -197,6 +205,9 @@ pub(crate) fn origin_form(head: &RequestHead) -> std::borrow::Cow<'_, RequestHea
     std::borrow::Cow::Owned(out)
 }
 
+/// A request's log line and span use TCP facts at most this old (else read afresh).
+const FRESH: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Where a connection's requests are counted and logged.
 pub(crate) struct Recorder<'a> {
     pub shared: &'a Shared,
@@ -207,6 +218,8 @@ pub(crate) struct Recorder<'a> {
     pub source: SpiffeId,
     pub destination: SpiffeId,
     pub mode: &'static str,
+    /// The mesh connection the current request runs on (its L4 facts join the request).
+    pub record: Option<Arc<ConnRecord>>,
 }
 
 impl Recorder<'_> {
@@ -236,9 +249,48 @@ impl Recorder<'_> {
             Some(c) => (c.path.as_str(), c.trace.trace_id.as_str(), c.trace.span_id.as_str(), c.verdict),
             None => ("", "", "", ex.rejected.unwrap_or("bad_request")),
         };
+        // The request joins its mesh connection: id and TCP facts at most FRESH old.
+        let (mesh_conn, tcp) = match &self.record {
+            Some(r) => {
+                r.requests.inc();
+                (r.start().id, crate::sampler::facts_within(self.shared, r, FRESH))
+            }
+            None => (0, None),
+        };
+        let tcp = tcp.unwrap_or_default();
+        if let (Some(spans), Some(c)) = (&self.shared.spans, current) {
+            let end = std::time::SystemTime::now();
+            let mut attributes = vec![
+                KeyValue::new("http.request.method", head.map_or("", |h| h.method.as_str()).to_owned()),
+                KeyValue::new("url.path", c.path.clone()),
+                KeyValue::new("http.response.status_code", i64::from(ex.status)),
+                KeyValue::new("weir.service", self.service.clone()),
+                KeyValue::new("weir.source", self.source.to_string()),
+                KeyValue::new("weir.destination", self.destination.to_string()),
+                KeyValue::new("weir.verdict", verdict),
+                KeyValue::new("weir.conn_id", mesh_conn as i64),
+                KeyValue::new("weir.mode", self.mode),
+                KeyValue::new("weir.tcp.srtt_us", i64::from(tcp.srtt_us)),
+                KeyValue::new("weir.tcp.rttvar_us", i64::from(tcp.rttvar_us)),
+                KeyValue::new("weir.tcp.retransmits", i64::from(tcp.retransmits)),
+                KeyValue::new("weir.tcp.cwnd", i64::from(tcp.cwnd)),
+            ];
+            if !self.route.is_empty() {
+                attributes.push(KeyValue::new("http.route", self.route.clone()));
+            }
+            spans.offer(crate::otlp::RequestSpan {
+                trace: &c.trace,
+                inbound: self.direction == Direction::Inbound,
+                start: end.checked_sub(ex.duration).unwrap_or(end),
+                end,
+                status: ex.status,
+                attributes,
+            });
+        }
         tracing::info!(
             target: "weir::access",
             conn = self.conn,
+            mesh_conn,
             direction = ?self.direction,
             service = self.service,
             route = self.route,
@@ -254,6 +306,8 @@ impl Recorder<'_> {
             userspace_body_bytes = ex.userspace_body,
             duration_us = ex.duration.as_micros() as u64,
             mode = self.mode,
+            srtt_us = tcp.srtt_us,
+            retransmits = tcp.retransmits,
             trace_id,
             span_id,
             "request"
@@ -279,6 +333,7 @@ impl<'a> InboundHooks<'a> {
             source: t.peer.clone(),
             destination: shared.store.id().clone(),
             mode,
+            record: Some(t.record.clone()),
         };
         Self { rec, svc, current: None }
     }

@@ -1,7 +1,7 @@
 //! The inbound listener: a peer node connects, both sides prove their SVIDs, the preamble
 //! names a local service, policy decides (default deny), and on success bytes flow to the
 //! local backend.
-use crate::conn::{Refusal, Shared, Tracked};
+use crate::conn::{MeshLeg, Refusal, Shared, Tracked};
 use crate::outbound::kernel_ready;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -60,7 +60,8 @@ async fn handle(socket: TcpStream, from: SocketAddr, backends: &Backends, shared
             let detail = format_args!("{}: data before the preamble answer", a.peer);
             return shared.refuse(id, Direction::Inbound, Refusal::PreambleMalformed, &detail);
         }
-        let t = Tracked::open(shared, id, Direction::Inbound, Mode::KtlsSw, a.peer, a.service);
+        let leg = MeshLeg::of(&switched.socket, switched.session).copy(http.as_ref().is_some_and(|h| h.config.copy));
+        let t = Tracked::open(shared, id, Direction::Inbound, Mode::KtlsSw, (a.peer, a.service), leg);
         let outcome = match http {
             Some(svc) => crate::http::inbound_ktls(shared, &svc, &t, a.backend, switched.socket).await,
             None => {
@@ -71,7 +72,9 @@ async fn handle(socket: TcpStream, from: SocketAddr, backends: &Backends, shared
     } else {
         let Some(a) = accept(acceptor, socket, from, backends, shared, id).await else { return };
         let http = http_service(shared, &a.service);
-        let t = Tracked::open(shared, id, Direction::Inbound, Mode::Userspace, a.peer, a.service);
+        let (tcp, session) = (a.tls.get_ref().0, weir_tls::SessionFacts::of(a.tls.get_ref().1));
+        let leg = MeshLeg::of(tcp, session).copy(http.as_ref().is_some_and(|h| h.config.copy));
+        let t = Tracked::open(shared, id, Direction::Inbound, Mode::Userspace, (a.peer, a.service), leg);
         let outcome = match http {
             Some(svc) => crate::http::inbound_tls(shared, &svc, &t, a.backend, a.tls).await,
             None => weir_forward::copy_tls(a.backend, a.tls, &t.tally).await,

@@ -15,9 +15,11 @@ mod http;
 mod inbound;
 mod kernel_facts;
 mod node;
+mod otlp;
 mod outbound;
 mod outbound_http;
 mod routing;
+mod sampler;
 
 pub use node::{Node, StartError};
 pub use weir_sys::{abort_on_close, raise_fd_limit};

@@ -145,7 +145,15 @@ impl Node {
             shared.orig_dst = Some(kernel.original_destinations()?);
             shared.kernel = std::sync::Mutex::new(Some(kernel));
         }
+        if let Some(endpoint) = &config.telemetry.otlp_endpoint {
+            let (spans, task) =
+                crate::otlp::Spans::start(endpoint, config.telemetry.otlp_queue, &config.node_name, &shared.metrics);
+            tracing::info!(endpoint, "request spans exported over OTLP/gRPC");
+            shared.spans = Some(spans);
+            tasks.push(task);
+        }
         let shared = Arc::new(shared);
+        tasks.push(tokio::spawn(crate::sampler::run(shared.clone(), config.telemetry.tcp_sample_interval)));
         for l in capture_listeners {
             tasks.push(tokio::spawn(capture::serve(l, shared.clone())));
         }

@@ -1,7 +1,7 @@
 //! The outbound listener: a local app connects to a mapped port; this node connects to the
 //! peer node, proves its identity, checks the peer's, names the destination service in the
 //! preamble, then forwards (kTLS splice, or userspace TLS where the kernel has no kTLS).
-use crate::conn::{rustls_error, Refusal, Shared, Tracked};
+use crate::conn::{rustls_error, MeshLeg, Refusal, Shared, Tracked};
 use rustls::pki_types::ServerName;
 use std::os::fd::AsFd;
 use std::sync::Arc;
@@ -44,9 +44,10 @@ pub(crate) async fn handle(app: TcpStream, route: &OutboundRoute, tls: &Arc<TlsC
         Ok(peer) => peer,
         Err(Refused) => return reset(app),
     };
-    let t = Tracked::open(shared, id, Direction::Outbound, peer.mode(), route.peer_id.clone(), route.service.clone());
+    let who = (route.peer_id.clone(), route.service.clone());
+    let t = Tracked::open(shared, id, Direction::Outbound, peer.mode(), who, peer.leg(false));
     let outcome = match peer {
-        Upstream::Ktls(socket, drained) => {
+        Upstream::Ktls(socket, drained, _) => {
             weir_forward::splice_ktls(app, socket, drained, &t.tally, shared.limits).await
         }
         Upstream::Tls(tls) => weir_forward::copy_tls(app, *tls, &t.tally).await,
@@ -56,8 +57,9 @@ pub(crate) async fn handle(app: TcpStream, route: &OutboundRoute, tls: &Arc<TlsC
 
 /// A mesh connection to a peer node, past handshake and preamble.
 pub(crate) enum Upstream {
-    /// kTLS installed both ways; plaintext rustls decrypted before the switch.
-    Ktls(TcpStream, Vec<u8>),
+    /// kTLS installed both ways; plaintext rustls decrypted before the switch; what the
+    /// handshake negotiated.
+    Ktls(TcpStream, Vec<u8>, weir_tls::SessionFacts),
     /// Userspace TLS.
     Tls(Box<TlsStream<TcpStream>>),
 }
@@ -68,6 +70,15 @@ impl Upstream {
             Self::Ktls(..) => Mode::KtlsSw,
             Self::Tls(_) => Mode::Userspace,
         }
+    }
+
+    /// The mesh leg for the connection's record (`copy`: served in copy mode).
+    pub fn leg(&self, copy: bool) -> MeshLeg {
+        match self {
+            Self::Ktls(socket, _, session) => MeshLeg::of(socket, *session),
+            Self::Tls(tls) => MeshLeg::of(tls.get_ref().0, weir_tls::SessionFacts::of(tls.get_ref().1)),
+        }
+        .copy(copy)
     }
 }
 
@@ -100,7 +111,7 @@ pub(crate) async fn connect(
     if shared.ktls_available() && kernel_ready(&peer, shared, id) {
         let tls = handshake(connector, CorkStream::new(peer), route, shared, id).await.ok_or(Refused)?;
         match ktls::switch_client(tls).await {
-            Ok(s) => Ok(Upstream::Ktls(s.socket, s.drained)),
+            Ok(s) => Ok(Upstream::Ktls(s.socket, s.drained, s.session)),
             Err(e) => Err(refuse(Refusal::KtlsSetupFailed, &e)),
         }
     } else {

@@ -26,12 +26,17 @@ struct Pooled<'s> {
 impl Pooled<'_> {
     fn leg(&mut self, copy: bool) -> Leg<'_> {
         match &mut self.up {
-            Upstream::Ktls(socket, _) => Leg::socket(socket, true, copy),
+            Upstream::Ktls(socket, _, _) => Leg::socket(socket, true, copy),
             Upstream::Tls(tls) => Leg::stream(&mut **tls),
         }
     }
 
     async fn close(mut self, outcome: Outcome) {
+        let tcp = match &self.up {
+            Upstream::Ktls(socket, _, _) => socket,
+            Upstream::Tls(tls) => tls.get_ref().0,
+        };
+        self.tracked.tally.note_close(tcp);
         if matches!(outcome, Outcome::Closed) {
             let _ = weir_forward::http1::finish(&mut self.leg(false)).await;
         }
@@ -79,6 +84,7 @@ pub(crate) async fn handle(
             source: source.clone(),
             destination: entry.peer_id.clone(),
             mode: if http.copy { "copy" } else { "userspace" },
+            record: None,
         },
         current: None,
     };
@@ -118,7 +124,7 @@ pub(crate) async fn handle(
             log.rec.destination = target.peer_id.clone();
             let mut pooled = match pool.remove(service) {
                 Some(p) => p,
-                None => match connect(target, tls, shared, route.connect_timeout).await {
+                None => match connect(target, tls, shared, route.connect_timeout, http.copy).await {
                     Some(p) => p,
                     None if may_retry && attempt < route.retries => {
                         attempt += 1;
@@ -130,6 +136,7 @@ pub(crate) async fn handle(
             if !http.copy {
                 log.rec.mode = pooled.tracked.mode.as_label();
             }
+            log.rec.record = Some(pooled.tracked.record.clone());
             let conn_limits = Http1Limits { response_head: route.response_timeout, ..limits };
             // Counters are shared handles: the clone counts into the mesh connection's own.
             let tally = pooled.tracked.tally.clone();
@@ -198,7 +205,7 @@ pub(crate) async fn handle(
     match upgraded {
         Some(Pooled { up, tracked }) => {
             let outcome = match up {
-                Upstream::Ktls(socket, _) => {
+                Upstream::Ktls(socket, _, _) => {
                     weir_forward::splice_ktls(app, socket, Vec::new(), &tracked.tally, shared.limits).await
                 }
                 Upstream::Tls(tls) => weir_forward::copy_tls(app, *tls, &tracked.tally).await,
@@ -219,18 +226,19 @@ async fn connect<'s>(
     tls: &TlsConfigs,
     shared: &'s Shared,
     timeout: std::time::Duration,
+    copy: bool,
 ) -> Option<Pooled<'s>> {
     let id = shared.next_id();
     let up = outbound::connect(target, tls, shared, id, timeout).await.ok()?;
-    if let Upstream::Ktls(_, drained) = &up {
+    if let Upstream::Ktls(_, drained, _) = &up {
         if !drained.is_empty() {
             // The inbound side speaks only after a request: bytes this early cannot be framed.
             shared.refuse(id, Direction::Outbound, Refusal::PreambleMalformed, &"data before the first request");
             return None;
         }
     }
-    let tracked =
-        Tracked::open(shared, id, Direction::Outbound, up.mode(), target.peer_id.clone(), target.service.clone());
+    let who = (target.peer_id.clone(), target.service.clone());
+    let tracked = Tracked::open(shared, id, Direction::Outbound, up.mode(), who, up.leg(copy));
     Some(Pooled { up, tracked })
 }
 

@@ -13,7 +13,7 @@ mod typed;
 pub use http::{HttpConfig, HttpRoute, OutboundHttp};
 pub use typed::{
     Config, IdentityConfig, InboundConfig, KernelConfig, KernelMode, KtlsConfig, KtlsMode, LogConfig, LogFormat,
-    OutboundRoute, ServiceConfig, WorkloadConfig,
+    OutboundRoute, ServiceConfig, TelemetryConfig, WorkloadConfig,
 };
 
 /// The embedded default configuration.

@@ -10,6 +10,7 @@ pub(crate) struct RawConfig {
     pub identity: Option<RawIdentity>,
     pub admin: Option<RawAdmin>,
     pub log: Option<RawLog>,
+    pub telemetry: Option<RawTelemetry>,
     pub ktls: Option<RawKtls>,
     pub inbound: Option<RawInbound>,
     #[serde(default)]
@@ -66,6 +67,14 @@ pub(crate) struct RawAdmin {
 pub(crate) struct RawLog {
     pub format: Option<Spanned<String>>,
     pub level: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTelemetry {
+    pub tcp_sample_interval_ms: Option<Spanned<i64>>,
+    pub otlp_endpoint: Option<Spanned<String>>,
+    pub otlp_queue: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

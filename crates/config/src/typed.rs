@@ -21,6 +21,8 @@ pub struct Config {
     pub admin: SocketAddr,
     /// Logging.
     pub log: LogConfig,
+    /// Connection records and trace export.
+    pub telemetry: TelemetryConfig,
     /// Kernel TLS.
     pub ktls: KtlsConfig,
     /// The inbound mTLS listener for peer nodes, if this node serves anything.
@@ -89,6 +91,17 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// Level: error, warn, info, debug or trace.
     pub level: String,
+}
+
+/// Connection records and trace export.
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// How often `TCP_INFO` of every open mesh leg is read.
+    pub tcp_sample_interval: Duration,
+    /// OTLP/gRPC collector (`http://host:4317`) for request spans; none: no export.
+    pub otlp_endpoint: Option<String>,
+    /// Spans waiting for export at most; more are dropped (and counted), never waited for.
+    pub otlp_queue: usize,
 }
 
 /// Log line format.
@@ -308,6 +321,29 @@ impl Config {
                 });
             format.zip(level).map(|(format, level)| LogConfig { format, level })
         };
+        let telemetry = {
+            let t = raw.telemetry.as_ref();
+            let every = c.optional(
+                &t.and_then(|t| t.tcp_sample_interval_ms.clone()),
+                "telemetry.tcp_sample_interval_ms",
+                1000,
+                ranged(100, 600_000),
+            );
+            let queue =
+                c.optional(&t.and_then(|t| t.otlp_queue.clone()), "telemetry.otlp_queue", 4096, ranged(1, 1 << 20));
+            let endpoint = match t.and_then(|t| t.otlp_endpoint.as_ref()) {
+                Some(e) => c.value(e, "telemetry.otlp_endpoint", |e| otlp_endpoint(e).map(Some)),
+                None => Some(None),
+            };
+            match (every, queue, endpoint) {
+                (Some(every), Some(queue), Some(otlp_endpoint)) => Some(TelemetryConfig {
+                    tcp_sample_interval: Duration::from_millis(every as u64),
+                    otlp_endpoint,
+                    otlp_queue: queue as usize,
+                }),
+                _ => None,
+            }
+        };
         let ktls = {
             let k = raw.ktls.as_ref();
             let mode = c.optional(&k.and_then(|k| k.mode.clone()), "ktls.mode", KtlsMode::Auto, |m| match m.as_str() {
@@ -382,12 +418,23 @@ impl Config {
             identity: identity.ok_or_else(incomplete)?,
             admin: admin.ok_or_else(incomplete)?,
             log: log.ok_or_else(incomplete)?,
+            telemetry: telemetry.ok_or_else(incomplete)?,
             ktls: ktls.ok_or_else(incomplete)?,
             inbound: inbound.map(|i| i.ok_or_else(incomplete)).transpose()?,
             outbound: outbound.into_iter().map(|o| o.ok_or_else(incomplete)).collect::<Result<_, _>>()?,
             kernel: kernel.ok_or_else(incomplete)?,
             workloads: workloads.into_iter().map(|w| w.ok_or_else(incomplete)).collect::<Result<_, _>>()?,
         })
+    }
+}
+
+/// `http://host:port` or `https://host:port`, as the OTLP/gRPC exporter takes it.
+fn otlp_endpoint(e: &String) -> Result<String, String> {
+    let rest = e.strip_prefix("http://").or_else(|| e.strip_prefix("https://"));
+    match rest {
+        Some(authority) if !authority.is_empty() && !authority.contains(['/', ' ']) => Ok(e.clone()),
+        Some(_) => Err(format!("{e:?} needs a host and port and no path, e.g. \"http://127.0.0.1:4317\"")),
+        None => Err(format!("{e:?} is not an http:// or https:// URL")),
     }
 }
 

@@ -40,6 +40,7 @@ where
     let from_peer = pump(&mut peer_rd, &mut local_wr, &tally.from_peer, &tally.userspace, (Side::Peer, Side::Local));
     let result = tokio::try_join!(to_peer, from_peer);
     let peer = peer_rd.unsplit(peer_wr);
+    tally.note_close(peer.tcp());
     match result {
         Ok(_) => Outcome::Closed,
         Err(outcome) => {

@@ -30,6 +30,21 @@ pub struct Tally {
     /// HTTP body bytes that crossed userspace: 0 when both legs splice, the body size where a
     /// leg is userspace TLS or the listener is in copy mode.
     pub userspace_body: Counter,
+    /// The mesh leg's `TCP_INFO` read just before the pump let go of it.
+    pub tcp_at_close: std::sync::Arc<std::sync::OnceLock<weir_sys::TcpInfo>>,
+}
+
+impl Tally {
+    /// Reads the mesh leg's `TCP_INFO` for the connection's closing record; the first call
+    /// wins (the HTTP path may hand over to the L4 pump, which calls it again).
+    pub fn note_close(&self, peer: &tokio::net::TcpStream) {
+        use std::os::fd::AsFd;
+        if self.tcp_at_close.get().is_none() {
+            if let Ok(info) = weir_sys::tcp_info(peer.as_fd()) {
+                let _ = self.tcp_at_close.set(info);
+            }
+        }
+    }
 }
 
 /// Bytes of one flow: a metric family's counter (shared by every connection with the same
@@ -55,6 +70,11 @@ impl FlowCounter {
     /// This connection's total.
     pub fn get(&self) -> u64 {
         self.own.get()
+    }
+
+    /// A handle on this connection's own total (for its record).
+    pub fn own(&self) -> Counter {
+        self.own.clone()
     }
 }
 

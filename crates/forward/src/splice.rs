@@ -42,6 +42,7 @@ pub async fn splice_ktls(
         local_to_peer(&local, &peer, tally, limits),
         peer_to_local(&peer, &local, drained, tally, limits)
     );
+    tally.note_close(&peer);
     match result {
         Ok(_) => Outcome::Closed,
         Err(outcome) => {

@@ -2,7 +2,7 @@
 //!
 //! Owns: pipes and splice(2), the kernel TLS socket options (`TCP_ULP`, `SOL_TLS`), TLS record
 //! control messages (`TLS_SET_RECORD_TYPE` / `TLS_GET_RECORD_TYPE`), abortive close (`SO_LINGER`
-//! 0), the bpf(2) link and pin calls aya does not expose, and kernel feature probes. Does not own any policy about when to call them: that is
+//! 0), `TCP_INFO`, the bpf(2) link and pin calls aya does not expose, and kernel feature probes. Does not own any policy about when to call them: that is
 //! `weir-forward` and `weir-tls`.
 #![allow(unsafe_code, reason = "this crate is the one place for unsafe syscalls")]
 
@@ -10,6 +10,7 @@ pub mod bpf;
 mod ktls;
 mod pipe;
 mod socket;
+mod tcp_info;
 
 pub use ktls::{
     attach_tls_ulp, kernel_tls_ulp_available, recv_tls_record, send_tls_record, set_tls_crypto, RecordType,
@@ -17,6 +18,7 @@ pub use ktls::{
 };
 pub use pipe::{splice, Pipe, SpliceFlags};
 pub use socket::{abort_on_close, raise_fd_limit, shutdown_write};
+pub use tcp_info::{tcp_info, tcp_info_if_same, TcpInfo};
 
 /// A failed syscall, naming the call that failed.
 #[derive(Debug, thiserror::Error)]

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod http;
+pub mod records;
 pub mod trace;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
@@ -185,7 +186,7 @@ impl Default for KernelMetrics {
 }
 
 /// Every metric of a node.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     /// The eBPF kernel path's metrics (empty when it does not run).
     pub kernel: KernelMetrics,
@@ -211,6 +212,52 @@ pub struct Metrics {
     pub svid_rotations: Family<ResultLabels, Counter>,
     /// Unix time the current SVID expires.
     pub svid_expiry_seconds: Gauge,
+    /// Retransmitted segments on mesh legs (TCP_INFO, added as sampled and at close).
+    pub tcp_retransmits: Family<ConnLabels, Counter>,
+    /// Smoothed RTT of mesh legs at close.
+    pub tcp_srtt_us: Family<ActiveLabels, Histogram, fn() -> Histogram>,
+    /// Host-wide kTLS counters from `/proc/net/tls_stat`, as the kernel reports them.
+    pub kernel_tls_stat: Family<TlsStatLabels, Gauge>,
+    /// Spans handed to the OTLP exporter, by result.
+    pub otlp_spans: Family<SpanResultLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            kernel: KernelMetrics::default(),
+            http: http::HttpMetrics::default(),
+            opened: Family::default(),
+            closed: Family::default(),
+            active: Family::default(),
+            bytes: Family::default(),
+            userspace_bytes: Family::default(),
+            refused: Family::default(),
+            ktls_fallbacks: Counter::default(),
+            ktls_enabled: Gauge::default(),
+            svid_rotations: Family::default(),
+            svid_expiry_seconds: Gauge::default(),
+            tcp_retransmits: Family::default(),
+            tcp_srtt_us: Family::new_with_constructor(rtt_histogram),
+            kernel_tls_stat: Family::default(),
+            otlp_spans: Family::default(),
+        }
+    }
+}
+
+/// Labels of `/proc/net/tls_stat` lines.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TlsStatLabels {
+    /// The kernel's counter name (`TlsCurrTxSw`, `TlsDecryptError`, …; a fixed set).
+    pub stat: String,
+}
+
+/// Labels of exported spans.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpanResultLabels {
+    /// `exported`, `dropped_queue_full` (the exporter fell behind) or `dropped_export_failed`
+    /// (the collector was unreachable or refused them).
+    pub result: &'static str,
 }
 
 impl Metrics {
@@ -239,6 +286,18 @@ impl Metrics {
             "Unix time the current SVID expires",
             self.svid_expiry_seconds.clone(),
         );
+        r.register(
+            "tcp_retransmits",
+            "Retransmitted segments on mesh legs (TCP_INFO of Weir's own sockets)",
+            self.tcp_retransmits.clone(),
+        );
+        r.register("tcp_srtt_microseconds", "Smoothed RTT of mesh legs at close (TCP_INFO)", self.tcp_srtt_us.clone());
+        r.register(
+            "kernel_tls_stat",
+            "Host-wide kernel TLS counters from /proc/net/tls_stat, as the kernel reports them",
+            self.kernel_tls_stat.clone(),
+        );
+        r.register("otlp_spans", "Request spans handed to the OTLP exporter, by result", self.otlp_spans.clone());
         self.http.register(&mut r);
         let k = &self.kernel;
         r.register(

@@ -63,6 +63,8 @@ pub struct Switched {
     pub socket: TcpStream,
     /// Plaintext rustls had already decrypted before the switch: deliver it first.
     pub drained: Vec<u8>,
+    /// What the handshake negotiated (the kernel keeps no readable copy for the record).
+    pub session: crate::SessionFacts,
 }
 
 /// Why the hand-off failed. The connection is lost when this happens (fail closed).
@@ -119,8 +121,9 @@ async fn drain<S: AsyncRead + Unpin>(s: &mut S) -> Result<Vec<u8>, Error> {
 /// Moves a drained connection's keys into the kernel.
 fn hand_over(socket: TcpStream, conn: rustls::Connection, drained: Vec<u8>) -> Result<Switched, Error> {
     let suite = conn.negotiated_cipher_suite().ok_or(Error::NoSuite)?;
+    let session = crate::SessionFacts::of(&conn);
     install(&socket, suite, conn.dangerous_extract_secrets().map_err(Error::Secrets)?)?;
-    Ok(Switched { socket, drained })
+    Ok(Switched { socket, drained, session })
 }
 
 fn install(socket: &TcpStream, suite: SupportedCipherSuite, secrets: ExtractedSecrets) -> Result<(), Error> {

@@ -36,6 +36,25 @@ impl Mode {
     }
 }
 
+/// The negotiated TLS version and cipher suite of a session, as connection records show them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionFacts {
+    /// `TLSv1_3`, …
+    pub version: &'static str,
+    /// IANA name, e.g. `TLS13_AES_128_GCM_SHA256`.
+    pub cipher: &'static str,
+}
+
+impl SessionFacts {
+    /// Read from a completed handshake.
+    pub fn of(conn: &rustls::CommonState) -> Self {
+        Self {
+            version: conn.protocol_version().and_then(|v| v.as_str()).unwrap_or("unknown"),
+            cipher: conn.negotiated_cipher_suite().and_then(|s| s.suite().as_str()).unwrap_or("unknown"),
+        }
+    }
+}
+
 impl std::fmt::Display for Mode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_label())
