@@ -9,7 +9,7 @@ PACKAGES=(
   # guest kernels for the kTLS suite (TESTING.md)
   user-mode-linux qemu-system-x86 linux-image-amd64 busybox-static cpio kmod xz-utils binutils bc
   # network test harness and real peers
-  iproute2 nftables tcpdump curl wrk nghttp2-client iperf3 haproxy nginx-light openssl procps util-linux python3
+  iproute2 nftables iptables bpftool tcpdump curl wrk nghttp2-client iperf3 haproxy nginx-light openssl procps util-linux python3
 )
 
 missing=()

@@ -11,7 +11,7 @@ CARGO=${CARGO:-cargo}
 lint() {
   echo "== lint: rustfmt, clippy -D warnings"
   $CARGO fmt --all --check
-  $CARGO clippy --release --workspace --all-targets --features weir-app/guest-tests -- -D warnings
+  $CARGO clippy --release --workspace --all-targets --features weir-app/guest-tests,weir-probe/guest-tests -- -D warnings
 }
 
 host() {
@@ -24,6 +24,8 @@ ktls() {
   # Each test binary boots one guest; tests inside run one at a time (1 vCPU).
   CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/tests/vm/run-in-uml.sh" \
     $CARGO test --release -p weir-app --features guest-tests --test ktls --test ktls_fallback -- --test-threads=1 --color never
+  CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/tests/vm/run-in-uml.sh" \
+    $CARGO test --release -p weir-probe --features guest-tests --test ktls_guest -- --test-threads=1 --color never
 }
 
 case "$what" in

@@ -36,10 +36,11 @@ pub struct CryptoDriver {
 }
 
 /// Facts gathered from the host that decide kTLS availability.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct KtlsFacts {
-    /// Contents of /proc/sys/net/ipv4/tcp_available_ulp, if readable.
-    pub available_ulp: Option<String>,
+    /// Contents of /proc/sys/net/ipv4/tcp_available_ulp, or why it could not be read (it
+    /// exists only in the initial network namespace).
+    pub available_ulp: Result<String, String>,
     /// Kernel release (`uname -r`).
     pub release: String,
     /// Whether /lib/modules/<release> exists.
@@ -77,7 +78,8 @@ pub fn ktls_facts(release: &str) -> KtlsFacts {
             .to_owned()
     });
     KtlsFacts {
-        available_ulp: std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp").ok(),
+        available_ulp: std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp")
+            .map_err(|e| format!("/proc/sys/net/ipv4/tcp_available_ulp: {e}")),
         release: release.to_owned(),
         modules_dir: dir.is_dir(),
         module_file,
@@ -89,7 +91,7 @@ pub fn ktls_facts(release: &str) -> KtlsFacts {
 /// Decides kTLS availability from the facts.
 pub fn judge_ktls(f: &KtlsFacts) -> Ktls {
     let ulps = f.available_ulp.as_deref().map(str::trim);
-    if ulps.is_some_and(|u| u.split_whitespace().any(|n| n == "tls")) {
+    if ulps.is_ok_and(|u| u.split_whitespace().any(|n| n == "tls")) {
         return Ktls { available: true, reason: "`tls` is registered in tcp_available_ulp".into() };
     }
     if let Some(file) = &f.module_file {
@@ -99,9 +101,9 @@ pub fn judge_ktls(f: &KtlsFacts) -> Ktls {
         return Ktls { available: true, reason: "`tls` is built in (modules.builtin)".into() };
     }
     let listed = match ulps {
-        Some("") => "tcp_available_ulp is empty".to_owned(),
-        Some(u) => format!("tcp_available_ulp lists only: {u}"),
-        None => "tcp_available_ulp unreadable".to_owned(),
+        Ok("") => "tcp_available_ulp is empty".to_owned(),
+        Ok(u) => format!("tcp_available_ulp lists only: {u}"),
+        Err(e) => format!("unreadable {e}"),
     };
     let reason = match (&f.config_line, f.modules_dir) {
         (Some(line), _) if line.starts_with("CONFIG_TLS=") => {
@@ -208,14 +210,22 @@ mod tests {
 
     #[test]
     fn ktls_from_ulp_list_module_or_builtin_else_a_reason() {
-        let base = KtlsFacts { release: "6.18.0".into(), modules_dir: true, ..Default::default() };
-        let with_ulp = KtlsFacts { available_ulp: Some("mptcp tls\n".into()), ..base.clone() };
+        let base = KtlsFacts {
+            available_ulp: Err("gone".into()),
+            release: "6.18.0".into(),
+            modules_dir: true,
+            module_file: None,
+            builtin: false,
+            config_line: None,
+        };
+        let with_ulp = KtlsFacts { available_ulp: Ok("mptcp tls\n".into()), ..base.clone() };
         assert!(judge_ktls(&with_ulp).available);
         let with_module =
             KtlsFacts { module_file: Some("/lib/modules/6.18.0/kernel/net/tls/tls.ko.xz".into()), ..base.clone() };
         assert!(judge_ktls(&with_module).reason.contains("tls.ko.xz"));
         assert!(judge_ktls(&KtlsFacts { builtin: true, ..base.clone() }).available);
-        let none = judge_ktls(&KtlsFacts { available_ulp: Some("mptcp\n".into()), ..base });
+        assert!(judge_ktls(&base).reason.contains("unreadable gone"), "{}", judge_ktls(&base).reason);
+        let none = judge_ktls(&KtlsFacts { available_ulp: Ok("mptcp\n".into()), ..base });
         assert!(!none.available);
         assert!(none.reason.contains("without CONFIG_TLS") && none.reason.contains("mptcp"), "{}", none.reason);
     }

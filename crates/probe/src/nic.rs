@@ -1,7 +1,8 @@
 //! NIC offload features that decide whether TLS or IPsec crypto can leave the CPU, per
 //! interface, from one ethtool netlink `FEATURES_GET` dump (the ethtool crate). The kernel
-//! sends `hw` (changeable), `active` and `nochange` sets; a feature outside `hw` or inside
-//! `nochange` cannot be switched, which ethtool(8) prints as `[fixed]`.
+//! (net/ethtool/features.c) sends `hw` as a value/mask bitset over every feature (a set value
+//! bit = changeable), and `active` and `nochange` as plain lists; a feature not changeable in
+//! `hw` or listed in `nochange` cannot be switched, which ethtool(8) prints as `[fixed]`.
 
 use crate::report::Probe;
 use ethtool::{EthtoolAttr, EthtoolFeatureAttr, EthtoolHeader};
@@ -56,8 +57,9 @@ pub fn interface(attrs: &[EthtoolFeatureAttr]) -> Option<Interface> {
                     _ => None,
                 })
             }
-            // Each set arrives as a list of the bits in it (no mask), so presence is membership.
-            EthtoolFeatureAttr::Hw(bits) => hw.extend(bits.iter().map(|b| b.name.clone())),
+            // `hw` lists every feature; the value flag marks the changeable ones.
+            EthtoolFeatureAttr::Hw(bits) => hw.extend(bits.iter().filter(|b| b.value).map(|b| b.name.clone())),
+            // These are lists: presence is membership.
             EthtoolFeatureAttr::Active(bits) => active.extend(bits.iter().map(|b| b.name.clone())),
             EthtoolFeatureAttr::NoChange(bits) => nochange.extend(bits.iter().map(|b| b.name.clone())),
             _ => {}
@@ -117,11 +119,11 @@ mod tests {
     use super::*;
     use ethtool::EthtoolFeatureBit;
 
-    fn bits(names: &[&str]) -> Vec<EthtoolFeatureBit> {
+    fn bits(names: &[&str], value: bool) -> Vec<EthtoolFeatureBit> {
         names
             .iter()
             .enumerate()
-            .map(|(i, n)| EthtoolFeatureBit { index: i as u32 + 1, name: (*n).into(), value: false })
+            .map(|(i, n)| EthtoolFeatureBit { index: i as u32 + 1, name: (*n).into(), value })
             .collect()
     }
 
@@ -129,9 +131,10 @@ mod tests {
     fn active_changeable_and_fixed() {
         let attrs = vec![
             EthtoolFeatureAttr::Header(vec![EthtoolHeader::DevName("eth0".into())]),
-            EthtoolFeatureAttr::Hw(bits(&["tls-hw-tx-offload", "tls-hw-rx-offload", "esp-hw-offload"])),
-            EthtoolFeatureAttr::Active(bits(&["tls-hw-tx-offload", "tls-hw-record"])),
-            EthtoolFeatureAttr::NoChange(bits(&["esp-hw-offload"])),
+            EthtoolFeatureAttr::Hw(bits(&["tls-hw-tx-offload", "tls-hw-rx-offload", "esp-hw-offload"], true)),
+            EthtoolFeatureAttr::Hw(bits(&["tls-hw-record"], false)),
+            EthtoolFeatureAttr::Active(bits(&["tls-hw-tx-offload", "tls-hw-record"], true)),
+            EthtoolFeatureAttr::NoChange(bits(&["esp-hw-offload"], true)),
         ];
         let i = interface(&attrs).expect("named");
         let labels: Vec<_> = i.features.iter().map(|f| (f.name.as_str(), f.label())).collect();

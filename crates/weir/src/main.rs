@@ -8,6 +8,7 @@ mod exec;
 mod local_mesh;
 mod logging;
 mod run;
+mod scan;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -61,6 +62,12 @@ enum Command {
     /// Internal: the connect() probe of `weir bench --scenario connect`.
     #[command(hide = true)]
     ProbeConnect(bench::connect::ProbeArgs),
+    /// Inventory the host's offload features and sidecar signs, and say what a sidecar cannot see.
+    Scan {
+        /// Print JSON (schema 1, docs/scan.schema.json) instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the version.
     Version,
 }
@@ -107,6 +114,7 @@ fn main() -> ExitCode {
             report(ebpf_detach(config))
         }
         Command::ProbeConnect(args) => report(bench::connect::probe(args)),
+        Command::Scan { json } => scan::run(json),
         Command::Version => {
             println!("weir {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
