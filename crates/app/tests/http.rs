@@ -1158,3 +1158,78 @@ async fn a_malformed_chunk_is_the_clients_fault() {
     let s = mesh.server.metrics_text();
     assert_eq!(metric(&s, "weir_http_requests_total", &["result=\"upstream_error\""]), 0.0, "{s}");
 }
+
+/// Fetches an admin path's body from a node.
+async fn admin_get(node: &weir_app::Node, path: &str) -> String {
+    let mut c = Client::connect(node.admin_addr()).await;
+    c.send(format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes()).await;
+    let r = c.response().await;
+    assert_eq!(r.status, 200, "{path}");
+    r.text()
+}
+
+/// The value of `field=` in a text log line (quotes trimmed).
+fn field<'l>(line: &'l str, name: &str) -> &'l str {
+    let key = format!(" {name}=");
+    let at = line.find(&key).unwrap_or_else(|| panic!("no {name} in {line}")) + key.len();
+    let rest = &line[at..];
+    match rest.strip_prefix('"') {
+        Some(quoted) => &quoted[..quoted.find('"').expect("closing quote")],
+        None => rest.split(' ').next().expect("value"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_joins_its_connection_record_log_lines_and_counters() {
+    let (mesh, _backend) = http_mesh("").await;
+    let mut c = Client::connect(mesh.outbound()).await;
+    c.send(&get("/bytes/54321?join=1")).await;
+    assert_eq!(c.response().await.body.len(), 54_321);
+
+    // While open: the server node's record of the mesh connection.
+    let records: serde_json::Value =
+        serde_json::from_str(&admin_get(&mesh.server, "/connections").await).expect("json");
+    let records = records.as_array().expect("array");
+    assert_eq!(records.len(), 1, "{records:?}");
+    let r = &records[0];
+    let conn = r["id"].as_u64().expect("id");
+    assert_eq!(r["direction"], "inbound");
+    assert_eq!(r["peer"], id("client").to_string());
+    assert_eq!(r["service"], "echo");
+    assert_eq!(r["mode"], "userspace");
+    assert_eq!(r["tls_version"], "TLSv1_3");
+    assert!(r["cipher"].as_str().is_some_and(|c| c.starts_with("TLS13_")), "{r}");
+    assert_eq!(r["requests"], 1);
+    assert_eq!(r["local"].as_str(), Some(mesh.inbound().to_string().as_str()));
+    assert!(r["bytes_to_peer"].as_u64() > Some(54_321), "the response went to the peer node: {r}");
+    let remote = r["remote"].as_str().expect("remote").to_owned();
+    drop(c);
+    mesh.settle().await;
+
+    // The request's access line names the same connection, identities and mode.
+    let request = log_lines(&["weir::access", "/bytes/54321", "direction=Inbound"]);
+    assert_eq!(request.len(), 1, "{request:?}");
+    assert_eq!(field(&request[0], "mesh_conn"), conn.to_string());
+    assert_eq!(field(&request[0], "source"), id("client").to_string());
+    assert_eq!(field(&request[0], "destination"), id("server").to_string());
+    assert_eq!(field(&request[0], "mode"), "userspace");
+    assert!(field(&request[0], "srtt_us").parse::<u32>().expect("srtt") > 0, "{}", request[0]);
+
+    // Its connection's closing line: the whole record, counted as Prometheus counts it.
+    let closing = log_lines(&["weir::access", "connection closed", &format!("remote={remote}")]);
+    assert_eq!(closing.len(), 1, "{closing:?}");
+    let line = &closing[0];
+    assert_eq!(field(line, "conn"), conn.to_string());
+    assert_eq!(field(line, "peer"), id("client").to_string());
+    assert_eq!((field(line, "mode"), field(line, "requests")), ("userspace", "1"));
+    let (sent, received) =
+        (field(line, "sent").parse::<f64>().unwrap(), field(line, "received").parse::<f64>().unwrap());
+    assert!(sent > 54_321.0 && received > 0.0, "{line}");
+    let s = scrape(&mesh.server).await;
+    let inbound = ["direction=\"Inbound\"", "mode=\"userspace\""];
+    assert_eq!(metric(&s, "weir_bytes_total", &[inbound[0], inbound[1], "flow=\"ToPeer\""]), sent, "{s}");
+    assert_eq!(metric(&s, "weir_bytes_total", &[inbound[0], inbound[1], "flow=\"FromPeer\""]), received, "{s}");
+    assert_eq!(metric(&s, "weir_connections_closed_total", &inbound), 1.0, "{s}");
+    assert!(field(line, "srtt_us").parse::<u32>().unwrap() > 0, "TCP_INFO read at close: {line}");
+    assert_eq!(admin_get(&mesh.server, "/connections").await.trim(), "[]", "closed connections leave the table");
+}
