@@ -1,0 +1,36 @@
+//! `tcp_sockets` against the host kernel: a loopback connection this test makes is in the
+//! dump with its addresses, state, inode and TCP_INFO byte counts, and carries no ULP.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
+
+#[test]
+fn a_loopback_connection_is_dumped_with_tcp_info() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let (mut server, _) = listener.accept().expect("accept");
+    let data = vec![7u8; 100_000];
+    client.write_all(&data).expect("write");
+    let mut got = vec![0u8; data.len()];
+    server.read_exact(&mut got).expect("read");
+
+    let inode =
+        std::fs::metadata(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&client))).expect("fd").ino();
+    let sockets = weir_probe::tcp_sockets().expect("sock_diag dump");
+    let local = client.local_addr().expect("addr");
+    let s = sockets.iter().find(|s| s.local == local).unwrap_or_else(|| panic!("{local} not in the dump"));
+    assert_eq!(s.remote, listener.local_addr().expect("addr"));
+    assert_eq!(s.state.name(), "ESTABLISHED");
+    assert_eq!(s.inode, inode, "inode matches the fd's");
+    assert!(s.ulp.is_none() && s.tls().is_none(), "a plain socket has no ULP: {:?}", s.ulp);
+    let info = s.info.as_ref().expect("TCP_INFO requested and sent");
+    // bytes_acked counts the SYN too.
+    assert!(info.bytes_acked.is_some_and(|b| b >= data.len() as u64), "{info:?}");
+    assert!(info.snd_cwnd > 0 && info.srtt_us > 0, "{info:?}");
+    let peer =
+        sockets.iter().find(|s| s.local == server.local_addr().unwrap() && s.remote == local).expect("server end");
+    assert!(peer.info.as_ref().and_then(|i| i.bytes_received).is_some_and(|b| b >= data.len() as u64), "{peer:?}");
+    assert!(sockets.iter().any(|s| s.state.name() == "LISTEN" && s.local == listener.local_addr().unwrap()));
+}
