@@ -9,6 +9,7 @@ mod local_mesh;
 mod logging;
 mod run;
 mod scan;
+mod top;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -68,6 +69,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A live table of a node's open mesh connections with their joined L4/L7 facts.
+    Top(top::TopArgs),
     /// Print the version.
     Version,
 }
@@ -115,6 +118,7 @@ fn main() -> ExitCode {
         }
         Command::ProbeConnect(args) => report(bench::connect::probe(args)),
         Command::Scan { json } => scan::run(json),
+        Command::Top(args) => report(top::run(args)),
         Command::Version => {
             println!("weir {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS

@@ -39,6 +39,52 @@ fn bad_config_exits_64_naming_every_bad_field() {
 }
 
 #[test]
+fn bad_telemetry_settings_name_their_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.toml");
+    let text_of = format!(
+        "{}\n[telemetry]\notlp_endpoint = \"grpc://collector\"\ntcp_sample_interval_ms = 5\n",
+        weir_config::DEFAULT
+    );
+    std::fs::write(&f, text_of).unwrap();
+    let o = weir(&["check-config", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    for want in ["telemetry.otlp_endpoint", "not an http:// or https:// URL", "telemetry.tcp_sample_interval_ms"] {
+        assert!(text(&o).contains(want), "{want:?} missing:\n{}", text(&o));
+    }
+}
+
+#[test]
+fn top_reads_a_running_nodes_connection_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = |_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (admin, inbound) = (port(0), port(1));
+    let config = weir_config::DEFAULT
+        .replace("/var/lib/weir/ca", &dir.path().join("ca").display().to_string())
+        .replace("127.0.0.1:15000", &format!("127.0.0.1:{admin}"))
+        .replace("0.0.0.0:15008", &format!("127.0.0.1:{inbound}"));
+    let f = dir.path().join("node.toml");
+    std::fs::write(&f, config).unwrap();
+    let mut node =
+        Command::new(env!("CARGO_BIN_EXE_weir")).args(["run", "--config", f.to_str().unwrap()]).spawn().unwrap();
+    let admin = format!("127.0.0.1:{admin}");
+    let mut o = weir(&["top", "--once", "--admin", &admin]);
+    for _ in 0..100 {
+        if o.status.success() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        o = weir(&["top", "--once", "--admin", &admin]);
+    }
+    let _ = node.kill();
+    let _ = node.wait();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("0 open mesh connections") && text(&o).contains("RETR"), "{}", text(&o));
+    let down = weir(&["top", "--once", "--admin", &admin]);
+    assert!(!down.status.success() && text(&down).contains("connecting to the admin endpoint"), "{}", text(&down));
+}
+
+#[test]
 fn check_config_accepts_the_embedded_default() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("default.toml");
