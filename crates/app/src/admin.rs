@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::net::TcpListener;
-use weir_telemetry::{Metrics, ResultLabels};
+use weir_telemetry::{Metrics, ResultLabels, TlsStatLabels};
 use weir_tls::ktls::Support;
 
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
@@ -85,6 +85,12 @@ pub(crate) fn metrics_text(shared: &Shared) -> String {
     for (result, total) in [("ok", state.rotations), ("error", state.failures)] {
         let c = m.svid_rotations.get_or_create(&ResultLabels { result });
         c.inc_by(total.saturating_sub(c.get()));
+    }
+    // Host-wide kTLS counters (decrypt errors, device resyncs, …): absent without the tls module.
+    if let weir_probe::Probe::Known { value } = weir_probe::tls_stat::read() {
+        for (stat, v) in value {
+            m.kernel_tls_stat.get_or_create(&TlsStatLabels { stat }).set(i64::try_from(v).unwrap_or(i64::MAX));
+        }
     }
     Metrics::encode(&m.registry())
 }

@@ -207,6 +207,12 @@ impl Node {
         admin::metrics_text(&self.shared)
     }
 
+    /// The records of the mesh connections open now (what `/connections` lists).
+    pub fn connections(&self) -> Vec<weir_telemetry::records::RecordView> {
+        let now = std::time::SystemTime::now();
+        self.shared.records.all().iter().map(|r| r.view(now)).collect()
+    }
+
     /// Mesh connections open now.
     pub fn active_connections(&self) -> i64 {
         admin::active_connections(&self.shared)

@@ -205,9 +205,17 @@ async fn http_bodies_over_ktls_never_cross_userspace() {
     let (_, (tag, body)) = tokio::join!(send, read_response_split(&mut r));
     assert_eq!(tag, want);
     assert_eq!(body, b"\x00\x01\x02\x03\x04");
+    // The open connection's record: kTLS mode, the negotiated session, a TCP_INFO sample.
+    let records = mesh.server.connections();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let r = &records[0];
+    assert_eq!((r.mode.as_str(), r.tls_version.as_str(), r.requests), ("ktls_sw", "TLSv1_3", 2), "{r:?}");
+    assert!(r.bytes_to_peer > 16 * MIB && r.bytes_from_peer > 16 * MIB, "{r:?}");
     drop(s);
     mesh.settle().await;
     let text = mesh.server.metrics_text();
+    // Host-wide kernel TLS counters are exported as the kernel counts them.
+    assert!(metric(&text, "weir_kernel_tls_stat", &["stat=\"TlsTxSw\""]) >= 2.0, "{text}");
     assert_eq!(metric(&text, "weir_http_requests_total", &["mode=\"ktls_sw\"", "status_class=\"2xx\""]), 2.0, "{text}");
     assert_eq!(metric(&text, "weir_http_userspace_body_bytes_total", &["mode=\"ktls_sw\""]), 0.0, "{text}");
     assert_eq!(metric(&text, "weir_connections_opened_total", &["mode=\"ktls_sw\""]), 1.0, "{text}");

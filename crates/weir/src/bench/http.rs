@@ -145,6 +145,7 @@ pub async fn run(secs: u64, reps: usize) -> anyhow::Result<Section> {
         ("direct (wrk → nginx)", Kind::Direct),
         ("weir http, splice mode, policy on", Kind::Weir),
         ("weir http, copy mode, policy on", Kind::Weir),
+        ("weir http, splice mode, policy on, full telemetry", Kind::Weir),
         ("haproxy x2 (mode http, mTLS)", Kind::Haproxy),
     ];
     let nginx_bin = match nginx_bin {
@@ -167,14 +168,19 @@ pub async fn run(secs: u64, reps: usize) -> anyhow::Result<Section> {
     let backend = nginx.addr;
     let mut targets = vec![Target::new(names[0].0, Kind::Direct, Ok(backend))];
     let mut meshes = Vec::new();
-    for (&(name, kind), mode) in names[1..3].iter().zip(["splice", "copy"]) {
-        let mesh_dir = dir.path().join(format!("weir-{mode}"));
+    let sink = super::otlp_sink::Sink::start().await?;
+    // The full-telemetry row adds what the others leave off: the per-request access log and
+    // request spans to a collector (records, TCP_INFO sampling and metrics run on every row).
+    let full = format!("[telemetry]\notlp_endpoint = \"http://{}\"\n", sink.addr);
+    let rows = [("splice", "splice", "", NODE_LOG), ("copy", "copy", "", NODE_LOG), ("full", "splice", &full, "info")];
+    for (&(name, kind), (dir_name, mode, telemetry, rust_log)) in names[1..4].iter().zip(rows) {
+        let mesh_dir = dir.path().join(format!("weir-{dir_name}"));
         std::fs::create_dir_all(&mesh_dir)?;
         let service = format!(
             "protocol = \"http\"\n[inbound.services.http]\nmode = \"{mode}\"\n\
-             [[inbound.services.http.rules]]\naction = \"deny\"\npath_prefix = \"{DENIED}\"\n"
+             [[inbound.services.http.rules]]\naction = \"deny\"\npath_prefix = \"{DENIED}\"\n{telemetry}"
         );
-        let opts = Options { pin: Some(PROXY_CPU), service_toml: &service, rust_log: Some(NODE_LOG) };
+        let opts = Options { pin: Some(PROXY_CPU), service_toml: &service, rust_log: Some(rust_log) };
         let logs = vec![mesh_dir.join("server.log"), mesh_dir.join("client.log")];
         let mut t = match Mesh::start_with(&mesh_dir, ca.dir(), backend, opts).await {
             Ok(mesh) => {
@@ -195,13 +201,13 @@ pub async fn run(secs: u64, reps: usize) -> anyhow::Result<Section> {
         std::fs::create_dir_all(&chain_dir)?;
         let mut t = match haproxy::start_mode(&chain_dir, &ca, backend, PROXY_CPU, haproxy::Mode::Http) {
             Ok(chain) => {
-                let mut t = Target::new(names[3].0, Kind::Haproxy, Ok(chain.entry));
+                let mut t = Target::new(names[4].0, Kind::Haproxy, Ok(chain.entry));
                 t.pids = chain.pids();
                 t.processes = ["haproxy A (entry)", "haproxy B (to nginx)"];
                 Some((t, chain))
             }
             Err(e) => {
-                targets.push(Target::new(names[3].0, Kind::Haproxy, Err(format!("failed to start: {e:#}"))));
+                targets.push(Target::new(names[4].0, Kind::Haproxy, Err(format!("failed to start: {e:#}"))));
                 None
             }
         };
@@ -213,7 +219,7 @@ pub async fn run(secs: u64, reps: usize) -> anyhow::Result<Section> {
             chain
         })
     } else {
-        targets.push(Target::new(names[3].0, Kind::Haproxy, Err("not installed: `make setup`".into())));
+        targets.push(Target::new(names[4].0, Kind::Haproxy, Err("not installed: `make setup`".into())));
         None
     };
 
@@ -282,6 +288,7 @@ pub async fn run(secs: u64, reps: usize) -> anyhow::Result<Section> {
             notes.push(format!("{} log: {line}", t.name));
         }
     }
+    notes.push(format!("full-telemetry row: the collector stand-in received {}", sink.summary()));
     let nginx_errors = problem_lines_in(&[dir.path().join("nginx/error.log")]);
     notes.extend(nginx_errors.into_iter().map(|l| format!("nginx error log: {l}")));
     drop(chain);

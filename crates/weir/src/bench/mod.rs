@@ -17,6 +17,7 @@ mod haproxy;
 mod http;
 mod idle;
 mod logs;
+mod otlp_sink;
 mod procs;
 mod report;
 mod wrk;
