@@ -23,6 +23,8 @@ pub(crate) struct Shared {
     pub records: Records,
     /// Request spans to the OTLP collector, when one is configured.
     pub spans: Option<crate::otlp::Spans>,
+    /// Share of the traces this node starts that are sampled (exported as spans).
+    pub span_ratio: f64,
     pub tls: Arc<TlsConfigs>,
     pub store: Arc<SvidStore>,
     pub ktls: Support,
@@ -72,6 +74,7 @@ impl Shared {
             metrics: Metrics::default(),
             records: Records::default(),
             spans: None,
+            span_ratio: 1.0,
             tls,
             store,
             ktls,

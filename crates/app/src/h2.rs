@@ -141,7 +141,7 @@ async fn inbound_stream(who: Who, svc: &HttpService, sender: Sender, req: Reques
     let verdicts = &who.shared.metrics.http.verdicts;
     verdicts.get_or_create(&VerdictLabels { service: who.service.clone(), verdict: label }).inc();
     let path = weir_policy::normalize_path(&head.target).unwrap_or_default();
-    let current = Current::of(&head, path, label);
+    let current = Current::of(&head, path, label, who.shared.span_ratio);
     let refusal = match verdict {
         HttpVerdict::Allow => return relay(who, head, current, req, sender, started, None).await,
         HttpVerdict::Deny { .. } => Local(StatusCode::FORBIDDEN, None, "denied by policy"),
@@ -241,11 +241,11 @@ pub(crate) async fn serve_outbound(
             let path = match weir_policy::normalize_path(&head.target) {
                 Ok(p) => p,
                 Err(why) => {
-                    let current = Current::of(&head, String::new(), "bad_target");
+                    let current = Current::of(&head, String::new(), "bad_target", shared.span_ratio);
                     return Ok(who.answer(&head, &current, started, Local(StatusCode::BAD_REQUEST, None, why)));
                 }
             };
-            let current = Current::of(&head, path, "routed");
+            let current = Current::of(&head, path, "routed", shared.span_ratio);
             let host = crate::routing::host_of(&head);
             let route = crate::routing::choose(&http.routes, host.as_deref(), &current.path);
             let draw = u32::from_le_bytes(crate::http::random()[..4].try_into().unwrap_or([0; 4]));

@@ -151,12 +151,12 @@ pub(crate) struct Current {
 
 impl Current {
     /// Reads method, normalized path and trace context off a request head.
-    pub fn of(head: &RequestHead, path: String, verdict: &'static str) -> Self {
+    pub fn of(head: &RequestHead, path: String, verdict: &'static str, span_ratio: f64) -> Self {
         let incoming = head.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("traceparent")).map(|(_, v)| &v[..]);
         Self {
             method: method_label(&head.method),
             path,
-            trace: TraceContext::continue_or_start(incoming, random()),
+            trace: TraceContext::continue_or_start_sampling(incoming, random(), span_ratio),
             verdict,
         }
     }
@@ -258,7 +258,7 @@ impl Recorder<'_> {
             None => (0, None),
         };
         let tcp = tcp.unwrap_or_default();
-        if let (Some(spans), Some(c)) = (&self.shared.spans, current) {
+        if let (Some(spans), Some(c)) = (&self.shared.spans, current.filter(|c| c.trace.sampled())) {
             let end = std::time::SystemTime::now();
             let mut attributes = vec![
                 KeyValue::new("http.request.method", head.map_or("", |h| h.method.as_str()).to_owned()),
@@ -356,7 +356,7 @@ impl Hooks for InboundHooks<'_> {
         let verdicts = &self.rec.shared.metrics.http.verdicts;
         verdicts.get_or_create(&VerdictLabels { service: self.rec.service.clone(), verdict: label }).inc();
         let path = weir_policy::normalize_path(&head.target).unwrap_or_default();
-        let current = self.current.insert(Current::of(head, path, label));
+        let current = self.current.insert(Current::of(head, path, label, self.rec.shared.span_ratio));
         match verdict {
             HttpVerdict::Allow => Verdict::Forward(current.forward_head(head)),
             HttpVerdict::Deny { .. } => Verdict::Answer(403, weir_http::local_response(403, &[], "denied by policy")),

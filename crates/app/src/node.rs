@@ -145,6 +145,7 @@ impl Node {
             shared.orig_dst = Some(kernel.original_destinations()?);
             shared.kernel = std::sync::Mutex::new(Some(kernel));
         }
+        shared.span_ratio = config.telemetry.span_sample_ratio;
         if let Some(endpoint) = &config.telemetry.otlp_endpoint {
             let (spans, task) =
                 crate::otlp::Spans::start(endpoint, config.telemetry.otlp_queue, &config.node_name, &shared.metrics);

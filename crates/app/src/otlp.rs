@@ -14,8 +14,8 @@ use weir_telemetry::{Metrics, SpanResultLabels};
 
 /// Most spans in one export call.
 const BATCH: usize = 512;
-/// How long a span may wait for its batch to fill.
-const LINGER: Duration = Duration::from_millis(500);
+/// How often the queue is drained into export calls.
+const DRAIN_EVERY: Duration = Duration::from_millis(100);
 /// An export that takes longer has failed.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -83,36 +83,54 @@ async fn export_loop(
     failed: Counter,
 ) {
     let mut failing = false;
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + LINGER;
-        while batch.len() < BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(span)) => batch.push(span),
-                Ok(None) | Err(_) => break,
+    loop {
+        // Drain on a timer, not on arrival: a receiver parked in recv() would be woken by
+        // every offered span, and each wake-up costs the data path a cross-thread unpark.
+        tokio::time::sleep(DRAIN_EVERY).await;
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            match rx.try_recv() {
+                Ok(span) => batch.push(span),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) if batch.is_empty() => return,
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            }
+            if batch.len() == BATCH {
+                export(&exporter, std::mem::take(&mut batch), endpoint, (&exported, &failed), &mut failing).await;
             }
         }
-        let n = batch.len() as u64;
-        let result = tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(batch)).await;
-        match result {
-            Ok(Ok(())) => {
-                exported.inc_by(n);
-                if std::mem::take(&mut failing) {
-                    tracing::info!(endpoint, "OTLP export recovered");
-                }
+        if !batch.is_empty() {
+            export(&exporter, batch, endpoint, (&exported, &failed), &mut failing).await;
+        }
+    }
+}
+
+async fn export(
+    exporter: &opentelemetry_otlp::SpanExporter,
+    batch: Vec<SpanData>,
+    endpoint: &str,
+    (exported, failed): (&Counter, &Counter),
+    failing: &mut bool,
+) {
+    let n = batch.len() as u64;
+    match tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(batch)).await {
+        Ok(Ok(())) => {
+            exported.inc_by(n);
+            if std::mem::take(failing) {
+                tracing::info!(endpoint, "OTLP export recovered");
             }
-            Ok(Err(e)) => {
-                failed.inc_by(n);
-                // One line when it starts failing, not one per batch.
-                if !std::mem::replace(&mut failing, true) {
-                    tracing::warn!(endpoint, error = %e, "OTLP export failing: spans dropped (weir_otlp_spans_total{{result=\"dropped_export_failed\"}})");
-                }
+        }
+        Ok(Err(e)) => {
+            failed.inc_by(n);
+            // One line when it starts failing, not one per batch.
+            if !std::mem::replace(failing, true) {
+                tracing::warn!(endpoint, error = %e, "OTLP export failing: spans dropped (weir_otlp_spans_total{{result=\"dropped_export_failed\"}})");
             }
-            Err(_) => {
-                failed.inc_by(n);
-                if !std::mem::replace(&mut failing, true) {
-                    tracing::warn!(endpoint, "OTLP export timed out: spans dropped");
-                }
+        }
+        Err(_) => {
+            failed.inc_by(n);
+            if !std::mem::replace(failing, true) {
+                tracing::warn!(endpoint, "OTLP export timed out: spans dropped");
             }
         }
     }

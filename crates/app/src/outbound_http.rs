@@ -109,7 +109,7 @@ pub(crate) async fn handle(
         };
         let host = crate::routing::host_of(&req);
         let Some(route) = crate::routing::choose(&http.routes, host.as_deref(), &path) else { break None };
-        let current = Current::of(&req, path, "routed");
+        let current = Current::of(&req, path, "routed", shared.span_ratio);
         let head = current.forward_head(&req);
         log.current = Some(current);
         let idempotent = matches!(req.method.as_str(), "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE");

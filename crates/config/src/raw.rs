@@ -75,6 +75,7 @@ pub(crate) struct RawTelemetry {
     pub tcp_sample_interval_ms: Option<Spanned<i64>>,
     pub otlp_endpoint: Option<Spanned<String>>,
     pub otlp_queue: Option<Spanned<i64>>,
+    pub span_sample_ratio: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize)]

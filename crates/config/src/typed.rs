@@ -102,6 +102,9 @@ pub struct TelemetryConfig {
     pub otlp_endpoint: Option<String>,
     /// Spans waiting for export at most; more are dropped (and counted), never waited for.
     pub otlp_queue: usize,
+    /// Share of the traces this node starts that are sampled; a request that arrives with a
+    /// `traceparent` keeps its caller's sampled flag.
+    pub span_sample_ratio: f64,
 }
 
 /// Log line format.
@@ -335,11 +338,22 @@ impl Config {
                 Some(e) => c.value(e, "telemetry.otlp_endpoint", |e| otlp_endpoint(e).map(Some)),
                 None => Some(None),
             };
-            match (every, queue, endpoint) {
-                (Some(every), Some(queue), Some(otlp_endpoint)) => Some(TelemetryConfig {
+            let ratio = match t.and_then(|t| t.span_sample_ratio.as_ref()) {
+                Some(r) => c.value(r, "telemetry.span_sample_ratio", |r| {
+                    if (0.0..=1.0).contains(r) {
+                        Ok(*r)
+                    } else {
+                        Err(format!("{r} is not between 0 and 1"))
+                    }
+                }),
+                None => Some(1.0),
+            };
+            match (every, queue, endpoint, ratio) {
+                (Some(every), Some(queue), Some(otlp_endpoint), Some(span_sample_ratio)) => Some(TelemetryConfig {
                     tcp_sample_interval: Duration::from_millis(every as u64),
                     otlp_endpoint,
                     otlp_queue: queue as usize,
+                    span_sample_ratio,
                 }),
                 _ => None,
             }

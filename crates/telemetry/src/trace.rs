@@ -18,11 +18,28 @@ impl TraceContext {
     /// Continues `incoming` (a `traceparent` value) or starts a new sampled trace. `random`
     /// gives 24 random bytes (trace id then span id).
     pub fn continue_or_start(incoming: Option<&[u8]>, random: [u8; 24]) -> Self {
+        Self::continue_or_start_sampling(incoming, random, 1.0)
+    }
+
+    /// As [`Self::continue_or_start`]; a trace this hop starts is marked sampled with
+    /// probability `ratio` (decided from its random trace id), a continued one keeps its
+    /// caller's decision: what OpenTelemetry calls parent-based ratio sampling.
+    pub fn continue_or_start_sampling(incoming: Option<&[u8]>, random: [u8; 24], ratio: f64) -> Self {
         let span_id = hex(&random[16..]);
         match incoming.and_then(parse) {
             Some((trace_id, parent, flags)) => Self { trace_id, span_id, parent_id: Some(parent), flags },
-            None => Self { trace_id: hex(&random[..16]), span_id, parent_id: None, flags: "01".into() },
+            None => {
+                let draw = u64::from_le_bytes(random[..8].try_into().unwrap_or([0; 8]));
+                let sampled = (draw as f64) < ratio * u64::MAX as f64 || ratio >= 1.0;
+                let flags = if sampled { "01" } else { "00" }.into();
+                Self { trace_id: hex(&random[..16]), span_id, parent_id: None, flags }
+            }
         }
+    }
+
+    /// The sampled flag: whether this request's span is worth exporting.
+    pub fn sampled(&self) -> bool {
+        u8::from_str_radix(&self.flags, 16).is_ok_and(|f| f & 1 == 1)
     }
 
     /// The `traceparent` value to send on.
@@ -95,6 +112,26 @@ mod tests {
             assert_eq!(t.header(), format!("00-{}-{}-01", "ab".repeat(16), "ab".repeat(8)));
         }
         assert_eq!(TraceContext::continue_or_start(None, RANDOM).parent_id, None);
+    }
+
+    #[test]
+    fn new_traces_are_sampled_by_ratio_and_continued_ones_keep_their_flag() {
+        let draws = |ratio: f64| {
+            (0..10_000u32)
+                .filter(|n| {
+                    let mut r = [7u8; 24];
+                    r[..8].copy_from_slice(&(u64::from(*n) * 1_844_674_407_370_955).to_le_bytes());
+                    TraceContext::continue_or_start_sampling(None, r, ratio).sampled()
+                })
+                .count()
+        };
+        assert_eq!(draws(1.0), 10_000);
+        assert_eq!(draws(0.0), 0);
+        assert!((900..1100).contains(&draws(0.1)), "{}", draws(0.1));
+        let unsampled = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        assert!(!TraceContext::continue_or_start_sampling(Some(unsampled), RANDOM, 1.0).sampled());
+        let sampled = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert!(TraceContext::continue_or_start_sampling(Some(sampled), RANDOM, 0.0).sampled());
     }
 
     #[test]

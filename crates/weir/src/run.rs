@@ -21,7 +21,7 @@ pub fn run(config: Option<PathBuf>, role: &str) -> ExitCode {
         eprintln!("--role: {role:?} is not available yet (only \"node\")");
         return ExitCode::from(EXIT_BAD_CONFIG);
     }
-    logging::init(config.log.format, &config.log.level);
+    let _log_writer = logging::init(config.log.format, &config.log.level);
     match weir_sys_limits() {
         Ok(n) => tracing::debug!(nofile = n, "open-file limit raised"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),

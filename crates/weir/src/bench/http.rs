@@ -145,7 +145,7 @@ pub async fn run(secs: u64, reps: usize) -> anyhow::Result<Section> {
         ("direct (wrk → nginx)", Kind::Direct),
         ("weir http, splice mode, policy on", Kind::Weir),
         ("weir http, copy mode, policy on", Kind::Weir),
-        ("weir http, splice mode, policy on, full telemetry", Kind::Weir),
+        ("weir http, splice mode, policy on, access log + 1 % spans", Kind::Weir),
         ("haproxy x2 (mode http, mTLS)", Kind::Haproxy),
     ];
     let nginx_bin = match nginx_bin {
@@ -171,7 +171,7 @@ pub async fn run(secs: u64, reps: usize) -> anyhow::Result<Section> {
     let sink = super::otlp_sink::Sink::start().await?;
     // The full-telemetry row adds what the others leave off: the per-request access log and
     // request spans to a collector (records, TCP_INFO sampling and metrics run on every row).
-    let full = format!("[telemetry]\notlp_endpoint = \"http://{}\"\n", sink.addr);
+    let full = format!("[telemetry]\notlp_endpoint = \"http://{}\"\nspan_sample_ratio = 0.01\n", sink.addr);
     let rows = [("splice", "splice", "", NODE_LOG), ("copy", "copy", "", NODE_LOG), ("full", "splice", &full, "info")];
     for (&(name, kind), (dir_name, mode, telemetry, rust_log)) in names[1..4].iter().zip(rows) {
         let mesh_dir = dir.path().join(format!("weir-{dir_name}"));

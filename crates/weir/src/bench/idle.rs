@@ -15,6 +15,8 @@ pub struct Idle {
     pub conns: usize,
     pub before_kib: u64,
     pub after_kib: u64,
+    /// Weir: how long its admin endpoint took to answer with the connections open.
+    pub scrape: Option<String>,
 }
 
 pub async fn measure(ca: &weir_identity::Ca, dir: &Path, conns: usize) -> anyhow::Result<Vec<Idle>> {
@@ -33,11 +35,13 @@ pub async fn measure(ca: &weir_identity::Ca, dir: &Path, conns: usize) -> anyhow
     let idle_dir = dir.join("idle");
     std::fs::create_dir_all(&idle_dir)?;
     let mesh = crate::local_mesh::Mesh::start(&idle_dir, ca.dir(), backend, Some(super::PROXY_CPU)).await?;
-    out.push(hold("weir (userspace TLS)", mesh.outbound, &mesh.pids(), conns, &accepted).await?);
+    out.push(
+        hold("weir (userspace TLS)", mesh.outbound, &mesh.pids(), conns, &accepted, Some(mesh.server_admin)).await?,
+    );
     mesh.stop();
     if super::procs::installed("haproxy") {
         let chain = super::haproxy::start(&idle_dir, ca, backend, super::PROXY_CPU)?;
-        out.push(hold(super::HAPROXY, chain.entry, &chain.pids(), conns, &accepted).await?);
+        out.push(hold(super::HAPROXY, chain.entry, &chain.pids(), conns, &accepted, None).await?);
     }
     server.abort();
     Ok(out)
@@ -49,6 +53,7 @@ async fn hold(
     pids: &[u32],
     conns: usize,
     accepted: &AtomicUsize,
+    admin: Option<SocketAddr>,
 ) -> anyhow::Result<Idle> {
     let rss = || pids.iter().map(|&p| memory_kib(p, "VmRSS")).sum::<u64>();
     let start = accepted.load(Ordering::Relaxed);
@@ -63,8 +68,42 @@ async fn hold(
     wait_accepted(accepted, base + conns).await.with_context(|| format!("{name}: {conns} idle connections"))?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = rss();
+    let scrape = match admin {
+        Some(admin) => Some(scrape_times(admin, conns).await?),
+        None => None,
+    };
     drop(streams);
-    Ok(Idle { name, conns, before_kib: before, after_kib: after })
+    Ok(Idle { name, conns, before_kib: before, after_kib: after, scrape })
+}
+
+/// The server node's `/metrics` and `/connections` answer times (median of 5) while `conns`
+/// connections are open.
+async fn scrape_times(admin: SocketAddr, conns: usize) -> anyhow::Result<String> {
+    let mut parts = Vec::new();
+    for path in ["/metrics", "/connections"] {
+        let mut times = Vec::new();
+        let mut size = 0;
+        for _ in 0..5 {
+            let started = std::time::Instant::now();
+            size = get(admin, path).await?;
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        times.sort_by(f64::total_cmp);
+        parts.push(format!("{path} {:.1} ms ({:.0} KiB)", times[2], size as f64 / 1024.0));
+    }
+    Ok(format!("with {conns} open connections the server node answered {}", parts.join(", ")))
+}
+
+async fn get(admin: SocketAddr, path: &str) -> anyhow::Result<usize> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(admin).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: weir\r\n\r\n").as_bytes()).await?;
+    let mut body = Vec::new();
+    s.read_to_end(&mut body).await?;
+    if !body.starts_with(b"HTTP/1.1 200") && !body.starts_with(b"HTTP/1.0 200") {
+        bail!("{admin}{path}: {}", String::from_utf8_lossy(&body[..body.len().min(80)]));
+    }
+    Ok(body.len())
 }
 
 async fn open(entry: SocketAddr, n: usize) -> anyhow::Result<Vec<TcpStream>> {

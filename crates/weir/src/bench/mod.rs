@@ -236,6 +236,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Section> {
     }
     let userspace = weir_userspace_bytes(&paths).await - userspace_before;
     let idle = idle::measure(&ca, dir.path(), args.idle_conns).await?;
+    notes.extend(idle.iter().filter_map(|i| i.scrape.as_ref().map(|s| format!("{}: {s}", i.name))));
     let haproxy_missing = chain.is_none();
     drop(chain);
     mesh.stop();
