@@ -59,5 +59,6 @@ async fn handle(app: TcpStream, from: SocketAddr, shared: &Arc<Shared>) {
         );
     };
     tracing::debug!(conn = id, workload = w.name, %dst, service = route.service, "captured connection");
-    outbound::handle(app, route, &w.tls, shared).await;
+    let captured = weir_telemetry::records::Captured { workload: w.name.clone(), app: from };
+    outbound::handle(app, route, &w.tls, shared, Some(captured)).await;
 }

@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 use weir_forward::{Outcome, Tally};
 use weir_identity::{SpiffeId, SvidStore};
 use weir_policy::InboundPolicy;
-use weir_telemetry::records::{ConnRecord, RecordStart, Records, TcpFacts};
+use weir_telemetry::records::{Captured, ConnRecord, RecordStart, Records, TcpFacts};
 use weir_telemetry::{
     ActiveLabels, BytesLabels, ClosedLabels, ConnLabels, Direction, Flow, Metrics, ModeLabels, RefusedLabels,
 };
@@ -147,7 +147,7 @@ impl Refusal {
 }
 
 /// The mesh leg as a connection record shows it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct MeshLeg {
     pub local: SocketAddr,
     pub remote: SocketAddr,
@@ -155,6 +155,8 @@ pub(crate) struct MeshLeg {
     pub session: SessionFacts,
     /// Served by a copy-mode HTTP listener.
     pub copy: bool,
+    /// The workload and app socket, when the kernel path captured the connection.
+    pub captured: Option<Captured>,
 }
 
 impl MeshLeg {
@@ -166,11 +168,16 @@ impl MeshLeg {
             fd: tcp.as_raw_fd(),
             session,
             copy: false,
+            captured: None,
         }
     }
 
     pub fn copy(self, copy: bool) -> Self {
         Self { copy, ..self }
+    }
+
+    pub fn captured(self, captured: Option<Captured>) -> Self {
+        Self { captured, ..self }
     }
 }
 
@@ -225,6 +232,7 @@ impl<'a> Tracked<'a> {
                 tls_version: leg.session.version,
                 cipher: leg.session.cipher,
                 fd: leg.fd,
+                captured: leg.captured,
             },
             tally.to_peer.own(),
             tally.from_peer.own(),
@@ -259,6 +267,10 @@ impl<'a> Tracked<'a> {
         let secs = self.started.elapsed().as_secs_f64();
         let r = self.record.view(std::time::SystemTime::now());
         let tcp = r.tcp.unwrap_or_default();
+        let (workload, app) = match &r.captured {
+            Some(c) => (c.workload.as_str(), r.app_tcp.unwrap_or_default()),
+            None => ("", Default::default()),
+        };
         // One access-log line per connection: the whole record, joined with how it ended.
         macro_rules! closing_line {
             ($level:ident, $message:literal $(, $extra:ident = $value:expr)*) => {
@@ -270,6 +282,7 @@ impl<'a> Tracked<'a> {
                     sent = r.bytes_to_peer, received = r.bytes_from_peer, requests = r.requests,
                     srtt_us = tcp.srtt_us, rttvar_us = tcp.rttvar_us, retransmits = tcp.retransmits,
                     cwnd = tcp.cwnd, delivery_rate = tcp.delivery_rate, secs,
+                    workload, app_srtt_us = app.srtt_us, app_retransmits = app.retransmits,
                     outcome = outcome.as_label() $(, $extra = $value)*, $message
                 )
             };
@@ -284,6 +297,17 @@ impl<'a> Tracked<'a> {
             Outcome::Reset(_) => closing_line!(info, "connection reset"),
             _ => closing_line!(warn, "connection ended abnormally"),
         }
+    }
+}
+
+/// `ktls_hw` when the kernel reports that the NIC encrypts this kTLS socket's records (its ULP
+/// info via sock_diag), else `ktls_sw`, also when the kernel will not say (no
+/// `CAP_NET_ADMIN`): one netlink round trip per kTLS connection, in its handshake phase.
+pub(crate) fn ktls_mode(socket: &TcpStream) -> Mode {
+    let (Ok(local), Ok(remote)) = (socket.local_addr(), socket.peer_addr()) else { return Mode::KtlsSw };
+    match weir_probe::tcp_socket(local, remote) {
+        Ok(Some(s)) if s.tls().is_some_and(|t| t.tx.is_hardware()) => Mode::KtlsHw,
+        _ => Mode::KtlsSw,
     }
 }
 

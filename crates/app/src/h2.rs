@@ -308,8 +308,8 @@ async fn mesh_sender(
     let (mode, leg) = (up.mode(), up.leg(true));
     let io: Box<dyn weir_forward::http1::ByteStream> = match up {
         // The inbound side speaks only after the client's preface: early bytes cannot be framed.
-        crate::outbound::Upstream::Ktls(_, drained, _) if !drained.is_empty() => return None,
-        crate::outbound::Upstream::Ktls(socket, _, _) => Box::new(socket),
+        crate::outbound::Upstream::Ktls(_, drained, _, _) if !drained.is_empty() => return None,
+        crate::outbound::Upstream::Ktls(socket, _, _, _) => Box::new(socket),
         crate::outbound::Upstream::Tls(tls) => tls,
     };
     let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())

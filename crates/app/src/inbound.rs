@@ -61,7 +61,8 @@ async fn handle(socket: TcpStream, from: SocketAddr, backends: &Backends, shared
             return shared.refuse(id, Direction::Inbound, Refusal::PreambleMalformed, &detail);
         }
         let leg = MeshLeg::of(&switched.socket, switched.session).copy(http.as_ref().is_some_and(|h| h.config.copy));
-        let t = Tracked::open(shared, id, Direction::Inbound, Mode::KtlsSw, (a.peer, a.service), leg);
+        let mode = crate::conn::ktls_mode(&switched.socket);
+        let t = Tracked::open(shared, id, Direction::Inbound, mode, (a.peer, a.service), leg);
         let outcome = match http {
             Some(svc) => crate::http::inbound_ktls(shared, &svc, &t, a.backend, switched.socket).await,
             None => {

@@ -4,6 +4,7 @@ use crate::conn::Shared;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
+use weir_telemetry::records::AppFacts;
 use weir_telemetry::{HttpMethodLabels, KernelBytesLabels, KernelRefusedLabels, WorkloadLabels, WorkloadPeerLabels};
 
 const TCP_CLOSE: u32 = 7;
@@ -25,6 +26,7 @@ pub(crate) fn fold(shared: &Shared, reported: &mut HashSet<u64>) {
     let name = |id: u32| shared.workloads.get(&id).map_or_else(|| "none".to_owned(), |w| w.name.clone());
     match kernel.connections() {
         Ok(conns) => {
+            join_captured(shared, &conns);
             let present: HashSet<u64> = conns.iter().map(|c| c.cookie).collect();
             for c in conns.iter().filter(|c| c.state == TCP_CLOSE && c.workload != 0) {
                 if !reported.insert(c.cookie) {
@@ -73,6 +75,26 @@ pub(crate) fn fold(shared: &Shared, reported: &mut HashSet<u64>) {
             let counter = k.http_requests.get_or_create(&HttpMethodLabels { workload: name(id), method });
             counter.inc_by(total.saturating_sub(counter.get()));
         }
+    }
+}
+
+/// Gives each open captured connection's record the kernel's facts about the app's own socket
+/// (its address is the join key: the capture listener saw it as the peer).
+fn join_captured(shared: &Shared, conns: &[weir_ebpf::ConnFacts]) {
+    let records: Vec<_> = shared.records.all().into_iter().filter(|r| r.start().captured.is_some()).collect();
+    if records.is_empty() {
+        return;
+    }
+    let by_app: std::collections::HashMap<_, _> =
+        conns.iter().filter(|c| c.captured && c.workload != 0).map(|c| (c.local, c)).collect();
+    for r in records {
+        let Some(c) = r.start().captured.as_ref().and_then(|cap| by_app.get(&cap.app)) else { continue };
+        r.set_app_tcp(AppFacts {
+            srtt_us: c.srtt_us.0,
+            retransmits: c.retransmits,
+            bytes_acked: c.bytes_acked,
+            bytes_received: c.bytes_received,
+        });
     }
 }
 

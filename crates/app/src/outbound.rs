@@ -10,6 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use tokio_rustls::{client::TlsStream, TlsConnector};
 use weir_config::OutboundRoute;
+use weir_telemetry::records::Captured;
 use weir_telemetry::Direction;
 use weir_tls::ktls::{self, CorkStream};
 use weir_tls::preamble::{Protocol, Request, Status, RESPONSE_LEN};
@@ -21,7 +22,7 @@ pub(crate) async fn serve(listener: TcpListener, route: Arc<OutboundRoute>, shar
         match listener.accept().await {
             Ok((app, _)) => {
                 let (route, shared) = (route.clone(), shared.clone());
-                tokio::spawn(async move { handle(app, &route, &shared.tls, &shared).await });
+                tokio::spawn(async move { handle(app, &route, &shared.tls, &shared, None).await });
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -33,11 +34,17 @@ pub(crate) async fn serve(listener: TcpListener, route: Arc<OutboundRoute>, shar
 }
 
 /// Carries one app connection to `route`'s peer, presenting the SVID in `tls` (the node's, or
-/// a captured workload's).
-pub(crate) async fn handle(app: TcpStream, route: &OutboundRoute, tls: &Arc<TlsConfigs>, shared: &Arc<Shared>) {
+/// a captured workload's: `captured` then names it and the app's socket).
+pub(crate) async fn handle(
+    app: TcpStream,
+    route: &OutboundRoute,
+    tls: &Arc<TlsConfigs>,
+    shared: &Arc<Shared>,
+    captured: Option<Captured>,
+) {
     let _ = app.set_nodelay(true);
     if let Some(http) = &route.http {
-        return crate::outbound_http::handle(app, route, http, tls, shared).await;
+        return crate::outbound_http::handle(app, route, http, tls, shared, captured).await;
     }
     let id = shared.next_id();
     let peer = match connect(route, tls, shared, id, shared.handshake_timeout).await {
@@ -45,9 +52,9 @@ pub(crate) async fn handle(app: TcpStream, route: &OutboundRoute, tls: &Arc<TlsC
         Err(Refused) => return reset(app),
     };
     let who = (route.peer_id.clone(), route.service.clone());
-    let t = Tracked::open(shared, id, Direction::Outbound, peer.mode(), who, peer.leg(false));
+    let t = Tracked::open(shared, id, Direction::Outbound, peer.mode(), who, peer.leg(false).captured(captured));
     let outcome = match peer {
-        Upstream::Ktls(socket, drained, _) => {
+        Upstream::Ktls(socket, drained, _, _) => {
             weir_forward::splice_ktls(app, socket, drained, &t.tally, shared.limits).await
         }
         Upstream::Tls(tls) => weir_forward::copy_tls(app, *tls, &t.tally).await,
@@ -58,8 +65,8 @@ pub(crate) async fn handle(app: TcpStream, route: &OutboundRoute, tls: &Arc<TlsC
 /// A mesh connection to a peer node, past handshake and preamble.
 pub(crate) enum Upstream {
     /// kTLS installed both ways; plaintext rustls decrypted before the switch; what the
-    /// handshake negotiated.
-    Ktls(TcpStream, Vec<u8>, weir_tls::SessionFacts),
+    /// handshake negotiated; whether the kernel or the NIC encrypts.
+    Ktls(TcpStream, Vec<u8>, weir_tls::SessionFacts, Mode),
     /// Userspace TLS.
     Tls(Box<TlsStream<TcpStream>>),
 }
@@ -67,7 +74,7 @@ pub(crate) enum Upstream {
 impl Upstream {
     pub fn mode(&self) -> Mode {
         match self {
-            Self::Ktls(..) => Mode::KtlsSw,
+            Self::Ktls(.., mode) => *mode,
             Self::Tls(_) => Mode::Userspace,
         }
     }
@@ -75,7 +82,7 @@ impl Upstream {
     /// The mesh leg for the connection's record (`copy`: served in copy mode).
     pub fn leg(&self, copy: bool) -> MeshLeg {
         match self {
-            Self::Ktls(socket, _, session) => MeshLeg::of(socket, *session),
+            Self::Ktls(socket, _, session, _) => MeshLeg::of(socket, *session),
             Self::Tls(tls) => MeshLeg::of(tls.get_ref().0, weir_tls::SessionFacts::of(tls.get_ref().1)),
         }
         .copy(copy)
@@ -111,7 +118,10 @@ pub(crate) async fn connect(
     if shared.ktls_available() && kernel_ready(&peer, shared, id) {
         let tls = handshake(connector, CorkStream::new(peer), route, shared, id).await.ok_or(Refused)?;
         match ktls::switch_client(tls).await {
-            Ok(s) => Ok(Upstream::Ktls(s.socket, s.drained, s.session)),
+            Ok(s) => {
+                let mode = crate::conn::ktls_mode(&s.socket);
+                Ok(Upstream::Ktls(s.socket, s.drained, s.session, mode))
+            }
             Err(e) => Err(refuse(Refusal::KtlsSetupFailed, &e)),
         }
     } else {

@@ -14,6 +14,7 @@ use weir_config::{OutboundHttp, OutboundRoute};
 use weir_forward::http1::{Conn, Exchange, Failure, Hooks, Http1Limits, Leg, Next, Verdict};
 use weir_forward::{Outcome, Side, Tally};
 use weir_http::{BodyFraming, RequestHead};
+use weir_telemetry::records::Captured;
 use weir_telemetry::Direction;
 use weir_tls::TlsConfigs;
 
@@ -26,14 +27,14 @@ struct Pooled<'s> {
 impl Pooled<'_> {
     fn leg(&mut self, copy: bool) -> Leg<'_> {
         match &mut self.up {
-            Upstream::Ktls(socket, _, _) => Leg::socket(socket, true, copy),
+            Upstream::Ktls(socket, _, _, _) => Leg::socket(socket, true, copy),
             Upstream::Tls(tls) => Leg::stream(&mut **tls),
         }
     }
 
     async fn close(mut self, outcome: Outcome) {
         let tcp = match &self.up {
-            Upstream::Ktls(socket, _, _) => socket,
+            Upstream::Ktls(socket, _, _, _) => socket,
             Upstream::Tls(tls) => tls.get_ref().0,
         };
         self.tracked.tally.note_close(tcp);
@@ -51,6 +52,7 @@ pub(crate) async fn handle(
     http: &OutboundHttp,
     tls: &Arc<TlsConfigs>,
     shared: &Arc<Shared>,
+    captured: Option<Captured>,
 ) {
     match tokio::time::timeout(http.request_head_timeout, crate::h2::preface_on_socket(&app)).await {
         Ok(Ok(true)) => {
@@ -124,14 +126,16 @@ pub(crate) async fn handle(
             log.rec.destination = target.peer_id.clone();
             let mut pooled = match pool.remove(service) {
                 Some(p) => p,
-                None => match connect(target, tls, shared, route.connect_timeout, http.copy).await {
-                    Some(p) => p,
-                    None if may_retry && attempt < route.retries => {
-                        attempt += 1;
-                        continue;
+                None => {
+                    match connect(target, tls, shared, route.connect_timeout, (http.copy, captured.clone())).await {
+                        Some(p) => p,
+                        None if may_retry && attempt < route.retries => {
+                            attempt += 1;
+                            continue;
+                        }
+                        None => break Err(503),
                     }
-                    None => break Err(503),
-                },
+                }
             };
             if !http.copy {
                 log.rec.mode = pooled.tracked.mode.as_label();
@@ -205,7 +209,7 @@ pub(crate) async fn handle(
     match upgraded {
         Some(Pooled { up, tracked }) => {
             let outcome = match up {
-                Upstream::Ktls(socket, _, _) => {
+                Upstream::Ktls(socket, _, _, _) => {
                     weir_forward::splice_ktls(app, socket, Vec::new(), &tracked.tally, shared.limits).await
                 }
                 Upstream::Tls(tls) => weir_forward::copy_tls(app, *tls, &tracked.tally).await,
@@ -226,11 +230,11 @@ async fn connect<'s>(
     tls: &TlsConfigs,
     shared: &'s Shared,
     timeout: std::time::Duration,
-    copy: bool,
+    (copy, captured): (bool, Option<Captured>),
 ) -> Option<Pooled<'s>> {
     let id = shared.next_id();
     let up = outbound::connect(target, tls, shared, id, timeout).await.ok()?;
-    if let Upstream::Ktls(_, drained, _) = &up {
+    if let Upstream::Ktls(_, drained, _, _) = &up {
         if !drained.is_empty() {
             // The inbound side speaks only after a request: bytes this early cannot be framed.
             shared.refuse(id, Direction::Outbound, Refusal::PreambleMalformed, &"data before the first request");
@@ -238,7 +242,7 @@ async fn connect<'s>(
         }
     }
     let who = (target.peer_id.clone(), target.service.clone());
-    let tracked = Tracked::open(shared, id, Direction::Outbound, up.mode(), who, up.leg(copy));
+    let tracked = Tracked::open(shared, id, Direction::Outbound, up.mode(), who, up.leg(copy).captured(captured));
     Some(Pooled { up, tracked })
 }
 

@@ -24,7 +24,7 @@ pub mod ulp;
 pub mod verdict;
 
 pub use report::{Probe, Report};
-pub use sock_diag::{raw_ulp_payloads, tcp_sockets, DiagError, TcpSocket, TcpState};
+pub use sock_diag::{raw_ulp_payloads, tcp_socket, tcp_sockets, DiagError, TcpSocket, TcpState};
 
 use report::{Counter, KernelReport, KtlsSocket, SidecarReport};
 

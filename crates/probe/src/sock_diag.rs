@@ -91,14 +91,41 @@ pub fn tcp_sockets() -> Result<Vec<TcpSocket>, DiagError> {
     Ok(out)
 }
 
+/// The one TCP socket with this address pair, as [`tcp_sockets`] would list it, asked of the
+/// kernel directly (no dump): cheap enough to call per connection, e.g. to learn whether a
+/// socket's kTLS runs on the NIC. `None` when there is no such socket.
+pub fn tcp_socket(local: IpSocketAddr, remote: IpSocketAddr) -> Result<Option<TcpSocket>, DiagError> {
+    let family = if local.is_ipv4() { AF_INET } else { AF_INET6 };
+    let socket_id = SocketId {
+        source_port: local.port(),
+        destination_port: remote.port(),
+        source_address: local.ip(),
+        destination_address: remote.ip(),
+        interface_id: 0,
+        // All 0xff: no cookie to check.
+        cookie: [0xff; 8],
+    };
+    match query(family, socket_id, false) {
+        Ok(responses) => Ok(responses.first().map(from_response)),
+        Err(DiagError::Kernel(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 fn dump(family: u8) -> Result<Vec<InetResponse>, DiagError> {
+    let socket_id = if family == AF_INET { SocketId::new_v4() } else { SocketId::new_v6() };
+    query(family, socket_id, true)
+}
+
+/// One request: a dump of the family (until `NLMSG_DONE`), or the one socket `socket_id`
+/// names (a single reply, or an error).
+fn query(family: u8, socket_id: SocketId, all: bool) -> Result<Vec<InetResponse>, DiagError> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(DiagError::Socket)?;
     socket.bind_auto().map_err(DiagError::Socket)?;
     socket.connect(&SocketAddr::new(0, 0)).map_err(DiagError::Socket)?;
     let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.flags = if all { NLM_F_REQUEST | NLM_F_DUMP } else { NLM_F_REQUEST };
     header.sequence_number = 1;
-    let socket_id = if family == AF_INET { SocketId::new_v4() } else { SocketId::new_v6() };
     let mut request = NetlinkMessage::new(
         header,
         SockDiagMessage::InetRequest(InetRequest {
@@ -131,6 +158,7 @@ fn dump(family: u8) -> Result<Vec<InetResponse>, DiagError> {
             match msg.payload {
                 NetlinkPayload::Done(_) => return Ok(out),
                 NetlinkPayload::Error(e) if e.code.is_some() => return Err(DiagError::Kernel(e.to_io())),
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) if !all => return Ok(vec![*r]),
                 NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => out.push(*r),
                 _ => {}
             }

@@ -88,6 +88,9 @@ async fn live_ktls_sockets_are_listed_as_software_tls13_owned_by_this_process() 
         assert!(tls.cipher_label().starts_with("AES-GCM"), "{end}: AES-GCM expected, got {}", tls.cipher_label());
         let info = s.info.as_ref().unwrap_or_else(|| panic!("{end}: no TCP_INFO"));
         assert!(info.bytes_received.unwrap_or(0) > 0, "{end}: received bytes counted: {info:?}");
+        // The same facts asked for this one socket (how a node labels a connection's mode).
+        let one = weir_probe::tcp_socket(s.local, s.remote).expect("query").expect("the socket");
+        assert_eq!(one.tls().map(|t| (t.tx, t.rx)), Some((TlsConf::Sw, TlsConf::Sw)), "{end}");
     }
 
     let report = weir_probe::scan().await;

@@ -34,3 +34,19 @@ fn a_loopback_connection_is_dumped_with_tcp_info() {
     assert!(peer.info.as_ref().and_then(|i| i.bytes_received).is_some_and(|b| b >= data.len() as u64), "{peer:?}");
     assert!(sockets.iter().any(|s| s.state.name() == "LISTEN" && s.local == listener.local_addr().unwrap()));
 }
+
+#[test]
+fn one_socket_is_asked_for_by_its_address_pair() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let (server, _) = listener.accept().expect("accept");
+    let (local, remote) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
+    let s = weir_probe::tcp_socket(local, remote).expect("sock_diag query").expect("the socket");
+    assert_eq!((s.local, s.remote, s.state.name()), (local, remote, "ESTABLISHED"));
+    let inode =
+        std::fs::metadata(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&client))).expect("fd").ino();
+    assert_eq!(s.inode, inode);
+    let gone = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+    assert!(weir_probe::tcp_socket(gone, remote).expect("query").is_none(), "no such socket: None, not an error");
+    drop(server);
+}

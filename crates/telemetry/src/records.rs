@@ -35,6 +35,29 @@ pub struct TcpFacts {
     pub sampled_unix_ms: u64,
 }
 
+/// What the eBPF sockops programs saw of the app's own socket of a captured connection: the
+/// app side of the hop, which no userspace proxy sees.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppFacts {
+    /// Smoothed RTT of the app's socket, microseconds.
+    pub srtt_us: u32,
+    /// Its retransmitted segments.
+    pub retransmits: u32,
+    /// Bytes the app sent that were acknowledged.
+    pub bytes_acked: u64,
+    /// Bytes the app received.
+    pub bytes_received: u64,
+}
+
+/// The workload end of a captured connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Captured {
+    /// The workload (from the config).
+    pub workload: String,
+    /// The app socket's own address (the join key with the kernel's per-socket facts).
+    pub app: SocketAddr,
+}
+
 /// What is fixed when a connection opens.
 #[derive(Debug, Clone)]
 pub struct RecordStart {
@@ -63,6 +86,8 @@ pub struct RecordStart {
     pub cipher: &'static str,
     /// The mesh leg's fd, for sampling `TCP_INFO` while the connection lives.
     pub fd: RawFd,
+    /// The workload and app socket, when the kernel path captured the connection.
+    pub captured: Option<Captured>,
 }
 
 /// One connection's record.
@@ -78,6 +103,7 @@ pub struct ConnRecord {
     pub requests: Counter,
     fd: AtomicI32,
     tcp: Mutex<Option<TcpFacts>>,
+    app_tcp: Mutex<Option<AppFacts>>,
     /// Retransmits already added to the Prometheus family (so deltas are added once).
     retransmits_reported: AtomicU32,
 }
@@ -94,6 +120,7 @@ impl ConnRecord {
             from_peer,
             requests: Counter::default(),
             tcp: Mutex::new(None),
+            app_tcp: Mutex::new(None),
             retransmits_reported: AtomicU32::new(0),
         }
     }
@@ -125,6 +152,11 @@ impl ConnRecord {
         *self.tcp.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Stores the kernel's latest facts about the captured app socket.
+    pub fn set_app_tcp(&self, facts: AppFacts) {
+        *self.app_tcp.lock().unwrap_or_else(|p| p.into_inner()) = Some(facts);
+    }
+
     /// The record as it stands now.
     pub fn view(&self, now: SystemTime) -> RecordView {
         let s = &self.start;
@@ -149,6 +181,8 @@ impl ConnRecord {
             bytes_from_peer: self.from_peer.get(),
             requests: self.requests.get(),
             tcp: self.tcp(),
+            captured: s.captured.clone(),
+            app_tcp: *self.app_tcp.lock().unwrap_or_else(|p| p.into_inner()),
         }
     }
 }
@@ -189,6 +223,12 @@ pub struct RecordView {
     pub requests: u64,
     /// The latest TCP sample, if one was taken.
     pub tcp: Option<TcpFacts>,
+    /// The workload and app socket of a captured connection.
+    #[serde(default)]
+    pub captured: Option<Captured>,
+    /// The kernel's facts about that app socket (sockops), once read.
+    #[serde(default)]
+    pub app_tcp: Option<AppFacts>,
 }
 
 /// The records of open connections.
@@ -256,6 +296,7 @@ mod tests {
             tls_version: "TLSv1.3",
             cipher: "TLS13_AES_128_GCM_SHA256",
             fd: 7,
+            captured: None,
         }
     }
 

@@ -236,6 +236,8 @@ mod tests {
             bytes_from_peer: 0,
             requests: 0,
             tcp: Some(TcpFacts { srtt_us, retransmits, ..TcpFacts::default() }),
+            captured: None,
+            app_tcp: None,
         }
     }
 

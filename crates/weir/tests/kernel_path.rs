@@ -152,6 +152,29 @@ async fn exec_capture_identity_deny_and_clean_stop() {
     .unwrap();
     assert_eq!(v6, "ipv6", "IPv6 destination captured");
 
+    // While a captured connection is open, its record joins the app's own socket as the
+    // kernel saw it (sockops) with the mesh leg Weir holds.
+    let cfg = client_path.clone();
+    let held = tokio::task::spawn_blocking(move || {
+        weir_exec(&cfg, "web", "exec 3<>/dev/tcp/127.0.0.77/7 && printf 'held' >&3 && head -c 4 <&3 && sleep 4")
+    });
+    let mut joined = None;
+    for _ in 0..60 {
+        let records = client.connections();
+        joined = records.into_iter().find(|r| {
+            r.captured.as_ref().is_some_and(|c| c.workload == "web") && r.app_tcp.is_some_and(|a| a.bytes_acked >= 4)
+        });
+        if joined.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = joined.expect("an open captured connection's record with the app socket's kernel facts");
+    let app = r.app_tcp.unwrap();
+    assert!(app.srtt_us > 0 && r.bytes_to_peer == 4, "{r:?}");
+    assert_eq!(r.peer, format!("spiffe://{TD}/ns/test/sa/server"));
+    assert_eq!(held.await.unwrap(), "held");
+
     // Deny: connect() fails in the kernel, and no SYN reaches the wire.
     let pcap = dir.path().join("deny.pcap");
     let mut dump = Command::new("tcpdump")
@@ -187,7 +210,7 @@ async fn exec_capture_identity_deny_and_clean_stop() {
     let s = server.metrics_text();
     assert_eq!(
         metric(&s, "weir_connections_opened_total", &[&format!("peer=\"{web}\"")]),
-        4.0,
+        5.0,
         "the server saw the workload's own identity:\n{s}"
     );
 
@@ -452,7 +475,15 @@ async fn killed_weir_leaves_policy_enforced_restart_adopts_clean_stop_removes_it
     assert!(probe().contains("Operation not permitted"), "still enforced with no Weir running");
 
     let second = start("second.log");
-    let log = std::fs::read_to_string(dir.path().join("second.log")).unwrap();
+    // Info lines reach the file in batches (at most 100 ms late).
+    let mut log = String::new();
+    for _ in 0..40 {
+        log = std::fs::read_to_string(dir.path().join("second.log")).unwrap();
+        if log.contains("adopted eBPF programs") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(log.contains("adopted eBPF programs"), "the restart adopts the pinned programs:\n{log}");
     assert!(probe().contains("Operation not permitted"), "enforced after adoption");
     Command::new("kill").args(["-TERM", &second.id().to_string()]).status().unwrap();
