@@ -249,11 +249,14 @@ impl Recorder<'_> {
             Some(c) => (c.path.as_str(), c.trace.trace_id.as_str(), c.trace.span_id.as_str(), c.verdict),
             None => ("", "", "", ex.rejected.unwrap_or("bad_request")),
         };
-        // The request joins its mesh connection: id and TCP facts at most FRESH old.
+        // The request joins its mesh connection: id and TCP facts at most FRESH old, read now
+        // for a request whose span is exported (the span shows the connection as it ended).
+        let exported = self.shared.spans.is_some() && current.is_some_and(|c| c.trace.sampled());
         let (mesh_conn, tcp) = match &self.record {
             Some(r) => {
                 r.requests.inc();
-                (r.start().id, crate::sampler::facts_within(self.shared, r, FRESH))
+                let max_age = if exported { std::time::Duration::ZERO } else { FRESH };
+                (r.start().id, crate::sampler::facts_within(self.shared, r, max_age))
             }
             None => (0, None),
         };

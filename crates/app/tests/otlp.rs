@@ -179,8 +179,16 @@ async fn request_spans_reach_the_collector_with_their_connections_l4_facts() {
         assert!(int_attr(span, "weir.tcp.retransmits").is_some());
         assert!(span.end_time_unix_nano >= span.start_time_unix_nano && span.start_time_unix_nano > 0);
     }
-    let s = scrape(&mesh.server).await;
-    assert!(metric(&s, "weir_otlp_spans_total", &["result=\"exported\""]) >= 3.0, "{s}");
+    // The receiver has the spans a moment before the exporter hears back and counts them.
+    let mut s = String::new();
+    for _ in 0..100 {
+        s = scrape(&mesh.server).await;
+        if metric(&s, "weir_otlp_spans_total", &["result=\"exported\""]) >= 3.0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("3 exported spans not counted: {s}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
