@@ -106,6 +106,17 @@ struct Path {
     runs: Vec<Run>,
     idle_rss_kib: u64,
     admin: Option<SocketAddr>,
+    /// Why this path stopped mid-run (its rows say so instead of giving figures).
+    failed: Option<String>,
+}
+
+impl Path {
+    fn figures(&self, f: fn(&Run) -> f64) -> Figures {
+        match &self.failed {
+            Some(why) => Figures::none(self.name, self.role, why),
+            None => Figures::of(self.name, self.role, self.runs.iter().map(f).collect()),
+        }
+    }
 }
 
 pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
@@ -189,6 +200,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Section> {
             runs: vec![],
             idle_rss_kib: 0,
             admin: None,
+            failed: None,
         },
         Path {
             name: "weir (userspace TLS)",
@@ -198,6 +210,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Section> {
             runs: vec![],
             idle_rss_kib: 0,
             admin: Some(mesh.client_admin),
+            failed: None,
         },
     ];
     let mut notes = Vec::new();
@@ -211,6 +224,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Section> {
             runs: vec![],
             idle_rss_kib: 0,
             admin: None,
+            failed: None,
         });
         Some(chain)
     } else {
@@ -229,9 +243,11 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Section> {
     }
     let userspace_before = weir_userspace_bytes(&paths).await;
     for rep in 0..args.reps {
-        for p in &mut paths {
-            let r = bulk(p, args.mib).with_context(|| format!("{} rep {rep}", p.name))?;
-            p.runs.push(r);
+        for p in paths.iter_mut().filter(|p| p.failed.is_none()) {
+            match bulk(p, args.mib) {
+                Ok(r) => p.runs.push(r),
+                Err(e) => p.failed = Some(format!("failed in rep {rep}: {e:#}")),
+            }
         }
     }
     let userspace = weir_userspace_bytes(&paths).await - userspace_before;
@@ -257,7 +273,7 @@ fn rows(args: &BenchArgs, paths: &[Path], userspace: f64, idle: &[idle::Idle], h
     let metric = |load: &str, name, unit, better| Metric { scenario: "hop", load: load.to_owned(), name, unit, better };
     let runs = |f: fn(&Run) -> f64, proxied_only: bool| -> Vec<Figures> {
         let measured = paths.iter().filter(|p| !proxied_only || !p.pids.is_empty());
-        measured.map(|p| Figures::of(p.name, p.role, p.runs.iter().map(f).collect())).chain(missing()).collect()
+        measured.map(|p| p.figures(f)).chain(missing()).collect()
     };
     let mut rows = metric(&bulk, "throughput", "MiB/s", Better::Higher).rows(runs(|r| r.mib_s, false));
     rows.extend(metric(&bulk, "proxy CPU", "s/GiB", Better::Lower).rows(runs(|r| r.proxy_cpu_per_gib, true)));
@@ -307,7 +323,7 @@ fn bulk(p: &Path, mib: u64) -> anyhow::Result<Run> {
 
 fn transient(e: &anyhow::Error) -> bool {
     let text = format!("{e:#}");
-    ["unable to receive control message", "server is busy", "unable to connect to server"]
+    ["unable to receive control message", "server is busy", "unable to connect to server", "unable to send cookie"]
         .iter()
         .any(|t| text.contains(t))
 }
@@ -357,6 +373,10 @@ fn report(args: &BenchArgs, paths: &[Path], userspace: f64, idle: &[idle::Idle],
     let _ = writeln!(t, "| path | MiB/s median (min–max) | × direct | × haproxy | proxy CPU s/GiB (min–max) | × haproxy | machine CPU s/GiB | idle RSS of the mesh |");
     let _ = writeln!(t, "|---|---|---|---|---|---|---|---|");
     for p in paths {
+        if let Some(why) = &p.failed {
+            let _ = writeln!(t, "| {} | {why} | | | | | | |", p.name);
+            continue;
+        }
         let (thr, tlo, thi) = stat(p, |r| r.mib_s);
         let (cpu, clo, chi) = stat(p, |r| r.proxy_cpu_per_gib);
         let (mach, _, _) = stat(p, |r| r.machine_cpu_per_gib);
