@@ -79,8 +79,13 @@ async fn live_ktls_sockets_are_listed_as_software_tls13_owned_by_this_process() 
     }
 
     let sockets = weir_probe::tcp_sockets().expect("sock_diag dump");
-    for end in ends {
-        let s = sockets.iter().find(|s| s.local == end).unwrap_or_else(|| panic!("{end} not in the dump"));
+    // Found by address pair: a listener or another socket may share a local port.
+    let pairs = [(ends[0], ends[1]), (ends[1], ends[0])];
+    for (end, peer) in pairs {
+        let s = sockets
+            .iter()
+            .find(|s| s.local == end && s.remote == peer)
+            .unwrap_or_else(|| panic!("{end} -> {peer} not in the dump"));
         assert_eq!(s.state.name(), "ESTABLISHED", "{end}");
         let tls = s.tls().unwrap_or_else(|| panic!("{end} has no parsed kTLS info: {:?}", s.ulp));
         assert_eq!((tls.tx, tls.rx), (TlsConf::Sw, TlsConf::Sw), "{end}: software kTLS both ways");

@@ -20,8 +20,13 @@ fn a_loopback_connection_is_dumped_with_tcp_info() {
         std::fs::metadata(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&client))).expect("fd").ino();
     let sockets = weir_probe::tcp_sockets().expect("sock_diag dump");
     let local = client.local_addr().expect("addr");
-    let s = sockets.iter().find(|s| s.local == local).unwrap_or_else(|| panic!("{local} not in the dump"));
-    assert_eq!(s.remote, listener.local_addr().expect("addr"));
+    let remote = listener.local_addr().expect("addr");
+    // The pair, not the local port alone: another socket (another test's, or one in
+    // TIME_WAIT) can hold the same local port towards a different peer.
+    let s = sockets
+        .iter()
+        .find(|s| s.local == local && s.remote == remote)
+        .unwrap_or_else(|| panic!("{local} -> {remote} not in the dump"));
     assert_eq!(s.state.name(), "ESTABLISHED");
     assert_eq!(s.inode, inode, "inode matches the fd's");
     assert!(s.ulp.is_none() && s.tls().is_none(), "a plain socket has no ULP: {:?}", s.ulp);
