@@ -34,6 +34,8 @@ pub struct Options<'a> {
     /// `RUST_LOG` for both nodes (overrides their configured level), e.g. to turn off the
     /// per-request access log.
     pub rust_log: Option<&'a str>,
+    /// Both nodes with `[ktls] mode = "off"`: userspace TLS even where the kernel has kTLS.
+    pub ktls_off: bool,
 }
 
 impl Mesh {
@@ -49,6 +51,7 @@ impl Mesh {
         let (outbound, inbound, client_admin, server_admin) = (free_port()?, free_port()?, free_port()?, free_port()?);
         let client_id = SpiffeId::workload("weir.local", "demo", "client")?;
         let server_id = SpiffeId::workload("weir.local", "demo", "server")?;
+        let ktls = if opts.ktls_off { "[ktls]\nmode = \"off\"" } else { "[ktls]\nmode = \"auto\"" };
         let base = |name: &str, sa: &str, admin: SocketAddr| {
             weir_config::DEFAULT
                 .replace("name = \"weir\"", &format!("name = \"{name}\""))
@@ -57,6 +60,7 @@ impl Mesh {
                 .replace("/var/lib/weir/ca", &ca_dir.display().to_string())
                 .replace("create_ca_if_missing = true", "create_ca_if_missing = false")
                 .replace("127.0.0.1:15000", &admin.to_string())
+                .replace("[ktls]\nmode = \"auto\"", ktls)
         };
         let server = base("server-node", "server", server_admin).replace("0.0.0.0:15008", &inbound.to_string())
             + &format!(

@@ -9,10 +9,10 @@ use std::time::Instant;
 
 /// Scenarios of `--scenario all` and the paths each must report, by name prefix.
 const EXPECTED: [(&str, &[&str]); 4] = [
-    ("hop", &["direct", "weir", "haproxy"]),
-    ("http", &["direct", "weir http, splice", "weir http, copy", "haproxy"]),
+    ("hop", &["direct", "weir (userspace TLS)", "weir (kTLS)", "haproxy", "nginx", "envoy"]),
+    ("http", &["direct", "weir http, splice", "weir http, copy", "haproxy", "nginx", "envoy"]),
     ("connect", &["no programs", "workload"]),
-    ("churn", &["direct", "weir", "haproxy"]),
+    ("churn", &["direct", "weir", "haproxy", "nginx", "envoy"]),
 ];
 
 #[test]

@@ -2,11 +2,12 @@
 //! generator (a tokio loop, [`WORKERS`] concurrent workers) repeatedly connects, writes 16 bytes,
 //! reads the 16-byte echo and closes, for `secs` per run, directly to an in-process echo server,
 //! through the two-node mesh (L4 service, default config, as in the hop scenario) and through the
-//! two-haproxy mTLS chain (`mode tcp`). Paths are interleaved per repetition; figures: new
+//! reference meshes (haproxy, nginx, Envoy; byte-stream mode, see `peers`). Paths are interleaved per repetition; figures: new
 //! connections per second, p50/p99 connect + exchange latency, proxy CPU per 1000 connections.
-use super::procs::{self, cpu_busy_seconds, cpu_seconds};
+use super::peers::{self, Mode};
+use super::procs::{cpu_busy_seconds, cpu_seconds};
 use super::report::{Better, Figures, Metric, Role, Row, Section, P50, P99};
-use super::{haproxy, median, CLIENT_CPU, HAPROXY, PROXY_CPU};
+use super::{median, CLIENT_CPU, PROXY_CPU};
 use anyhow::Context;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -73,13 +74,19 @@ async fn scenario(secs: u64, reps: usize) -> anyhow::Result<Section> {
         Err(e) => (Err(format!("failed to start: {e:#}")), vec![]),
     };
     targets.push(target("weir (userspace TLS)", Role::Weir, entry, pids));
-    let chain = procs::installed("haproxy").then(|| haproxy::start(dir.path(), &ca, backend, PROXY_CPU));
-    let (entry, pids) = match &chain {
-        Some(Ok(c)) => (Ok(c.entry), c.pids()),
-        Some(Err(e)) => (Err(format!("failed to start: {e:#}")), vec![]),
-        None => (Err("not installed: `make setup`".to_owned()), vec![]),
-    };
-    targets.push(target(HAPROXY, Role::Peer, entry, pids));
+    let mut chains = Vec::new();
+    for peer in peers::ALL {
+        let (entry, pids) = match (peer.binary(), peer.start(dir.path(), &ca, backend, PROXY_CPU, Mode::Tcp)) {
+            (_, Ok(c)) => {
+                let started = (Ok(c.entry), c.pids());
+                chains.push(c);
+                started
+            }
+            (Err(why), _) => (Err(why), vec![]),
+            (Ok(_), Err(e)) => (Err(format!("failed to start: {e:#}")), vec![]),
+        };
+        targets.push(target(peer.name(Mode::Tcp), Role::Peer, entry, pids));
+    }
     // Warm-up, not measured: every path must echo before it is measured.
     for t in &mut targets {
         let Ok(entry) = t.entry else { continue };
@@ -105,7 +112,7 @@ async fn scenario(secs: u64, reps: usize) -> anyhow::Result<Section> {
         let busy = median(t.runs.iter().map(|s| s.busy_proxy * 100.0).collect()).0;
         notes.push(format!("{}: CPU {PROXY_CPU} (the proxies') {busy:.0} % busy during the runs", t.name));
     }
-    drop(chain);
+    drop(chains);
     if let Ok(mesh) = mesh {
         mesh.stop();
     }

@@ -1,15 +1,17 @@
 //! `weir bench --scenario http`: the L7 hop. wrk against nginx directly, through the two-node
 //! mesh with the inbound service in `protocol = "http"` (one deny rule, so the policy runs on
-//! every request head) in splice mode and in copy mode, and through two haproxy processes in
-//! `mode http` with mTLS between them. Two loads: 1 KiB keep-alive requests (rate, p50/p99
-//! latency, proxy CPU per 1000 requests) and 1 MiB responses (rate, proxy CPU per request).
+//! every request head) in splice mode and in copy mode, and through the reference meshes
+//! (haproxy, nginx, Envoy: two instances each in HTTP mode with mTLS between them, see
+//! `peers`). Two loads: 1 KiB keep-alive requests (rate, p50/p99 latency, proxy CPU per 1000
+//! requests) and 1 MiB responses (rate, proxy CPU per request).
 //! wrk and nginx are pinned to CPU 0, the proxies to CPU 1; paths are interleaved and reported
 //! as medians with min–max. A path that cannot run says why; it never shows as zero.
 use super::logs::{first_lines, log_tail, problem_lines_in, read_lines, seconds_of_day, utc_seconds_of_day};
+use super::peers::{self, Mode};
 use super::procs::{self, cpu_busy_seconds, cpu_seconds, Proc};
 use super::report::{Better, Figures, Metric, Role, Row, Section, P50, P99};
 use super::wrk::wrk;
-use super::{haproxy, median, CLIENT_CPU, PROXY_CPU};
+use super::{median, CLIENT_CPU, PROXY_CPU};
 use crate::local_mesh::{Mesh, Options};
 use anyhow::{bail, Context};
 use std::fmt::Write as _;
@@ -31,9 +33,13 @@ const LARGE: Load = Load { name: "1 MiB", path: "/1m", body: 1 << 20, conns: 8 }
 /// The deny rule on the Weir paths: never matched by the load, but evaluated on every head.
 const DENIED: &str = "/admin";
 
-/// Weir's nodes run without the per-request access log, like haproxy (no `log`) and nginx
-/// (`access_log off`); warnings and errors still reach the node logs.
+/// Weir's nodes run without the per-request access log, like the peers (haproxy without `log`,
+/// nginx `access_log off`, Envoy without access loggers); warnings and errors still reach the
+/// node logs.
 const NODE_LOG: &str = "info,weir::access=off";
+
+/// Median, min and max of a figure.
+type Stat = (f64, f64, f64);
 
 /// One wrk run through one path.
 #[derive(Debug, Clone, Copy)]
@@ -68,7 +74,7 @@ impl Series {
 enum Kind {
     Direct,
     Weir,
-    Haproxy,
+    Peer,
 }
 
 /// A path under test.
@@ -146,8 +152,9 @@ pub async fn run(secs: u64, reps: usize) -> anyhow::Result<Section> {
         ("weir http, splice mode, policy on", Kind::Weir),
         ("weir http, copy mode, policy on", Kind::Weir),
         ("weir http, splice mode, policy on, access log + 1 % spans", Kind::Weir),
-        ("haproxy x2 (mode http, mTLS)", Kind::Haproxy),
     ];
+    let names: Vec<(&'static str, Kind)> =
+        names.into_iter().chain(peers::ALL.iter().map(|p| (p.name(Mode::Http), Kind::Peer))).collect();
     let nginx_bin = match nginx_bin {
         Some(bin) if missing.is_empty() => bin,
         _ => {
@@ -180,7 +187,7 @@ pub async fn run(secs: u64, reps: usize) -> anyhow::Result<Section> {
             "protocol = \"http\"\n[inbound.services.http]\nmode = \"{mode}\"\n\
              [[inbound.services.http.rules]]\naction = \"deny\"\npath_prefix = \"{DENIED}\"\n{telemetry}"
         );
-        let opts = Options { pin: Some(PROXY_CPU), service_toml: &service, rust_log: Some(rust_log) };
+        let opts = Options { pin: Some(PROXY_CPU), service_toml: &service, rust_log: Some(rust_log), ktls_off: false };
         let logs = vec![mesh_dir.join("server.log"), mesh_dir.join("client.log")];
         let mut t = match Mesh::start_with(&mesh_dir, ca.dir(), backend, opts).await {
             Ok(mesh) => {
@@ -196,32 +203,23 @@ pub async fn run(secs: u64, reps: usize) -> anyhow::Result<Section> {
         t.logs = logs;
         targets.push(t);
     }
-    let chain = if procs::installed("haproxy") {
-        let chain_dir = dir.path().join("haproxy");
-        std::fs::create_dir_all(&chain_dir)?;
-        let mut t = match haproxy::start_mode(&chain_dir, &ca, backend, PROXY_CPU, haproxy::Mode::Http) {
-            Ok(chain) => {
-                let mut t = Target::new(names[4].0, Kind::Haproxy, Ok(chain.entry));
+    let mut chains = Vec::new();
+    for peer in peers::ALL {
+        let name = peer.name(Mode::Http);
+        let t = match (peer.binary(), peer.start(dir.path(), &ca, backend, PROXY_CPU, Mode::Http)) {
+            (_, Ok(chain)) => {
+                let mut t = Target::new(name, Kind::Peer, Ok(chain.entry));
                 t.pids = chain.pids();
-                t.processes = ["haproxy A (entry)", "haproxy B (to nginx)"];
-                Some((t, chain))
+                t.processes = ["A (entry)", "B (to nginx)"];
+                t.logs.clone_from(&chain.logs);
+                chains.push(chain);
+                t
             }
-            Err(e) => {
-                targets.push(Target::new(names[4].0, Kind::Haproxy, Err(format!("failed to start: {e:#}"))));
-                None
-            }
+            (Err(why), _) => Target::new(name, Kind::Peer, Err(why)),
+            (Ok(_), Err(e)) => Target::new(name, Kind::Peer, Err(format!("failed to start: {e:#}"))),
         };
-        if let Some((t, _)) = &mut t {
-            t.logs = vec![chain_dir.join("haproxy-a.log"), chain_dir.join("haproxy-b.log")];
-        }
-        t.map(|(t, chain)| {
-            targets.push(t);
-            chain
-        })
-    } else {
-        targets.push(Target::new(names[4].0, Kind::Haproxy, Err("not installed: `make setup`".into())));
-        None
-    };
+        targets.push(t);
+    }
 
     // Every path must serve the file before it is measured; the Weir paths must refuse the
     // denied prefix, which shows the policy runs.
@@ -291,7 +289,7 @@ pub async fn run(secs: u64, reps: usize) -> anyhow::Result<Section> {
     notes.push(format!("full-telemetry row: the collector stand-in received {}", sink.summary()));
     let nginx_errors = problem_lines_in(&[dir.path().join("nginx/error.log")]);
     notes.extend(nginx_errors.into_iter().map(|l| format!("nginx error log: {l}")));
-    drop(chain);
+    drop(chains);
     for mesh in meshes {
         mesh.stop();
     }
@@ -334,7 +332,7 @@ fn rows(targets: &[Target]) -> Vec<Row> {
                 let role = match t.kind {
                     Kind::Direct => Role::Direct,
                     Kind::Weir => Role::Weir,
-                    Kind::Haproxy => Role::Peer,
+                    Kind::Peer => Role::Peer,
                 };
                 let s = t.series(load);
                 match (&t.entry, &s.failed) {
@@ -505,11 +503,11 @@ async fn weir_counts(admin: SocketAddr) -> String {
     format!("{}; body bytes through userspace: {:.1} MiB", counts.join(", "), userspace / (1 << 20) as f64)
 }
 
-/// What a path's logs say beyond start-up: Weir's warnings and errors grouped, haproxy's
+/// What a path's logs say beyond start-up: Weir's warnings and errors grouped, a peer's
 /// lines (it logs only problems here) at most five plus a count.
 fn problem_lines(t: &Target) -> Vec<String> {
     match t.kind {
-        Kind::Haproxy => first_lines(t.logs.iter().flat_map(|p| read_lines(p)).collect()),
+        Kind::Peer => first_lines(t.logs.iter().flat_map(|p| read_lines(p)).collect()),
         _ => weir_log_summary(t),
     }
 }
@@ -559,7 +557,7 @@ fn weir_log_summary(t: &Target) -> Vec<String> {
 fn report(secs: u64, reps: usize, targets: &[Target], notes: &[String]) -> String {
     let mut t = String::new();
     let direct = targets.iter().find(|p| p.kind == Kind::Direct);
-    let haproxy = targets.iter().find(|p| p.kind == Kind::Haproxy);
+    let peers: Vec<&Target> = targets.iter().filter(|p| p.kind == Kind::Peer).collect();
     let fig = |v: (f64, f64, f64), prec: usize| {
         if reps > 1 {
             format!("{:.prec$} ({:.prec$}–{:.prec$})", v.0, v.1, v.2)
@@ -576,19 +574,20 @@ fn report(secs: u64, reps: usize, targets: &[Target], notes: &[String]) -> Strin
          {CLIENT_CPU}, proxies on CPU {PROXY_CPU}\n"
     );
     for load in [&SMALL, &LARGE] {
-        let cpu_per = |s: &Sample| s.proxy_cpu_s * 1e3 / s.requests * if load.body == SMALL.body { 1e3 } else { 1.0 };
+        let cpu_scale = if load.body == SMALL.body { 1e6 } else { 1e3 };
+        let cpu_per = |s: &Sample| s.proxy_cpu_s / s.requests * cpu_scale;
         let cpu_unit = if load.body == SMALL.body { "ms / 1000 req" } else { "ms / req" };
         let _ = writeln!(t, "{} responses, wrk -c{} (keep-alive):\n", load.name, load.conns);
         if load.body == SMALL.body {
             let _ = writeln!(
                 t,
-                "| path | req/s | × direct | × haproxy | p50 ms | p99 ms | p99 × haproxy | proxy CPU {cpu_unit} | CPU × haproxy | CPU {CLIENT_CPU} / CPU {PROXY_CPU} busy % |"
+                "| path | req/s | × direct | × best peer | p50 ms | p99 ms | p99 × best peer | proxy CPU {cpu_unit} | CPU × best peer | CPU {CLIENT_CPU} / CPU {PROXY_CPU} busy % |"
             );
             let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|---|");
         } else {
             let _ = writeln!(
                 t,
-                "| path | req/s (= MiB/s) | × direct | × haproxy | p50 ms | p99 ms | proxy CPU {cpu_unit} | proxy CPU s / GiB | CPU × haproxy | CPU {CLIENT_CPU} / CPU {PROXY_CPU} busy % |"
+                "| path | req/s (= MiB/s) | × direct | × best peer | p50 ms | p99 ms | proxy CPU {cpu_unit} | proxy CPU s / GiB | CPU × best peer | CPU {CLIENT_CPU} / CPU {PROXY_CPU} busy % |"
             );
             let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|---|");
         }
@@ -614,11 +613,14 @@ fn report(secs: u64, reps: usize, targets: &[Target], notes: &[String]) -> Strin
             let p99 = s.stat(|r| r.p99_ms).unwrap_or_default();
             let cpu = median(s.runs.iter().map(cpu_per).collect());
             let direct_rps = direct.and_then(|d| d.series(load).stat(|r| r.rps));
-            let ha = haproxy.map(|h| h.series(load));
-            let ha_rps = ha.and_then(|h| h.stat(|r| r.rps));
-            let ha_cpu = ha
-                .filter(|h| h.failed.is_none() && !h.runs.is_empty())
-                .map(|h| median(h.runs.iter().map(cpu_per).collect()));
+            // The best peer per figure: highest rate, lowest latency and CPU.
+            let best = |f: &dyn Fn(&Series) -> Option<Stat>, higher: bool| {
+                let figures = peers.iter().filter(|h| h.entry.is_ok()).filter_map(|h| f(h.series(load)));
+                figures.reduce(|a, b| if (b.0 > a.0) == higher { b } else { a })
+            };
+            let ha_rps = best(&|h| h.stat(|r| r.rps), true);
+            let ha_cpu = best(&|h| h.stat(|r| r.proxy_cpu_s / r.requests), false)
+                .map(|(m, lo, hi)| (m * cpu_scale, lo * cpu_scale, hi * cpu_scale));
             let proxied = !p.pids.is_empty();
             let dash = || "–".to_owned();
             let busy = format!(
@@ -628,7 +630,7 @@ fn report(secs: u64, reps: usize, targets: &[Target], notes: &[String]) -> Strin
             );
             let (cpu_cell, cpu_ratio) = if proxied { (fig(cpu, 2), ratio(cpu.0, ha_cpu)) } else { (dash(), dash()) };
             if load.body == SMALL.body {
-                let ha_p99 = ha.and_then(|h| h.stat(|r| r.p99_ms));
+                let ha_p99 = best(&|h| h.stat(|r| r.p99_ms), false);
                 let _ = writeln!(
                     t,
                     "| {} | {} | {} | {} | {} | {} | {} | {cpu_cell} | {cpu_ratio} | {busy} |",
@@ -660,8 +662,9 @@ fn report(secs: u64, reps: usize, targets: &[Target], notes: &[String]) -> Strin
     let _ = writeln!(
         t,
         "Weir: client node L4 outbound → userspace TLS 1.3 mTLS → server node, inbound service `protocol = \"http\"` \
-         with one deny rule ({DENIED}), access log off. haproxy: both processes `mode http`, keep-alive, \
-         `http-reuse always`, TLS 1.3 AES-128-GCM with client certificates, one thread each, no logging."
+         with one deny rule ({DENIED}), access log off. Peers: two instances each in HTTP mode, keep-alive on both \
+         sides, upstream connections reused, TLS 1.3 AES-128-GCM with client certificates, one worker each, no \
+         access log. × best peer: to the peer with the best median of that figure in this run."
     );
     for n in notes {
         let _ = writeln!(t, "\nnote: {n}");

@@ -1,6 +1,8 @@
 //! Memory per idle proxied connection: hold N connections open through a path to a backend
 //! that accepts and waits, then read the mesh processes' RSS.
+use super::peers::Mode;
 use super::procs::memory_kib;
+use super::report::Role;
 use anyhow::{bail, Context};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -12,6 +14,9 @@ use tokio::net::{TcpListener, TcpStream};
 /// One path's idle figure.
 pub struct Idle {
     pub name: &'static str,
+    pub role: super::report::Role,
+    /// Why this path has no figure (it failed to start or to hold the connections).
+    pub failed: Option<String>,
     pub conns: usize,
     pub before_kib: u64,
     pub after_kib: u64,
@@ -34,17 +39,38 @@ pub async fn measure(ca: &weir_identity::Ca, dir: &Path, conns: usize) -> anyhow
     let mut out = Vec::new();
     let idle_dir = dir.join("idle");
     std::fs::create_dir_all(&idle_dir)?;
-    let mesh = crate::local_mesh::Mesh::start(&idle_dir, ca.dir(), backend, Some(super::PROXY_CPU)).await?;
-    out.push(
-        hold("weir (userspace TLS)", mesh.outbound, &mesh.pids(), conns, &accepted, Some(mesh.server_admin)).await?,
-    );
+    let opts = crate::local_mesh::Options { pin: Some(super::PROXY_CPU), ktls_off: true, ..Default::default() };
+    let mesh = crate::local_mesh::Mesh::start_with(&idle_dir, ca.dir(), backend, opts).await?;
+    let name = "weir (userspace TLS)";
+    let held = hold(name, mesh.outbound, &mesh.pids(), conns, &accepted, Some(mesh.server_admin)).await;
+    out.push(Idle::or_failed(name, Role::Weir, held));
     mesh.stop();
-    if super::procs::installed("haproxy") {
-        let chain = super::haproxy::start(&idle_dir, ca, backend, super::PROXY_CPU)?;
-        out.push(hold(super::HAPROXY, chain.entry, &chain.pids(), conns, &accepted, None).await?);
+    for peer in super::peers::ALL {
+        let name = peer.name(Mode::Tcp);
+        let held = match peer.start(&idle_dir, ca, backend, super::PROXY_CPU, Mode::Tcp) {
+            Ok(chain) => hold(name, chain.entry, &chain.pids(), conns, &accepted, None).await,
+            // Not installed: the hop rows already say so.
+            Err(_) if peer.binary().is_err() => continue,
+            Err(e) => Err(e.context("failed to start")),
+        };
+        out.push(Idle::or_failed(name, Role::Peer, held));
     }
     server.abort();
     Ok(out)
+}
+
+impl Idle {
+    fn or_failed(name: &'static str, role: Role, held: anyhow::Result<Idle>) -> Idle {
+        held.map(|i| Idle { role, ..i }).unwrap_or_else(|e| Idle {
+            name,
+            role,
+            failed: Some(format!("{e:#}")),
+            conns: 0,
+            before_kib: 0,
+            after_kib: 0,
+            scrape: None,
+        })
+    }
 }
 
 async fn hold(
@@ -73,7 +99,7 @@ async fn hold(
         None => None,
     };
     drop(streams);
-    Ok(Idle { name, conns, before_kib: before, after_kib: after, scrape })
+    Ok(Idle { name, role: Role::Weir, failed: None, conns, before_kib: before, after_kib: after, scrape })
 }
 
 /// The server node's `/metrics` and `/connections` answer times (median of 5) while `conns`

@@ -13,11 +13,11 @@
 mod charts;
 mod churn;
 pub mod connect;
-mod haproxy;
 mod http;
 mod idle;
 mod logs;
 mod otlp_sink;
+mod peers;
 mod procs;
 mod report;
 mod wrk;
@@ -89,9 +89,13 @@ pub(crate) fn wait_listening(addr: SocketAddr) -> anyhow::Result<()> {
     bail!("nothing listening on {addr} after 5 s")
 }
 
+/// Parallel iperf3 streams of the bulk loads.
+const STREAMS: [u32; 2] = [1, 8];
+
 /// One bulk measurement.
 #[derive(Debug, Clone, Copy)]
 struct Run {
+    streams: u32,
     mib_s: f64,
     proxy_cpu_per_gib: f64,
     machine_cpu_per_gib: f64,
@@ -106,15 +110,25 @@ struct Path {
     runs: Vec<Run>,
     idle_rss_kib: u64,
     admin: Option<SocketAddr>,
+    /// Payload bytes the client node moved through userspace during the bulk runs.
+    userspace_bytes: f64,
     /// Why this path stopped mid-run (its rows say so instead of giving figures).
     failed: Option<String>,
 }
 
 impl Path {
-    fn figures(&self, f: fn(&Run) -> f64) -> Figures {
+    fn new(name: &'static str, role: Role, entry: SocketAddr, pids: Vec<u32>) -> Self {
+        Self { name, role, entry, pids, runs: vec![], idle_rss_kib: 0, admin: None, userspace_bytes: 0.0, failed: None }
+    }
+
+    /// `f` of the runs with `streams` parallel streams.
+    fn figures(&self, streams: u32, f: fn(&Run) -> f64) -> Figures {
         match &self.failed {
             Some(why) => Figures::none(self.name, self.role, why),
-            None => Figures::of(self.name, self.role, self.runs.iter().map(f).collect()),
+            None => {
+                let runs = self.runs.iter().filter(|r| r.streams == streams);
+                Figures::of(self.name, self.role, runs.map(f).collect())
+            }
         }
     }
 }
@@ -190,114 +204,124 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Section> {
         Proc::pinned(CLIENT_CPU, "iperf3", &["-s", "-B", "127.0.0.1", "-p", &port], &dir.path().join("iperf3.log"))?;
     wait_listening(sink)?;
 
-    let mesh = crate::local_mesh::Mesh::start(dir.path(), ca.dir(), sink, Some(PROXY_CPU)).await?;
-    let mut paths = vec![
-        Path {
-            name: "direct (no mesh)",
-            role: Role::Direct,
-            entry: sink,
-            pids: vec![],
-            runs: vec![],
-            idle_rss_kib: 0,
-            admin: None,
-            failed: None,
-        },
-        Path {
-            name: "weir (userspace TLS)",
-            role: Role::Weir,
-            entry: mesh.outbound,
-            pids: mesh.pids(),
-            runs: vec![],
-            idle_rss_kib: 0,
-            admin: Some(mesh.client_admin),
-            failed: None,
-        },
-    ];
-    let mut notes = Vec::new();
-    let chain = if procs::installed("haproxy") {
-        let chain = haproxy::start(dir.path(), &ca, sink, PROXY_CPU)?;
-        paths.push(Path {
-            name: HAPROXY,
-            role: Role::Peer,
-            entry: chain.entry,
-            pids: chain.pids(),
-            runs: vec![],
-            idle_rss_kib: 0,
-            admin: None,
-            failed: None,
-        });
-        Some(chain)
-    } else {
-        notes.push("haproxy: not installed (row omitted)".to_owned());
-        None
-    };
-    if weir_tls::ktls::detect().await.is_available() {
-        notes.push(
-            "this kernel has kTLS, but the bench host path runs userspace TLS; kTLS speed needs real hardware".into(),
-        );
-    } else {
-        notes.push("kTLS: not in this kernel (CONFIG_TLS): Weir runs userspace TLS here; kTLS is tested functionally in a guest, where speed is meaningless".into());
+    let mut paths = vec![Path::new("direct (no mesh)", Role::Direct, sink, vec![])];
+    // Paths that cannot run here: their rows say why.
+    let mut absent: Vec<(&'static str, Role, String)> = Vec::new();
+    let mut meshes = Vec::new();
+    let ktls = weir_tls::ktls::detect().await.is_available();
+    for (name, ktls_off) in [("weir (userspace TLS)", true), ("weir (kTLS)", false)] {
+        if !ktls_off && !ktls {
+            absent.push((
+                name,
+                Role::Weir,
+                "this kernel has no kTLS (CONFIG_TLS); tested functionally in a guest".into(),
+            ));
+            continue;
+        }
+        let mesh_dir = dir.path().join(if ktls_off { "weir-userspace" } else { "weir-ktls" });
+        std::fs::create_dir_all(&mesh_dir)?;
+        let opts = crate::local_mesh::Options { pin: Some(PROXY_CPU), ktls_off, ..Default::default() };
+        let mesh = crate::local_mesh::Mesh::start_with(&mesh_dir, ca.dir(), sink, opts).await?;
+        let mut weir = Path::new(name, Role::Weir, mesh.outbound, mesh.pids());
+        weir.admin = Some(mesh.client_admin);
+        paths.push(weir);
+        meshes.push(mesh);
     }
-    for p in &mut paths {
-        p.idle_rss_kib = p.pids.iter().map(|&pid| memory_kib(pid, "VmRSS")).sum();
-    }
-    let userspace_before = weir_userspace_bytes(&paths).await;
-    for rep in 0..args.reps {
-        for p in paths.iter_mut().filter(|p| p.failed.is_none()) {
-            match bulk(p, args.mib) {
-                Ok(r) => p.runs.push(r),
-                Err(e) => p.failed = Some(format!("failed in rep {rep}: {e:#}")),
+    let mut chains = Vec::new();
+    for peer in peers::ALL {
+        let name = peer.name(peers::Mode::Tcp);
+        match peer.start(dir.path(), &ca, sink, PROXY_CPU, peers::Mode::Tcp) {
+            Ok(chain) => {
+                paths.push(Path::new(name, Role::Peer, chain.entry, chain.pids()));
+                chains.push(chain);
+            }
+            Err(e) => {
+                let why = peer.binary().err().unwrap_or_else(|| format!("failed to start: {e:#}"));
+                absent.push((name, Role::Peer, why));
             }
         }
     }
-    let userspace = weir_userspace_bytes(&paths).await - userspace_before;
+    let mut notes = Vec::new();
+    for p in &mut paths {
+        p.idle_rss_kib = p.pids.iter().map(|&pid| memory_kib(pid, "VmRSS")).sum();
+    }
+    for p in &mut paths {
+        p.userspace_bytes = -userspace_bytes(p.admin).await;
+    }
+    for rep in 0..args.reps {
+        for streams in STREAMS {
+            for p in paths.iter_mut().filter(|p| p.failed.is_none()) {
+                match bulk(p, args.mib, streams) {
+                    Ok(r) => p.runs.push(r),
+                    Err(e) => p.failed = Some(format!("failed in rep {rep} ({streams} streams): {e:#}")),
+                }
+            }
+        }
+    }
+    for p in &mut paths {
+        p.userspace_bytes += userspace_bytes(p.admin).await;
+    }
+    drop(chains);
+    meshes.into_iter().for_each(crate::local_mesh::Mesh::stop);
     let idle = idle::measure(&ca, dir.path(), args.idle_conns).await?;
     notes.extend(idle.iter().filter_map(|i| i.scrape.as_ref().map(|s| format!("{}: {s}", i.name))));
-    let haproxy_missing = chain.is_none();
-    drop(chain);
-    mesh.stop();
-    Ok(Section {
-        markdown: report(args, &paths, userspace, &idle, &notes),
-        rows: rows(args, &paths, userspace, &idle, haproxy_missing),
-        notes,
-    })
+    let rows = rows(args, &paths, &idle, &absent);
+    Ok(Section { markdown: report(args, &rows, &notes), rows, notes })
 }
 
-/// The haproxy chain's name in the hop tables.
-const HAPROXY: &str = "haproxy x2 (mTLS, splice)";
-
-/// The hop scenario's figures as rows; haproxy's say "not installed" when it is missing.
-fn rows(args: &BenchArgs, paths: &[Path], userspace: f64, idle: &[idle::Idle], haproxy_missing: bool) -> Vec<Row> {
-    let missing = || haproxy_missing.then(|| Figures::none(HAPROXY, Role::Peer, "not installed: `make setup`"));
-    let bulk = format!("{} MiB bulk (iperf3)", args.mib);
+/// The hop scenario's figures as rows; a peer that could not run has rows that say why.
+fn rows(args: &BenchArgs, paths: &[Path], idle: &[idle::Idle], absent: &[(&'static str, Role, String)]) -> Vec<Row> {
+    let missing = || absent.iter().map(|(name, role, why)| Figures::none(name, *role, why));
     let metric = |load: &str, name, unit, better| Metric { scenario: "hop", load: load.to_owned(), name, unit, better };
-    let runs = |f: fn(&Run) -> f64, proxied_only: bool| -> Vec<Figures> {
-        let measured = paths.iter().filter(|p| !proxied_only || !p.pids.is_empty());
-        measured.map(|p| p.figures(f)).chain(missing()).collect()
-    };
-    let mut rows = metric(&bulk, "throughput", "MiB/s", Better::Higher).rows(runs(|r| r.mib_s, false));
-    rows.extend(metric(&bulk, "proxy CPU", "s/GiB", Better::Lower).rows(runs(|r| r.proxy_cpu_per_gib, true)));
-    rows.extend(metric(&bulk, "machine CPU", "s/GiB", Better::Lower).rows(runs(|r| r.machine_cpu_per_gib, false)));
+    let mut rows = Vec::new();
+    for streams in STREAMS {
+        let bulk = bulk_load(args.mib, streams);
+        let runs = |f: fn(&Run) -> f64, proxied_only: bool| -> Vec<Figures> {
+            let measured = paths.iter().filter(|p| !proxied_only || !p.pids.is_empty());
+            measured.map(|p| p.figures(streams, f)).chain(missing()).collect()
+        };
+        rows.extend(metric(&bulk, THROUGHPUT, "MiB/s", Better::Higher).rows(runs(|r| r.mib_s, false)));
+        rows.extend(metric(&bulk, PROXY_CPU_GIB, "s/GiB", Better::Lower).rows(runs(|r| r.proxy_cpu_per_gib, true)));
+        rows.extend(
+            metric(&bulk, MACHINE_CPU_GIB, "s/GiB", Better::Lower).rows(runs(|r| r.machine_cpu_per_gib, false)),
+        );
+    }
+    let bulk = bulk_load(args.mib, STREAMS[0]);
     let rss = paths.iter().filter(|p| !p.pids.is_empty());
     let rss = rss.map(|p| Figures::of(p.name, p.role, vec![p.idle_rss_kib as f64 / 1024.0])).chain(missing());
-    rows.extend(metric(&bulk, "mesh RSS at start", "MiB", Better::Lower).rows(rss.collect()));
-    let moved = (args.mib * args.reps as u64) as f64 * (1 << 20) as f64;
+    rows.extend(metric(&bulk, RSS_AT_START, "MiB", Better::Lower).rows(rss.collect()));
+    let moved = (args.mib * (args.reps * STREAMS.len()) as u64) as f64 * (1 << 20) as f64;
     let weir = paths.iter().filter(|p| p.role == Role::Weir);
-    let weir = weir.map(|p| Figures::of(p.name, p.role, vec![userspace / moved.max(1.0)])).collect();
-    rows.extend(metric(&bulk, "payload through userspace", "× bytes moved", Better::Lower).rows(weir));
-    let per_conn = idle.iter().map(|i| {
-        let role = if i.name == HAPROXY { Role::Peer } else { Role::Weir };
-        Figures::of(i.name, role, vec![i.after_kib.saturating_sub(i.before_kib) as f64 / i.conns.max(1) as f64])
+    let weir = weir.map(|p| Figures::of(p.name, p.role, vec![p.userspace_bytes / moved.max(1.0)])).collect();
+    rows.extend(metric(&bulk, USERSPACE, "× bytes moved", Better::Lower).rows(weir));
+    let per_conn = idle.iter().map(|i| match &i.failed {
+        Some(why) => Figures::none(i.name, i.role, why),
+        None => {
+            Figures::of(i.name, i.role, vec![i.after_kib.saturating_sub(i.before_kib) as f64 / i.conns.max(1) as f64])
+        }
     });
     let load = format!("{} idle connections", args.idle_conns);
-    rows.extend(
-        metric(&load, "memory per idle connection", "KiB", Better::Lower).rows(per_conn.chain(missing()).collect()),
-    );
+    rows.extend(metric(&load, IDLE_MEMORY, "KiB", Better::Lower).rows(per_conn.chain(missing()).collect()));
     rows
 }
 
-async fn weir_userspace_bytes(paths: &[Path]) -> f64 {
-    let Some(admin) = paths.iter().find_map(|p| p.admin) else { return 0.0 };
+const THROUGHPUT: &str = "throughput";
+const PROXY_CPU_GIB: &str = "proxy CPU";
+const MACHINE_CPU_GIB: &str = "machine CPU";
+const RSS_AT_START: &str = "mesh RSS at start";
+const USERSPACE: &str = "payload through userspace";
+const IDLE_MEMORY: &str = "memory per idle connection";
+
+fn bulk_load(mib: u64, streams: u32) -> String {
+    match streams {
+        1 => format!("{mib} MiB bulk (iperf3, 1 connection)"),
+        n => format!("{mib} MiB bulk (iperf3 -P {n}, {n} connections)"),
+    }
+}
+
+/// The payload bytes a Weir node's pumps moved through userspace so far (0 without a node).
+async fn userspace_bytes(admin: Option<SocketAddr>) -> f64 {
+    let Some(admin) = admin else { return 0.0 };
     let text = crate::demo::traffic::get_text(admin, "/metrics").await.map(|(_, t)| t).unwrap_or_default();
     text.lines()
         .filter(|l| l.starts_with("weir_userspace_bytes_total"))
@@ -308,10 +332,10 @@ async fn weir_userspace_bytes(paths: &[Path]) -> f64 {
 /// One iperf3 transfer of `mib` through `p`. The iperf3 server serves one test at a time and
 /// takes a moment to clear a previous one (including the bare connect that proved it was
 /// listening): a refusal of the control connection is retried, a real failure is not.
-fn bulk(p: &Path, mib: u64) -> anyhow::Result<Run> {
+fn bulk(p: &Path, mib: u64, streams: u32) -> anyhow::Result<Run> {
     let mut tries = 0;
     loop {
-        match bulk_once(p, mib) {
+        match bulk_once(p, mib, streams) {
             Err(e) if tries < 5 && transient(&e) => {
                 tries += 1;
                 std::thread::sleep(Duration::from_millis(300));
@@ -328,7 +352,7 @@ fn transient(e: &anyhow::Error) -> bool {
         .any(|t| text.contains(t))
 }
 
-fn bulk_once(p: &Path, mib: u64) -> anyhow::Result<Run> {
+fn bulk_once(p: &Path, mib: u64, streams: u32) -> anyhow::Result<Run> {
     let cpu0: f64 = p.pids.iter().map(|&pid| cpu_seconds(pid)).sum();
     let machine0 = machine_busy_seconds();
     let out = std::process::Command::new("taskset")
@@ -342,6 +366,8 @@ fn bulk_once(p: &Path, mib: u64) -> anyhow::Result<Run> {
             &p.entry.port().to_string(),
             "-n",
             &format!("{mib}M"),
+            "-P",
+            &streams.to_string(),
             "-J",
         ])
         .output()
@@ -355,7 +381,12 @@ fn bulk_once(p: &Path, mib: u64) -> anyhow::Result<Run> {
     let bytes = json["end"]["sum_received"]["bytes"].as_f64().context("iperf3 received bytes")?;
     let secs = json["end"]["sum_received"]["seconds"].as_f64().context("iperf3 seconds")?;
     let gib = bytes / (1u64 << 30) as f64;
-    Ok(Run { mib_s: bytes / (1 << 20) as f64 / secs, proxy_cpu_per_gib: cpu / gib, machine_cpu_per_gib: machine / gib })
+    Ok(Run {
+        streams,
+        mib_s: bytes / (1 << 20) as f64 / secs,
+        proxy_cpu_per_gib: cpu / gib,
+        machine_cpu_per_gib: machine / gib,
+    })
 }
 
 fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
@@ -364,57 +395,59 @@ fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
     (v.get(v.len() / 2).copied().unwrap_or(0.0), lo, hi)
 }
 
-fn report(args: &BenchArgs, paths: &[Path], userspace: f64, idle: &[idle::Idle], notes: &[String]) -> String {
+/// The hop tables, from the rows: per bulk load one line per path, then idle memory.
+fn report(args: &BenchArgs, rows: &[Row], notes: &[String]) -> String {
     let mut t = String::new();
-    let stat = |p: &Path, f: fn(&Run) -> f64| median(p.runs.iter().map(f).collect());
-    let haproxy = paths.iter().find(|p| p.name.starts_with("haproxy"));
-    let direct = &paths[0];
-    let _ = writeln!(t, "\n## Hop benchmark: {} MiB bulk (iperf3), {} interleaved reps, proxies pinned to CPU {PROXY_CPU}, iperf3 to CPU {CLIENT_CPU}\n", args.mib, args.reps);
-    let _ = writeln!(t, "| path | MiB/s median (min–max) | × direct | × haproxy | proxy CPU s/GiB (min–max) | × haproxy | machine CPU s/GiB | idle RSS of the mesh |");
-    let _ = writeln!(t, "|---|---|---|---|---|---|---|---|");
-    for p in paths {
-        if let Some(why) = &p.failed {
-            let _ = writeln!(t, "| {} | {why} | | | | | | |", p.name);
-            continue;
+    let find = |load: &str, path: &str, metric: &str| {
+        rows.iter().find(|r| r.load == load && r.path == path && r.metric == metric)
+    };
+    let opt = |v: Option<f64>, d: usize| v.map_or("–".to_owned(), |v| format!("{v:.d$}"));
+    let range = |r: Option<&Row>, d: usize| match r {
+        Some(Row { median: Some(m), min: Some(lo), max: Some(hi), .. }) if args.reps > 1 => {
+            format!("{m:.d$} ({lo:.d$}–{hi:.d$})")
         }
-        let (thr, tlo, thi) = stat(p, |r| r.mib_s);
-        let (cpu, clo, chi) = stat(p, |r| r.proxy_cpu_per_gib);
-        let (mach, _, _) = stat(p, |r| r.machine_cpu_per_gib);
-        let ratio =
-            |a: f64, b: Option<f64>| b.filter(|b| *b > 0.0).map_or("–".to_owned(), |b| format!("{:.2}", a / b));
-        let _ = writeln!(
-            t,
-            "| {} | {thr:.0} ({tlo:.0}–{thi:.0}) | {} | {} | {} | {} | {mach:.2} | {} |",
-            p.name,
-            ratio(thr, Some(stat(direct, |r| r.mib_s).0)),
-            ratio(thr, haproxy.map(|h| stat(h, |r| r.mib_s).0)),
-            if p.pids.is_empty() { "–".to_owned() } else { format!("{cpu:.2} ({clo:.2}–{chi:.2})") },
-            if p.pids.is_empty() {
-                "–".to_owned()
-            } else {
-                ratio(cpu, haproxy.map(|h| stat(h, |r| r.proxy_cpu_per_gib).0))
-            },
-            if p.pids.is_empty() {
-                "–".to_owned()
-            } else {
-                format!("{:.1} MiB ({} processes)", p.idle_rss_kib as f64 / 1024.0, p.pids.len())
-            },
-        );
+        Some(Row { median: Some(m), .. }) => format!("{m:.d$}"),
+        _ => "–".to_owned(),
+    };
+    let _ = writeln!(t, "\n## Hop benchmark: {} MiB bulk (iperf3), {} interleaved reps, proxies pinned to CPU {PROXY_CPU}, iperf3 to CPU {CLIENT_CPU}\n", args.mib, args.reps);
+    for streams in STREAMS {
+        let load = bulk_load(args.mib, streams);
+        let _ = writeln!(t, "{load}:\n");
+        let _ = writeln!(t, "| path | MiB/s median (min–max) | × direct | × best peer | proxy CPU s/GiB (min–max) | × best peer | machine CPU s/GiB | mesh RSS at start MiB |");
+        let _ = writeln!(t, "|---|---|---|---|---|---|---|---|");
+        for r in rows.iter().filter(|r| r.load == load && r.metric == THROUGHPUT) {
+            if let Some(why) = &r.reason {
+                let _ = writeln!(t, "| {} | {} | | | | | | |", r.path, why.replace('|', "/").replace('\n', " "));
+                continue;
+            }
+            let cpu = find(&load, &r.path, PROXY_CPU_GIB);
+            let rss = find(&bulk_load(args.mib, STREAMS[0]), &r.path, RSS_AT_START);
+            let _ = writeln!(
+                t,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.path,
+                range(Some(r), 0),
+                opt(r.ratio_direct, 2),
+                opt(r.ratio_peer, 2),
+                range(cpu, 2),
+                opt(cpu.and_then(|c| c.ratio_peer), 2),
+                opt(find(&load, &r.path, MACHINE_CPU_GIB).and_then(|c| c.median), 2),
+                opt(rss.and_then(|c| c.median), 1),
+            );
+        }
+        let _ = writeln!(t);
     }
-    let moved = (args.mib * args.reps as u64) as f64 * (1 << 20) as f64;
-    let _ = writeln!(t, "\nWeir payload bytes through userspace during the bulk runs (client node): {userspace:.0} = {:.2} × the bytes moved (userspace TLS must copy; the kTLS path is 0)", userspace / moved.max(1.0));
-    let _ = writeln!(t, "\n| path | idle connections held | mesh RSS before | after | per idle connection |");
-    let _ = writeln!(t, "|---|---|---|---|---|");
-    for i in idle {
-        let _ = writeln!(
-            t,
-            "| {} | {} | {:.1} MiB | {:.1} MiB | {:.1} KiB |",
-            i.name,
-            i.conns,
-            i.before_kib as f64 / 1024.0,
-            i.after_kib as f64 / 1024.0,
-            (i.after_kib.saturating_sub(i.before_kib)) as f64 / i.conns.max(1) as f64
-        );
+    for r in rows.iter().filter(|r| r.metric == USERSPACE && r.median.is_some()) {
+        let u = r.median.unwrap_or_default();
+        let _ = writeln!(t, "{}: payload bytes through userspace during the bulk runs (client node): {u:.2} × the bytes moved (userspace TLS must copy; the kTLS path is 0)\n", r.path);
+    }
+    let _ = writeln!(t, "| path | memory per idle connection KiB | × best peer |");
+    let _ = writeln!(t, "|---|---|---|");
+    for r in rows.iter().filter(|r| r.metric == IDLE_MEMORY) {
+        match &r.reason {
+            Some(why) => _ = writeln!(t, "| {} | {} | |", r.path, why.replace('|', "/").replace('\n', " ")),
+            None => _ = writeln!(t, "| {} | {} | {} |", r.path, opt(r.median, 1), opt(r.ratio_peer, 2)),
+        }
     }
     for n in notes {
         let _ = writeln!(t, "\nnote: {n}");
