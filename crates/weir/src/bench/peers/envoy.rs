@@ -20,41 +20,51 @@ pub(super) fn start(
     mode: Mode,
 ) -> anyhow::Result<Chain> {
     let (entry, middle) = (crate::bench::free_port()?, crate::bench::free_port()?);
-    let filter = match mode {
-        Mode::Tcp => TCP_PROXY,
-        Mode::Http => HTTP_ROUTER,
+    let (filter, cluster_http) = match mode {
+        Mode::Tcp => (TCP_PROXY, ""),
+        Mode::Http => (HTTP_ROUTER, HTTP1_UPSTREAM),
     };
-    // The cluster speaks HTTP/1.1 to its endpoint (and keeps the connections for reuse).
-    let cluster_http = match mode {
-        Mode::Tcp => "",
-        Mode::Http => HTTP1_UPSTREAM,
-    };
-    let (client, server) = (
-        tls_context(&certs.client_chain, &certs.client_key, &certs.root),
-        tls_context(&certs.server_chain, &certs.server_key, &certs.root),
-    );
     // No match on the peer's URI SAN: like the other meshes, any SVID of the mesh CA is accepted.
-    let a_tls = format!(
-        "    transport_socket:\n      name: envoy.transport_sockets.tls\n      typed_config:\n        \
-         \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n{client}"
-    );
-    let b_tls = format!(
-        "      transport_socket:\n        name: envoy.transport_sockets.tls\n        typed_config:\n          \
-         \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext\n          \
-         require_client_certificate: true\n{}",
-        indent(&server, 2)
+    let a_tls = tls("UpstreamTlsContext", "", &certs.client_chain, &certs.client_key, &certs.root);
+    let b_tls = tls(
+        "DownstreamTlsContext",
+        "    require_client_certificate: true\n",
+        &certs.server_chain,
+        &certs.server_key,
+        &certs.root,
     );
     let mut instances = Vec::new();
-    for (name, listen, to, listener_tls, cluster_tls) in
-        [("a", entry, middle, "", a_tls.as_str()), ("b", middle, backend, b_tls.as_str(), "")]
-    {
+    for (name, listen, to, listener_tls, cluster_tls) in [
+        ("a", entry, middle, String::new(), indent(&a_tls, 4)),
+        ("b", middle, backend, indent(&b_tls, 6), String::new()),
+    ] {
         let cfg = format!(
-            "{OVERLOAD}static_resources:\n  listeners:\n  - name: {name}\n{}    filter_chains:\n    - filters:\n{filter}{listener_tls}  \
-             clusters:\n  - name: next\n    connect_timeout: 5s\n    type: STATIC\n{}    circuit_breakers:\n      \
-             thresholds:\n      - max_connections: 100000\n        max_pending_requests: 100000\n        \
-             max_requests: 100000\n{cluster_http}{cluster_tls}",
-            socket(listen, 4, "address:"),
-            socket(to, 4, "load_assignment:\n  cluster_name: next\n  endpoints:\n  - lb_endpoints:\n    - endpoint:\n        address:"),
+            "{OVERLOAD}static_resources:
+  listeners:
+  - name: {name}
+    address:
+{listen}
+    filter_chains:
+    - filters:
+{filter}{listener_tls}  clusters:
+  - name: next
+    connect_timeout: 5s
+    type: STATIC
+    load_assignment:
+      cluster_name: next
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+{to}
+    circuit_breakers:
+      thresholds:
+      - max_connections: 100000
+        max_pending_requests: 100000
+        max_requests: 100000
+{cluster_http}{cluster_tls}",
+            listen = socket(listen, 6),
+            to = socket(to, 14),
         );
         let path = dir.join(format!("{name}.yaml"));
         std::fs::write(&path, cfg)?;
@@ -66,30 +76,50 @@ pub(super) fn start(
     Chain::spawn(dir, bin, cpus, instances, entry, middle)
 }
 
-/// `head` (YAML lines) indented by `pad`, then `addr` as a `socket_address` under its last line.
-fn socket(addr: SocketAddr, pad: usize, head: &str) -> String {
-    let head = indent(head, pad);
-    let last = head.lines().last().unwrap_or_default();
-    let inner = " ".repeat(last.len() - last.trim_start().len() + 2);
-    format!("{head}{inner}socket_address:\n{inner}  address: {}\n{inner}  port_value: {}\n", addr.ip(), addr.port())
+fn socket(addr: SocketAddr, pad: usize) -> String {
+    let p = " ".repeat(pad);
+    format!("{p}socket_address:\n{p}  address: {}\n{p}  port_value: {}", addr.ip(), addr.port())
 }
 
 fn indent(text: &str, by: usize) -> String {
     text.lines().map(|l| format!("{}{l}\n", " ".repeat(by))).collect()
 }
 
-/// `common_tls_context` at the indentation of an upstream `typed_config`.
-fn tls_context(chain: &Path, key: &Path, root: &Path) -> String {
+/// A TLS 1.3 `transport_socket` with `context` (the message type) holding `extra` lines too.
+fn tls(context: &str, extra: &str, chain: &Path, key: &Path, root: &Path) -> String {
     format!(
-        "        common_tls_context:\n          tls_params:\n            tls_minimum_protocol_version: TLSv1_3\n            \
-         tls_maximum_protocol_version: TLSv1_3\n          tls_certificates:\n          - certificate_chain:\n              \
-         filename: {}\n            private_key:\n              filename: {}\n          validation_context:\n            \
-         trusted_ca:\n              filename: {}\n",
+        "transport_socket:
+  name: envoy.transport_sockets.tls
+  typed_config:
+    \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.{context}
+{extra}    common_tls_context:
+      tls_params:
+        tls_minimum_protocol_version: TLSv1_3
+        tls_maximum_protocol_version: TLSv1_3
+      tls_certificates:
+      - certificate_chain:
+          filename: {}
+        private_key:
+          filename: {}
+      validation_context:
+        trusted_ca:
+          filename: {}
+",
         chain.display(),
         key.display(),
         root.display()
     )
 }
+
+// A limit far above the idle scenario's connections: without one Envoy warns at start-up, and
+// the chain's log is meant to hold only problems.
+const OVERLOAD: &str = "overload_manager:
+  resource_monitors:
+  - name: envoy.resource_monitors.global_downstream_max_connections
+    typed_config:
+      \"@type\": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig
+      max_active_downstream_connections: 100000
+";
 
 const TCP_PROXY: &str = "      - name: envoy.filters.network.tcp_proxy
         typed_config:
@@ -99,6 +129,7 @@ const TCP_PROXY: &str = "      - name: envoy.filters.network.tcp_proxy
           idle_timeout: 3600s
 ";
 
+// The route timeout (15 s by default) is off: a response may take as long as it takes.
 const HTTP_ROUTER: &str = "      - name: envoy.filters.network.http_connection_manager
         typed_config:
           \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
@@ -123,6 +154,7 @@ const HTTP_ROUTER: &str = "      - name: envoy.filters.network.http_connection_m
               \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
 ";
 
+// The cluster speaks HTTP/1.1 to its endpoint and keeps idle connections for an hour.
 const HTTP1_UPSTREAM: &str = "    typed_extension_protocol_options:
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
         \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
@@ -130,14 +162,4 @@ const HTTP1_UPSTREAM: &str = "    typed_extension_protocol_options:
           idle_timeout: 3600s
         explicit_http_config:
           http_protocol_options: {}
-";
-
-// A limit far above the idle scenario's connections: without one Envoy warns at start-up, and
-// the chain's log is meant to hold only problems.
-const OVERLOAD: &str = "overload_manager:
-  resource_monitors:
-  - name: envoy.resource_monitors.global_downstream_max_connections
-    typed_config:
-      \"@type\": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig
-      max_active_downstream_connections: 100000
 ";

@@ -123,6 +123,18 @@ pub struct Chain {
     pub logs: Vec<PathBuf>,
 }
 
+impl Drop for Chain {
+    /// SIGTERM first: a master killed outright (nginx) leaves its workers running.
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            p.terminate(std::time::Duration::from_secs(5));
+        }
+        for &w in self.workers.iter().filter(|&&w| super::procs::alive(w)) {
+            let _ = std::process::Command::new("kill").args(["-KILL", &w.to_string()]).status();
+        }
+    }
+}
+
 impl Chain {
     /// Every process whose CPU and memory count as the mesh's.
     pub fn pids(&self) -> Vec<u32> {

@@ -7,6 +7,8 @@
 //! instead. Under overload (more than [`MAX_BATCH`] bytes waiting) lines are dropped and
 //! counted rather than stalling traffic; lines reach stderr at most [`FLUSH`] after they are
 //! logged.
+mod text;
+
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -34,7 +36,10 @@ pub fn init(format: LogFormat, level: &str) -> LogGuard {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(ansi);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+        // A person at a terminal gets the default's colours; files and collectors get the
+        // same layout from the cheaper formatter.
+        LogFormat::Text if ansi => builder.try_init(),
+        LogFormat::Text => builder.event_format(text::TextLine).try_init(),
     };
     LogGuard { batch, flusher }
 }
