@@ -32,11 +32,20 @@ pub async fn measure(ca: &weir_identity::Ca, dir: &Path, conns: usize) -> anyhow
     let backend = listener.local_addr()?;
     let accepted = Arc::new(AtomicUsize::new(0));
     let held = accepted.clone();
+    // Each connection is held until its proxy closes it (after its path is measured), so the
+    // paths' connections do not pile up against this process's open-file limit.
     let server = tokio::spawn(async move {
-        let mut keep = Vec::new();
-        while let Ok((s, _)) = listener.accept().await {
-            held.fetch_add(1, Ordering::Relaxed);
-            keep.push(s);
+        loop {
+            match listener.accept().await {
+                Ok((mut s, _)) => {
+                    held.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(async move {
+                        let mut buf = [0u8; 64];
+                        while let Ok(1..) = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await {}
+                    });
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
         }
     });
     let mut out = Vec::new();
