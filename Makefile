@@ -38,7 +38,7 @@ test-ktls: setup
 lint: setup
 	@bash scripts/test.sh lint
 
-## bench: the hop benchmark (Weir vs a two-haproxy mTLS chain vs no mesh), figures as ratios; data and charts in target/bench
+## bench: every scenario, Weir vs haproxy, nginx and Envoy meshes vs no mesh, as ratios; data and charts in target/bench
 bench: build
 	target/release/weir bench --out target/bench $(BENCH_ARGS)
 

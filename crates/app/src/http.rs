@@ -252,11 +252,15 @@ impl Recorder<'_> {
         // The request joins its mesh connection: id and TCP facts at most FRESH old, read now
         // for a request whose span is exported (the span shows the connection as it ended).
         let exported = self.shared.spans.is_some() && current.is_some_and(|c| c.trace.sampled());
+        // Nobody reads the facts when the access line is filtered out and no span goes out:
+        // then they cost no getsockopt.
+        let logged = tracing::enabled!(target: "weir::access", tracing::Level::INFO);
         let (mesh_conn, tcp) = match &self.record {
             Some(r) => {
                 r.requests.inc();
                 let max_age = if exported { std::time::Duration::ZERO } else { FRESH };
-                (r.start().id, crate::sampler::facts_within(self.shared, r, max_age))
+                let facts = (exported || logged).then(|| crate::sampler::facts_within(self.shared, r, max_age));
+                (r.start().id, facts.flatten())
             }
             None => (0, None),
         };

@@ -152,6 +152,7 @@ impl Visit for Fields<'_, '_> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "test code")]
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
