@@ -2,11 +2,12 @@
 //! the switch from userspace TLS to kernel TLS.
 //!
 //! Owns: rustls client/server configurations built from the node's SVID and trust bundle
-//! ([`TlsConfigs`]), the SPIFFE server verifier, the preamble codec ([`preamble`]) and the kTLS
-//! hand-off ([`ktls`]). Does not move bytes after the hand-off: that is `weir-forward`.
+//! ([`TlsConfigs`]), the SPIFFE server verifier, the preamble codec ([`preamble`]), the host
+//! channel's authenticated identity preamble ([`host_channel`]) and the kTLS hand-off ([`ktls`]). Does not move bytes after the hand-off: that is `weir-forward`.
 #![forbid(unsafe_code)]
 
 mod configs;
+pub mod host_channel;
 pub mod ktls;
 pub mod preamble;
 mod verifier;
