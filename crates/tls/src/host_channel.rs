@@ -313,7 +313,7 @@ mod tests {
             seed ^= seed << 17;
             let len = (seed % 200) as usize;
             let mut bytes: Vec<u8> = (0..len).map(|i| (seed >> (i % 56)) as u8).collect();
-            if seed % 3 == 0 && len >= 4 {
+            if seed.is_multiple_of(3) && len >= 4 {
                 bytes[..4].copy_from_slice(b"WHC\x01");
             }
             if let Ok(Some(n)) = needed(&bytes) {
