@@ -124,6 +124,18 @@ pub(crate) enum Refusal {
     KtlsSetupFailed,
     NoOriginalDestination,
     L4Denied,
+    /// Host channel (DPU role): the preamble is malformed.
+    HostPreambleMalformed,
+    /// Host channel: the preamble's MAC does not verify (no key, or altered bytes).
+    HostPreambleForged,
+    /// Host channel: the preamble's time is outside the window.
+    HostPreambleStale,
+    /// Host channel: the preamble's nonce was seen before.
+    HostPreambleReplayed,
+    /// Host channel: too many nonces remembered to accept another now.
+    HostChannelBusy,
+    /// Host channel: a workload this DPU does not act for.
+    UnregisteredWorkload,
 }
 
 impl Refusal {
@@ -142,6 +154,12 @@ impl Refusal {
             Self::KtlsSetupFailed => "ktls_setup_failed",
             Self::NoOriginalDestination => "no_original_destination",
             Self::L4Denied => "l4_denied",
+            Self::HostPreambleMalformed => "host_preamble_malformed",
+            Self::HostPreambleForged => "host_preamble_forged",
+            Self::HostPreambleStale => "host_preamble_stale",
+            Self::HostPreambleReplayed => "host_preamble_replayed",
+            Self::HostChannelBusy => "host_channel_busy",
+            Self::UnregisteredWorkload => "unregistered_workload",
         }
     }
 }

@@ -11,6 +11,7 @@ mod admin;
 mod capture;
 mod conn;
 mod h2;
+mod host_channel;
 mod http;
 mod inbound;
 mod kernel_facts;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use weir_config::{Config, KernelMode, KtlsMode};
+use weir_config::{Config, KernelMode, KtlsMode, Role};
 use weir_identity::{Ca, IdentitySource, SvidStore};
 use weir_policy::InboundPolicy;
 use weir_tls::ktls::{self, Support};
@@ -49,6 +49,14 @@ pub enum StartError {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// The host channel's key file is missing or not a key.
+    #[error("host_channel.key_file {path}: {reason}")]
+    HostKey {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
     },
 }
 
@@ -162,6 +170,23 @@ impl Node {
             tasks.push(tokio::spawn(crate::kernel_facts::collect(shared.clone())));
         }
 
+        if let Role::Dpu(h) = &config.role {
+            let key = host_key(&h.key_file)?;
+            let mut workloads = std::collections::HashMap::new();
+            for id in &h.workloads {
+                let wstore = SvidStore::new(source.clone(), id.clone(), config.identity.svid_ttl)?;
+                let wtls = Arc::new(TlsConfigs::new(wstore.current(), &wstore.bundle(), suites, suites.is_some())?);
+                tasks.push(tokio::spawn(wstore.clone().run_rotation()));
+                tasks.push(tokio::spawn(wtls.clone().follow(wstore)));
+                workloads.insert(id.clone(), wtls);
+            }
+            let verifier = std::sync::Mutex::new(weir_tls::host_channel::Verifier::new(key, h.window));
+            let channel = Arc::new(crate::host_channel::HostChannel { verifier, workloads });
+            let l = bind("host channel", h.listen).await?;
+            tracing::info!(listen = %local_addr(&l, h.listen), workloads = h.workloads.len(), "dpu role: host channel open");
+            tasks.push(tokio::spawn(crate::host_channel::serve(l, channel, shared.clone())));
+        }
+
         let admin_listener = bind("admin", config.admin).await?;
         let admin_addr = local_addr(&admin_listener, config.admin);
         tasks.push(tokio::spawn(admin::serve(admin_listener, shared.clone())));
@@ -256,6 +281,9 @@ impl Node {
         if old.identity.id != new.identity.id || old.admin != new.admin {
             needs_restart.push("identity or admin");
         }
+        if old.role != new.role {
+            needs_restart.push("role or host channel");
+        }
         if !needs_restart.is_empty() {
             return Err(format!("changes to {} need a restart; nothing was applied", needs_restart.join(", ")));
         }
@@ -299,6 +327,19 @@ impl Drop for Node {
             t.abort();
         }
     }
+}
+
+/// The host channel's key: the file's hex digits (whitespace ignored), at least 32 bytes.
+fn host_key(path: &std::path::Path) -> Result<weir_tls::host_channel::HostKey, StartError> {
+    let err = |reason: String| StartError::HostKey { path: path.to_owned(), reason };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let hex: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    if !hex.len().is_multiple_of(2) || !hex.iter().all(u8::is_ascii_hexdigit) {
+        return Err(err("not hex digits (make one with `openssl rand -hex 32`)".into()));
+    }
+    let digit = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
+    let bytes: Vec<u8> = hex.chunks(2).map(|p| digit(p[0]) << 4 | digit(p[1])).collect();
+    weir_tls::host_channel::HostKey::new(&bytes).map_err(|e| err(e.to_string()))
 }
 
 /// What the kernel path enforces for `config`: workloads (ids from 1, in config order), their

@@ -12,8 +12,8 @@ mod typed;
 
 pub use http::{HttpConfig, HttpRoute, OutboundHttp};
 pub use typed::{
-    Config, IdentityConfig, InboundConfig, KernelConfig, KernelMode, KtlsConfig, KtlsMode, LogConfig, LogFormat,
-    OutboundRoute, ServiceConfig, TelemetryConfig, WorkloadConfig,
+    Config, HostChannelConfig, IdentityConfig, InboundConfig, KernelConfig, KernelMode, KtlsConfig, KtlsMode,
+    LogConfig, LogFormat, OutboundRoute, Role, ServiceConfig, TelemetryConfig, WorkloadConfig,
 };
 
 /// The embedded default configuration.

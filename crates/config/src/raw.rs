@@ -6,6 +6,8 @@ use toml::Spanned;
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawConfig {
     pub trust_domain: Option<Spanned<String>>,
+    pub role: Option<Spanned<String>>,
+    pub host_channel: Option<RawHostChannel>,
     pub node: Option<RawNode>,
     pub identity: Option<RawIdentity>,
     pub admin: Option<RawAdmin>,
@@ -18,6 +20,16 @@ pub(crate) struct RawConfig {
     pub kernel: Option<RawKernel>,
     #[serde(default)]
     pub workloads: Vec<RawWorkload>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHostChannel {
+    pub listen: Option<Spanned<String>>,
+    pub key_file: Option<Spanned<String>>,
+    pub window_secs: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub workloads: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

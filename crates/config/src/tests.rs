@@ -330,3 +330,51 @@ fn unknown_http_fields_are_refused() {
     assert!(err.fields[0].path.ends_with("http.max_body"), "{err}");
     assert_eq!(err.fields[0].line, Some(19), "{err}");
 }
+
+/// Appended to `role = "dpu"` + `GOOD`.
+const DPU: &str = r#"
+[host_channel]
+listen = "10.0.0.1:15010"
+key_file = "/etc/weir/host-channel.key"
+workloads = ["spiffe://weir.local/ns/shop/sa/cart"]
+"#;
+
+#[test]
+fn a_dpu_role_has_its_host_channel() {
+    let c = parse(&format!("role = \"dpu\"\n{GOOD}{DPU}"), "dpu.toml").expect("valid dpu config");
+    let Role::Dpu(h) = c.role else { panic!("role dpu expected: {:?}", c.role) };
+    assert_eq!(h.listen, "10.0.0.1:15010".parse().expect("address"));
+    assert_eq!(h.window, std::time::Duration::from_secs(30));
+    assert_eq!(h.workloads[0].as_str(), "spiffe://weir.local/ns/shop/sa/cart");
+    assert_eq!(parse(GOOD, "node.toml").expect("valid").role, Role::Node, "node is the default");
+}
+
+#[test]
+fn roles_and_their_sections_are_checked() {
+    let paths = |src: &str| field_errors(src).into_iter().map(|(p, _)| p).collect::<Vec<_>>();
+    assert_eq!(paths(&format!("role = \"host\"\n{GOOD}")), ["role"], "unknown role");
+    let node_with_channel = format!("{GOOD}\n[host_channel]\nlisten = \"10.0.0.1:1\"\n");
+    assert_eq!(paths(&node_with_channel), ["host_channel"], "a node has no host channel");
+    assert_eq!(paths(&format!("role = \"dpu\"\n{GOOD}")), ["host_channel"], "a dpu needs one");
+    let bad = r#"
+[host_channel]
+listen = "nowhere"
+window_secs = 0
+workloads = ["spiffe://other.domain/ns/a/sa/b", "not a uri"]
+"#;
+    let mut got = paths(&format!("role = \"dpu\"\n{GOOD}{bad}"));
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "host_channel.key_file",
+            "host_channel.listen",
+            "host_channel.window_secs",
+            "host_channel.workloads[0]",
+            "host_channel.workloads[1]"
+        ]
+    );
+    let with_cgroups =
+        format!("role = \"dpu\"\n{GOOD}{DPU}\n[[workloads]]\nname = \"cart\"\nservice_account = \"cart\"\n");
+    assert!(paths(&with_cgroups).contains(&"workloads".to_owned()), "{:?}", paths(&with_cgroups));
+}

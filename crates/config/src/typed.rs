@@ -33,6 +33,32 @@ pub struct Config {
     pub kernel: KernelConfig,
     /// Workloads: cgroups Weir manages, each with an identity and L4 rules.
     pub workloads: Vec<WorkloadConfig>,
+    /// What this process is (DESIGN.md "Roles").
+    pub role: Role,
+}
+
+/// The role of this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// A mesh node on a host: listeners, capture, policy and telemetry for local workloads.
+    Node,
+    /// The perimeter on a DPU: acts on the wire for the host's registered workloads, which
+    /// reach it over the host channel.
+    Dpu(HostChannelConfig),
+}
+
+/// The DPU's side of the host channel: plaintext connections from the host plane, each
+/// opened by an authenticated preamble naming a registered workload (`weir_tls::host_channel`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostChannelConfig {
+    /// Where the host plane connects (the host-facing interface).
+    pub listen: SocketAddr,
+    /// The key shared with the host plane: a file holding at least 32 bytes as hex.
+    pub key_file: PathBuf,
+    /// How far a preamble's time may be from this plane's clock.
+    pub window: Duration,
+    /// The host's workloads this DPU acts for.
+    pub workloads: Vec<SpiffeId>,
 }
 
 /// The eBPF kernel path.
@@ -421,6 +447,7 @@ impl Config {
             }
         }
         crate::http::check_splits(&mut c, &raw.outbound);
+        let role = role(&mut c, &raw, trust_domain.as_deref());
         if !c.errors.is_empty() {
             return Err(c.errors);
         }
@@ -438,7 +465,71 @@ impl Config {
             outbound: outbound.into_iter().map(|o| o.ok_or_else(incomplete)).collect::<Result<_, _>>()?,
             kernel: kernel.ok_or_else(incomplete)?,
             workloads: workloads.into_iter().map(|w| w.ok_or_else(incomplete)).collect::<Result<_, _>>()?,
+            role: role.ok_or_else(incomplete)?,
         })
+    }
+}
+
+/// `role` and the sections only one role may have.
+fn role(c: &mut Check<'_>, raw: &RawConfig, trust_domain: Option<&str>) -> Option<Role> {
+    let name = c.optional(&raw.role, "role", "node".to_owned(), |r| match r.as_str() {
+        "node" | "dpu" => Ok(r.clone()),
+        o => Err(format!("{o:?} is not one of node, dpu")),
+    })?;
+    match (name.as_str(), &raw.host_channel) {
+        ("node", None) => Some(Role::Node),
+        ("node", Some(_)) => {
+            c.error("host_channel", None, "[host_channel] belongs to role = \"dpu\"");
+            None
+        }
+        (_, None) => {
+            c.error("host_channel", None, "role = \"dpu\" needs a [host_channel] section");
+            None
+        }
+        (_, Some(h)) => {
+            if !raw.workloads.is_empty() {
+                c.error(
+                    "workloads",
+                    None,
+                    "[[workloads]] are cgroups on a host: a dpu lists the host's workloads in host_channel.workloads",
+                );
+            }
+            let listen = c.required(&h.listen, "host_channel.listen", addr);
+            let key_file = c.required(&h.key_file, "host_channel.key_file", |s| {
+                if s.is_empty() {
+                    Err("empty".into())
+                } else {
+                    Ok(PathBuf::from(s))
+                }
+            });
+            let window = c.optional(&h.window_secs, "host_channel.window_secs", 30, ranged(1, 300));
+            if h.workloads.is_empty() {
+                c.error("host_channel.workloads", None, "empty: a dpu acts only for registered workloads");
+            }
+            let ids: Vec<Option<SpiffeId>> = h
+                .workloads
+                .iter()
+                .enumerate()
+                .map(|(n, w)| {
+                    c.value(w, &format!("host_channel.workloads[{n}]"), |s| {
+                        let id: SpiffeId = s.parse().map_err(|e| format!("{s:?} is not a SPIFFE ID: {e}"))?;
+                        match trust_domain {
+                            Some(td) if id.trust_domain() != td => {
+                                Err(format!("{s:?} is outside this trust domain ({td})"))
+                            }
+                            _ => Ok(id),
+                        }
+                    })
+                })
+                .collect();
+            let workloads = ids.into_iter().collect::<Option<Vec<_>>>()?;
+            Some(Role::Dpu(HostChannelConfig {
+                listen: listen?,
+                key_file: key_file?,
+                window: Duration::from_secs(window? as u64),
+                workloads,
+            }))
+        }
     }
 }
 

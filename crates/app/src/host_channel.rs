@@ -1,0 +1,134 @@
+//! The DPU role's host channel: plaintext connections from the host plane, each opened by the
+//! authenticated preamble of `weir_tls::host_channel` naming the workload behind it and the
+//! mesh service it wants. A connection whose preamble is malformed, forged, stale or replayed,
+//! or names a workload this DPU does not act for, is refused (counted by reason, closed with a
+//! RST); otherwise the DPU answers `Ok` and carries it like an outbound connection, presenting
+//! that workload's own SVID on the wire.
+use crate::conn::{Refusal, Shared};
+use crate::outbound;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use weir_identity::SpiffeId;
+use weir_tls::host_channel::{self as wire, Error as PreambleError, Verifier};
+use weir_tls::preamble::{Status, REQUEST_HEADER_LEN};
+use weir_tls::TlsConfigs;
+
+/// How long the host plane has to send its preamble.
+const PREAMBLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the listener needs: the verifier (its replay cache is shared by every connection) and
+/// the TLS configurations of the workloads this DPU acts for.
+pub(crate) struct HostChannel {
+    pub verifier: Mutex<Verifier>,
+    pub workloads: HashMap<SpiffeId, Arc<TlsConfigs>>,
+}
+
+/// Accepts host-channel connections until the task is aborted.
+pub(crate) async fn serve(listener: TcpListener, channel: Arc<HostChannel>, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((host, from)) => {
+                let (channel, shared) = (channel.clone(), shared.clone());
+                tokio::spawn(async move { handle(host, from, &channel, &shared).await });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "host channel accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn handle(mut host: TcpStream, from: SocketAddr, channel: &HostChannel, shared: &Arc<Shared>) {
+    let id = shared.next_id();
+    let _ = host.set_nodelay(true);
+    let bytes = match tokio::time::timeout(PREAMBLE_TIMEOUT, read_preamble(&mut host)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(Read::Bad(e))) => {
+            return outbound::refuse_app(host, shared, id, refusal(&e), &format_args!("from {from}: {e}"))
+        }
+        Ok(Err(Read::Io(e))) => {
+            return outbound::refuse_app(
+                host,
+                shared,
+                id,
+                Refusal::HostPreambleMalformed,
+                &format_args!("from {from}: {e}"),
+            )
+        }
+        Err(_) => {
+            return outbound::refuse_app(
+                host,
+                shared,
+                id,
+                Refusal::HandshakeTimeout,
+                &format_args!("from {from}: no host-channel preamble in 5 s"),
+            )
+        }
+    };
+    let checked = channel.verifier.lock().unwrap_or_else(|p| p.into_inner()).check(&bytes, SystemTime::now());
+    let asked = match checked {
+        Ok(asked) => asked,
+        Err(e) => return outbound::refuse_app(host, shared, id, refusal(&e), &format_args!("from {from}: {e}")),
+    };
+    let Some(tls) = channel.workloads.get(&asked.workload) else {
+        return outbound::refuse_app(
+            host,
+            shared,
+            id,
+            Refusal::UnregisteredWorkload,
+            &format_args!("{} from {from}", asked.workload),
+        );
+    };
+    let Some(route) = shared.directory.get(&asked.request.service).cloned() else {
+        let _ = host.write_all(&Status::UnknownService.encode()).await;
+        let detail = format_args!("{} asked for {:?}", asked.workload, asked.request.service);
+        return outbound::refuse_app(host, shared, id, Refusal::UnknownService, &detail);
+    };
+    // The host sends its app's bytes only after this: nothing of them was read here.
+    if host.write_all(&Status::Ok.encode()).await.is_err() {
+        return;
+    }
+    tracing::debug!(conn = id, workload = %asked.workload, service = route.service, "host-channel connection");
+    let captured = weir_telemetry::records::Captured { workload: asked.workload.to_string(), app: from };
+    outbound::handle(host, &route, tls, shared, Some(captured)).await;
+}
+
+enum Read {
+    Bad(PreambleError),
+    Io(std::io::Error),
+}
+
+/// Reads exactly the preamble, in three steps whose lengths the bytes before them give: not
+/// one byte after it leaves the socket.
+async fn read_preamble(host: &mut TcpStream) -> Result<Vec<u8>, Read> {
+    const FIXED: usize = 30;
+    let mut buf = vec![0u8; FIXED];
+    host.read_exact(&mut buf).await.map_err(Read::Io)?;
+    wire::needed(&buf).map_err(Read::Bad)?;
+    let id_len = u16::from_be_bytes([buf[28], buf[29]]) as usize;
+    grow(host, &mut buf, FIXED + id_len + REQUEST_HEADER_LEN).await?;
+    let total = wire::needed(&buf).map_err(Read::Bad)?.ok_or(Read::Bad(PreambleError::IdLength(id_len)))?;
+    grow(host, &mut buf, total).await?;
+    Ok(buf)
+}
+
+async fn grow(host: &mut TcpStream, buf: &mut Vec<u8>, to: usize) -> Result<(), Read> {
+    let from = buf.len();
+    buf.resize(to, 0);
+    host.read_exact(&mut buf[from..]).await.map_err(Read::Io).map(|_| ())
+}
+
+fn refusal(e: &PreambleError) -> Refusal {
+    match e {
+        PreambleError::Mac => Refusal::HostPreambleForged,
+        PreambleError::Stale(_) => Refusal::HostPreambleStale,
+        PreambleError::Replayed => Refusal::HostPreambleReplayed,
+        PreambleError::Busy => Refusal::HostChannelBusy,
+        _ => Refusal::HostPreambleMalformed,
+    }
+}
