@@ -7,6 +7,8 @@ use std::fmt::Write as _;
 pub const P50: &str = "p50 latency";
 /// See [`P50`].
 pub const P99: &str = "p99 latency";
+/// Metric name of the 99.9th latency percentile.
+pub const P999: &str = "p99.9 latency";
 
 pub(super) const GREY: &str = "#718096";
 pub(super) const PEER: &str = "#dd6b20";

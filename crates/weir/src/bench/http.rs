@@ -9,7 +9,7 @@
 use super::logs::{first_lines, log_tail, problem_lines_in, read_lines, seconds_of_day, utc_seconds_of_day};
 use super::peers::{self, Mode};
 use super::procs::{self, cpu_busy_seconds, cpu_seconds, Proc};
-use super::report::{Better, Figures, Metric, Role, Row, Section, P50, P99};
+use super::report::{Better, Figures, Metric, Role, Row, Section, P50, P99, P999};
 use super::wrk::wrk;
 use super::{median, CLIENT_CPU, PROXY_CPU};
 use crate::local_mesh::{Mesh, Options};
@@ -47,6 +47,7 @@ struct Sample {
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
+    p999_ms: f64,
     requests: f64,
     proxy_cpu_s: f64,
     /// CPU seconds of the first two proxy processes (see `Target::processes`).
@@ -96,6 +97,8 @@ struct Target {
     run_ends: Vec<f64>,
     small: Series,
     large: Series,
+    /// Peak RSS of the proxy processes over the whole scenario (KiB, summed).
+    peak_rss_kib: u64,
 }
 
 impl Target {
@@ -111,6 +114,7 @@ impl Target {
             run_ends: Vec::new(),
             small: Series::default(),
             large: Series::default(),
+            peak_rss_kib: 0,
         }
     }
 
@@ -259,6 +263,15 @@ pub async fn run(secs: u64, reps: usize) -> anyhow::Result<Section> {
             }
         }
     }
+    for t in &mut targets {
+        t.peak_rss_kib = t.pids.iter().map(|&p| procs::memory_kib(p, "VmHWM")).sum();
+    }
+    let peaks: Vec<String> = targets
+        .iter()
+        .filter(|t| !t.pids.is_empty())
+        .map(|t| format!("{} {:.1} MiB", t.name, t.peak_rss_kib as f64 / 1024.0))
+        .collect();
+    notes.push(format!("peak RSS of the proxy processes over the scenario (VmHWM, summed): {}", peaks.join("; ")));
     for t in targets.iter().filter(|t| t.pids.len() == 2) {
         let split: Vec<String> = [&SMALL, &LARGE]
             .into_iter()
@@ -346,6 +359,7 @@ fn rows(targets: &[Target]) -> Vec<Row> {
         rows.extend(metric("requests/s", "req/s", Better::Higher).rows(figures(&|s| s.rps, false)));
         rows.extend(metric(P50, "ms", Better::Lower).rows(figures(&|s| s.p50_ms, false)));
         rows.extend(metric(P99, "ms", Better::Lower).rows(figures(&|s| s.p99_ms, false)));
+        rows.extend(metric(P999, "ms", Better::Lower).rows(figures(&|s| s.p999_ms, false)));
         let (unit, per) = if small { ("ms / 1000 req", 1e6) } else { ("ms / req", 1e3) };
         rows.extend(
             metric("proxy CPU", unit, Better::Lower).rows(figures(&|s| s.proxy_cpu_s * per / s.requests, true)),
@@ -355,6 +369,16 @@ fn rows(targets: &[Target]) -> Vec<Row> {
             rows.extend(metric("proxy CPU per GiB", "s / GiB", Better::Lower).rows(figures(&gib, true)));
         }
     }
+    let peak = targets.iter().filter(|t| t.kind != Kind::Direct).map(|t| {
+        let role = if t.kind == Kind::Weir { Role::Weir } else { Role::Peer };
+        match &t.entry {
+            Err(why) => Figures::none(t.name, role, why),
+            Ok(_) => Figures::of(t.name, role, vec![t.peak_rss_kib as f64 / 1024.0]),
+        }
+    });
+    let metric =
+        Metric { scenario: "http", load: "all loads".into(), name: "peak RSS", unit: "MiB", better: Better::Lower };
+    rows.extend(metric.rows(peak.collect()));
     rows
 }
 
@@ -454,6 +478,7 @@ fn measure(entry: SocketAddr, pids: &[u32], load: &Load, secs: u64) -> anyhow::R
         rps: w.rps,
         p50_ms: w.p50_ms,
         p99_ms: w.p99_ms,
+        p999_ms: w.p999_ms,
         requests: w.requests,
         proxy_cpu_s,
         per_process: [cpu.first().copied().unwrap_or(0.0), cpu.get(1).copied().unwrap_or(0.0)],
@@ -581,15 +606,15 @@ fn report(secs: u64, reps: usize, targets: &[Target], notes: &[String]) -> Strin
         if load.body == SMALL.body {
             let _ = writeln!(
                 t,
-                "| path | req/s | × direct | × best peer | p50 ms | p99 ms | p99 × best peer | proxy CPU {cpu_unit} | CPU × best peer | CPU {CLIENT_CPU} / CPU {PROXY_CPU} busy % |"
+                "| path | req/s | × direct | × best peer | p50 ms | p99 ms | p99.9 ms | p99 × best peer | proxy CPU {cpu_unit} | CPU × best peer | CPU {CLIENT_CPU} / CPU {PROXY_CPU} busy % |"
             );
-            let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|---|");
+            let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|---|---|");
         } else {
             let _ = writeln!(
                 t,
-                "| path | req/s (= MiB/s) | × direct | × best peer | p50 ms | p99 ms | proxy CPU {cpu_unit} | proxy CPU s / GiB | CPU × best peer | CPU {CLIENT_CPU} / CPU {PROXY_CPU} busy % |"
+                "| path | req/s (= MiB/s) | × direct | × best peer | p50 ms | p99 ms | p99.9 ms | proxy CPU {cpu_unit} | proxy CPU s / GiB | CPU × best peer | CPU {CLIENT_CPU} / CPU {PROXY_CPU} busy % |"
             );
-            let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|---|");
+            let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|---|---|");
         }
         for p in targets {
             let s = p.series(load);
@@ -606,11 +631,12 @@ fn report(secs: u64, reps: usize, targets: &[Target], notes: &[String]) -> Strin
             };
             let (Some(rps), None) = (s.stat(|r| r.rps), why.as_ref()) else {
                 let why = why.unwrap_or_else(|| "no figures".into());
-                let _ = writeln!(t, "| {} | {why} | – | – | – | – | – | – | – | – |", p.name);
+                let _ = writeln!(t, "| {} | {why} | – | – | – | – | – | – | – | – | – |", p.name);
                 continue;
             };
             let p50 = s.stat(|r| r.p50_ms).unwrap_or_default();
             let p99 = s.stat(|r| r.p99_ms).unwrap_or_default();
+            let p999 = s.stat(|r| r.p999_ms).unwrap_or_default();
             let cpu = median(s.runs.iter().map(cpu_per).collect());
             let direct_rps = direct.and_then(|d| d.series(load).stat(|r| r.rps));
             // The best peer per figure: highest rate, lowest latency and CPU.
@@ -633,13 +659,14 @@ fn report(secs: u64, reps: usize, targets: &[Target], notes: &[String]) -> Strin
                 let ha_p99 = best(&|h| h.stat(|r| r.p99_ms), false);
                 let _ = writeln!(
                     t,
-                    "| {} | {} | {} | {} | {} | {} | {} | {cpu_cell} | {cpu_ratio} | {busy} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {cpu_cell} | {cpu_ratio} | {busy} |",
                     p.name,
                     fig(rps, 0),
                     ratio(rps.0, direct_rps),
                     ratio(rps.0, ha_rps),
                     fig(p50, 2),
                     fig(p99, 2),
+                    fig(p999, 2),
                     ratio(p99.0, ha_p99),
                 );
             } else {
@@ -647,13 +674,14 @@ fn report(secs: u64, reps: usize, targets: &[Target], notes: &[String]) -> Strin
                 let per_gib = if proxied { fig(median(s.runs.iter().map(gib).collect()), 2) } else { dash() };
                 let _ = writeln!(
                     t,
-                    "| {} | {} | {} | {} | {} | {} | {cpu_cell} | {per_gib} | {cpu_ratio} | {busy} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {cpu_cell} | {per_gib} | {cpu_ratio} | {busy} |",
                     p.name,
                     fig(rps, 0),
                     ratio(rps.0, direct_rps),
                     ratio(rps.0, ha_rps),
                     fig(p50, 1),
                     fig(p99, 1),
+                    fig(p999, 1),
                 );
             }
         }

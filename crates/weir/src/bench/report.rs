@@ -3,7 +3,7 @@
 //! written by `--out DIR` as `report.json` and `report.html`, a self-contained page with one
 //! inline-SVG bar chart per metric and, for the HTTP scenario, the latency percentiles per path.
 use super::charts::{bar_chart, esc, latency_chart, round_sig};
-pub use super::charts::{P50, P99};
+pub use super::charts::{P50, P99, P999};
 use anyhow::Context;
 use serde::Serialize;
 use std::fmt::Write as _;

@@ -12,6 +12,8 @@ pub(super) struct WrkOut {
     pub(super) rps: f64,
     pub(super) p50_ms: f64,
     pub(super) p99_ms: f64,
+    /// From the script's `done` hook (wrk's distribution stops at 99 %).
+    pub(super) p999_ms: f64,
     pub(super) read_bytes: f64,
     pub(super) non_2xx_3xx: f64,
     pub(super) socket_errors: Option<String>,
@@ -21,9 +23,13 @@ pub(super) struct WrkOut {
 /// fails, completes nothing, gets any non-2xx/3xx answer or reads less than the bodies.
 pub(super) fn wrk(entry: SocketAddr, load: &Load, secs: u64) -> anyhow::Result<WrkOut> {
     let url = format!("http://{entry}{}", load.path);
+    let script = std::env::temp_dir().join(format!("weir-bench-wrk-{}.lua", std::process::id()));
+    std::fs::write(&script, P999_SCRIPT).context("write the wrk script")?;
     let out = Command::new("taskset")
         .args(["-c", CLIENT_CPU, "wrk", "-t1", &format!("-c{}", load.conns), &format!("-d{secs}s")])
-        .args(["--timeout", "10s", "--latency", &url])
+        .args(["--timeout", "10s", "--latency", "-s"])
+        .arg(&script)
+        .arg(&url)
         .output()
         .context("run wrk")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -44,9 +50,13 @@ pub(super) fn wrk(entry: SocketAddr, load: &Load, secs: u64) -> anyhow::Result<W
     Ok(w)
 }
 
+/// Prints the 99.9th latency percentile (µs) when the run is done.
+const P999_SCRIPT: &str = "done = function(summary, latency, requests)\n  \
+                           io.write(string.format(\"p99.9_us %d\\n\", latency:percentile(99.9)))\nend\n";
+
 pub(super) fn parse_wrk(text: &str) -> anyhow::Result<WrkOut> {
     let mut w = WrkOut::default();
-    let (mut p50, mut p99, mut rps, mut requests) = (None, None, None, None);
+    let (mut p50, mut p99, mut p999, mut rps, mut requests) = (None, None, None, None, None);
     let mut in_distribution = false;
     for line in text.lines().map(str::trim) {
         if line == "Latency Distribution" {
@@ -67,7 +77,9 @@ pub(super) fn parse_wrk(text: &str) -> anyhow::Result<WrkOut> {
                 _ => in_distribution = false,
             }
         }
-        if let Some(v) = line.strip_prefix("Requests/sec:") {
+        if let Some(v) = line.strip_prefix("p99.9_us ") {
+            p999 = Some(v.trim().parse::<f64>().with_context(|| format!("p99.9 {v:?}"))? / 1000.0);
+        } else if let Some(v) = line.strip_prefix("Requests/sec:") {
             rps = Some(v.trim().parse::<f64>().with_context(|| format!("Requests/sec {v:?}"))?);
         } else if let Some(v) = line.strip_prefix("Non-2xx or 3xx responses:") {
             w.non_2xx_3xx = v.trim().parse().with_context(|| format!("Non-2xx {v:?}"))?;
@@ -81,6 +93,7 @@ pub(super) fn parse_wrk(text: &str) -> anyhow::Result<WrkOut> {
     }
     w.p50_ms = p50.context("no 50% line in the latency distribution")?;
     w.p99_ms = p99.context("no 99% line in the latency distribution")?;
+    w.p999_ms = p999.context("no p99.9 line from the wrk script")?;
     w.rps = rps.context("no Requests/sec line")?;
     w.requests = requests.context("no \"requests in\" line")?;
     Ok(w)
@@ -119,12 +132,14 @@ mod tests {
   Non-2xx or 3xx responses: 10
 Requests/sec:  25000.50
 Transfer/sec:     30.00MB
+p99.9_us 2500
 ";
         let w = parse_wrk(out).expect("parses");
         assert_eq!(w.requests, 125000.0);
         assert_eq!(w.rps, 25000.5);
         assert!((w.p50_ms - 0.85).abs() < 1e-9);
         assert!((w.p99_ms - 1020.0).abs() < 1e-9);
+        assert!((w.p999_ms - 2.5).abs() < 1e-9);
         assert_eq!(w.read_bytes, 150.0 * 1024.0 * 1024.0);
         assert_eq!(w.non_2xx_3xx, 10.0);
         assert_eq!(w.socket_errors.as_deref(), Some("Socket errors: connect 0, read 2, write 0, timeout 0"));
