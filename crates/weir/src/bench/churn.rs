@@ -76,14 +76,13 @@ async fn scenario(secs: u64, reps: usize) -> anyhow::Result<Section> {
     targets.push(target("weir (userspace TLS)", Role::Weir, entry, pids));
     let mut chains = Vec::new();
     for peer in peers::ALL {
-        let (entry, pids) = match (peer.binary(), peer.start(dir.path(), &ca, backend, PROXY_CPU, Mode::Tcp)) {
-            (_, Ok(c)) => {
+        let (entry, pids) = match peer.start(dir.path(), &ca, backend, PROXY_CPU, Mode::Tcp) {
+            Ok(c) => {
                 let started = (Ok(c.entry), c.pids());
                 chains.push(c);
                 started
             }
-            (Err(why), _) => (Err(why), vec![]),
-            (Ok(_), Err(e)) => (Err(format!("failed to start: {e:#}")), vec![]),
+            Err(absent) => (Err(absent.reason()), vec![]),
         };
         targets.push(target(peer.name(Mode::Tcp), Role::Peer, entry, pids));
     }

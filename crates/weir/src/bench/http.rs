@@ -210,8 +210,8 @@ pub async fn run(secs: u64, reps: usize) -> anyhow::Result<Section> {
     let mut chains = Vec::new();
     for peer in peers::ALL {
         let name = peer.name(Mode::Http);
-        let t = match (peer.binary(), peer.start(dir.path(), &ca, backend, PROXY_CPU, Mode::Http)) {
-            (_, Ok(chain)) => {
+        let t = match peer.start(dir.path(), &ca, backend, PROXY_CPU, Mode::Http) {
+            Ok(chain) => {
                 let mut t = Target::new(name, Kind::Peer, Ok(chain.entry));
                 t.pids = chain.pids();
                 t.processes = ["A (entry)", "B (to nginx)"];
@@ -219,8 +219,7 @@ pub async fn run(secs: u64, reps: usize) -> anyhow::Result<Section> {
                 chains.push(chain);
                 t
             }
-            (Err(why), _) => Target::new(name, Kind::Peer, Err(why)),
-            (Ok(_), Err(e)) => Target::new(name, Kind::Peer, Err(format!("failed to start: {e:#}"))),
+            Err(absent) => Target::new(name, Kind::Peer, Err(absent.reason())),
         };
         targets.push(t);
     }

@@ -1,6 +1,6 @@
 //! Memory per idle proxied connection: hold N connections open through a path to a backend
 //! that accepts and waits, then read the mesh processes' RSS.
-use super::peers::Mode;
+use super::peers::{Absent, Mode};
 use super::procs::memory_kib;
 use super::report::Role;
 use anyhow::{bail, Context};
@@ -62,8 +62,8 @@ pub async fn measure(ca: &weir_identity::Ca, dir: &Path, conns: usize) -> anyhow
         let held = match peer.start(&idle_dir, ca, backend, super::PROXY_CPU, Mode::Tcp) {
             Ok(chain) => hold(name, chain.entry, &chain.pids(), conns, &accepted, None).await,
             // Not installed: the hop rows already say so.
-            Err(_) if peer.binary().is_err() => continue,
-            Err(e) => Err(e.context("failed to start")),
+            Err(Absent::NotInstalled(_)) => continue,
+            Err(Absent::Failed(why)) => Err(anyhow::anyhow!(why)),
         };
         out.push(Idle::or_failed(name, Role::Peer, held));
     }

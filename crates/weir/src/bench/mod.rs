@@ -235,10 +235,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Section> {
                 paths.push(Path::new(name, Role::Peer, chain.entry, chain.pids()));
                 chains.push(chain);
             }
-            Err(e) => {
-                let why = peer.binary().err().unwrap_or_else(|| format!("failed to start: {e:#}"));
-                absent.push((name, Role::Peer, why));
-            }
+            Err(why) => absent.push((name, Role::Peer, why.reason())),
         }
     }
     let mut notes = Vec::new();

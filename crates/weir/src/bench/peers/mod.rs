@@ -62,17 +62,38 @@ impl Peer {
     }
 
     /// Starts both instances pinned to `cpus`, proxying to `backend`. Files go under `dir`.
-    pub fn start(self, dir: &Path, ca: &Ca, backend: SocketAddr, cpus: &str, mode: Mode) -> anyhow::Result<Chain> {
-        let bin = self.binary().map_err(anyhow::Error::msg)?;
-        let dir = dir.join(format!("{self:?}-{mode:?}").to_lowercase());
-        std::fs::create_dir_all(&dir)?;
-        let certs = Certs::issue(&dir, ca)?;
-        let chain = match self {
-            Peer::Haproxy => haproxy::start(&bin, &dir, &certs, backend, cpus, mode)?,
-            Peer::Nginx => nginx::start(&bin, &dir, &certs, backend, cpus, mode)?,
-            Peer::Envoy => envoy::start(&bin, &dir, &certs, backend, cpus, mode)?,
-        };
-        Ok(chain)
+    /// When the peer cannot run, says why in the words its rows show.
+    pub fn start(self, dir: &Path, ca: &Ca, backend: SocketAddr, cpus: &str, mode: Mode) -> Result<Chain, Absent> {
+        let bin = self.binary().map_err(Absent::NotInstalled)?;
+        let started = (|| {
+            let dir = dir.join(format!("{self:?}-{mode:?}").to_lowercase());
+            std::fs::create_dir_all(&dir)?;
+            let certs = Certs::issue(&dir, ca)?;
+            match self {
+                Peer::Haproxy => haproxy::start(&bin, &dir, &certs, backend, cpus, mode),
+                Peer::Nginx => nginx::start(&bin, &dir, &certs, backend, cpus, mode),
+                Peer::Envoy => envoy::start(&bin, &dir, &certs, backend, cpus, mode),
+            }
+        })();
+        started.map_err(|e| Absent::Failed(format!("failed to start: {e:#}")))
+    }
+}
+
+/// Why a peer has no chain.
+#[derive(Debug)]
+pub enum Absent {
+    /// Its binary is missing.
+    NotInstalled(String),
+    /// It did not start.
+    Failed(String),
+}
+
+impl Absent {
+    /// The reason its rows give.
+    pub fn reason(self) -> String {
+        match self {
+            Absent::NotInstalled(why) | Absent::Failed(why) => why,
+        }
     }
 }
 
