@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use weir_identity::SpiffeId;
 use weir_tls::host_channel::{self as wire, Error as PreambleError, Verifier};
-use weir_tls::preamble::{Status, REQUEST_HEADER_LEN};
+use weir_tls::preamble::Status;
 use weir_tls::TlsConfigs;
 
 /// How long the host plane has to send its preamble.
@@ -103,24 +103,19 @@ enum Read {
     Io(std::io::Error),
 }
 
-/// Reads exactly the preamble, in three steps whose lengths the bytes before them give: not
-/// one byte after it leaves the socket.
+/// Reads exactly the preamble, field by field as far as the codec says: not one byte after it
+/// leaves the socket.
 async fn read_preamble(host: &mut TcpStream) -> Result<Vec<u8>, Read> {
-    const FIXED: usize = 30;
-    let mut buf = vec![0u8; FIXED];
-    host.read_exact(&mut buf).await.map_err(Read::Io)?;
-    wire::needed(&buf).map_err(Read::Bad)?;
-    let id_len = u16::from_be_bytes([buf[28], buf[29]]) as usize;
-    grow(host, &mut buf, FIXED + id_len + REQUEST_HEADER_LEN).await?;
-    let total = wire::needed(&buf).map_err(Read::Bad)?.ok_or(Read::Bad(PreambleError::IdLength(id_len)))?;
-    grow(host, &mut buf, total).await?;
-    Ok(buf)
-}
-
-async fn grow(host: &mut TcpStream, buf: &mut Vec<u8>, to: usize) -> Result<(), Read> {
-    let from = buf.len();
-    buf.resize(to, 0);
-    host.read_exact(&mut buf[from..]).await.map_err(Read::Io).map(|_| ())
+    let mut buf = Vec::new();
+    loop {
+        let known = wire::read_to(&buf).map_err(Read::Bad)?;
+        if known.complete && buf.len() == known.len {
+            return Ok(buf);
+        }
+        let from = buf.len();
+        buf.resize(known.len, 0);
+        host.read_exact(&mut buf[from..]).await.map_err(Read::Io)?;
+    }
 }
 
 fn refusal(e: &PreambleError) -> Refusal {

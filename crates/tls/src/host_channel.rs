@@ -140,8 +140,17 @@ impl HostKey {
 /// How many bytes a preamble starting with `buf` needs in all, once that is known (`None`:
 /// read more first). Fails as soon as the bytes seen are malformed.
 pub fn needed(buf: &[u8]) -> Result<Option<usize>, Error> {
+    let known = read_to(buf)?;
+    Ok((known.complete).then_some(known.len))
+}
+
+/// How far a reader may read, knowing `buf`: the whole preamble once its length is known,
+/// else the next field that tells more. Reading exactly this much never takes a byte past it.
+pub fn read_to(buf: &[u8]) -> Result<Known, Error> {
+    let partial = |len| Ok(Known { len, complete: false });
     if buf.len() < FIXED_LEN {
-        return check_magic(buf).map(|()| None);
+        check_magic(buf)?;
+        return partial(FIXED_LEN);
     }
     check_magic(buf)?;
     let id_len = u16::from_be_bytes([buf[28], buf[29]]) as usize;
@@ -149,10 +158,21 @@ pub fn needed(buf: &[u8]) -> Result<Option<usize>, Error> {
         return Err(Error::IdLength(id_len));
     }
     let request_at = FIXED_LEN + id_len;
-    let Some(header) = buf.get(request_at..request_at + REQUEST_HEADER_LEN) else { return Ok(None) };
+    let Some(header) = buf.get(request_at..request_at + REQUEST_HEADER_LEN) else {
+        return partial(request_at + REQUEST_HEADER_LEN);
+    };
     let header: &[u8; REQUEST_HEADER_LEN] = header.try_into().map_err(|_| Error::Magic)?;
     let body = Request::decode_header(header)?;
-    Ok(Some(request_at + REQUEST_HEADER_LEN + body + MAC_LEN))
+    Ok(Known { len: request_at + REQUEST_HEADER_LEN + body + MAC_LEN, complete: true })
+}
+
+/// What [`read_to`] knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Known {
+    /// Bytes to have read.
+    pub len: usize,
+    /// Whether `len` is the whole preamble.
+    pub complete: bool,
 }
 
 fn check_magic(buf: &[u8]) -> Result<(), Error> {
