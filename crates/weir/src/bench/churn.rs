@@ -220,11 +220,8 @@ fn markdown(secs: u64, reps: usize, rows: &[Row], notes: &[String]) -> String {
     let _ = writeln!(t, "| path | conn/s median (min–max) | × direct | × best peer | p50 ms | p99 ms | proxy CPU ms / 1000 conns (min–max) | × best peer |");
     let _ = writeln!(t, "|---|---|---|---|---|---|---|---|");
     let find = |path: &str, metric: &str| rows.iter().find(|r| r.path == path && r.metric == metric);
-    let opt = |v: Option<f64>, digits: usize| v.map_or("–".to_owned(), |v| format!("{v:.digits$}"));
-    let range = |r: Option<&Row>, d: usize| match r {
-        Some(Row { median: Some(m), min: Some(lo), max: Some(hi), .. }) => format!("{m:.d$} ({lo:.d$}–{hi:.d$})"),
-        _ => "–".to_owned(),
-    };
+    let opt = super::report::cell;
+    let range = |r: Option<&Row>, d: usize| super::report::median_cell(r, d, true);
     for r in rows.iter().filter(|r| r.metric == "connections/s") {
         if let Some(why) = &r.reason {
             let _ = writeln!(t, "| {} | {why} | | | | | | |", r.path);

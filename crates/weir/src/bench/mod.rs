@@ -398,14 +398,8 @@ fn report(args: &BenchArgs, rows: &[Row], notes: &[String]) -> String {
     let find = |load: &str, path: &str, metric: &str| {
         rows.iter().find(|r| r.load == load && r.path == path && r.metric == metric)
     };
-    let opt = |v: Option<f64>, d: usize| v.map_or("–".to_owned(), |v| format!("{v:.d$}"));
-    let range = |r: Option<&Row>, d: usize| match r {
-        Some(Row { median: Some(m), min: Some(lo), max: Some(hi), .. }) if args.reps > 1 => {
-            format!("{m:.d$} ({lo:.d$}–{hi:.d$})")
-        }
-        Some(Row { median: Some(m), .. }) => format!("{m:.d$}"),
-        _ => "–".to_owned(),
-    };
+    let opt = report::cell;
+    let range = |r: Option<&Row>, d: usize| report::median_cell(r, d, args.reps > 1);
     let _ = writeln!(t, "\n## Hop benchmark: {} MiB bulk (iperf3), {} interleaved reps, proxies pinned to CPU {PROXY_CPU}, iperf3 to CPU {CLIENT_CPU}\n", args.mib, args.reps);
     for streams in STREAMS {
         let load = bulk_load(args.mib, streams);

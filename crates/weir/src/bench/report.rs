@@ -70,6 +70,22 @@ pub struct Row {
     pub reason: Option<String>,
 }
 
+/// A table cell: `v` with `digits` decimals, or a dash.
+pub fn cell(v: Option<f64>, digits: usize) -> String {
+    v.map_or("–".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+/// A table cell for a row's median, with its min–max when `with_range`; a dash without figures.
+pub fn median_cell(r: Option<&Row>, digits: usize, with_range: bool) -> String {
+    match r {
+        Some(Row { median: Some(m), min: Some(lo), max: Some(hi), .. }) if with_range => {
+            format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})")
+        }
+        Some(Row { median: Some(m), .. }) => format!("{m:.digits$}"),
+        _ => "–".to_owned(),
+    }
+}
+
 /// One path's samples of a metric, or why it has none.
 pub struct Figures {
     path: String,
