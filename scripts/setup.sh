@@ -8,6 +8,8 @@ PACKAGES=(
   build-essential pkg-config clang llvm libbpf-dev
   # guest kernels for the kTLS suite (TESTING.md)
   user-mode-linux qemu-system-x86 linux-image-amd64 busybox-static cpio kmod xz-utils binutils bc
+  # soft-RoCE in the qemu guest: ibv_rc_pingpong/ibv_devinfo and the rxe verbs provider (`rdma` is in iproute2)
+  ibverbs-utils ibverbs-providers
   # network test harness and real peers
   iproute2 nftables iptables bpftool tcpdump curl wrk nghttp2-client iperf3 haproxy nginx-light libnginx-mod-stream openssl procps util-linux python3
 )

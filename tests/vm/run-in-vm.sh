@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# run-in-vm.sh CMD [ARGS...]: runs CMD inside a qemu guest booting Debian's linux-image-amd64
+# kernel, whose root is this host's / (read-only, 9p), with the project root, the current
+# directory and CMD's directory shared read-write at their own paths. Streams CMD's
+# stdout/stderr, exits with its status (125 when the guest itself failed). Usable as a cargo
+# runner (CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER), like run-in-uml.sh.
+#
+# Why a full kernel under qemu: soft-RoCE (rdma_rxe), the rdma cgroup controller and real
+# driver code, which UML lacks. Why TCG: this host's /dev/kvm is PVM and cannot run a stock
+# kernel at a usable speed (TESTING.md). TCG is 30-100x slower than native: functional only.
+#
+# Env: VM_KERNEL (default: the newest Debian /boot/vmlinuz-*-amd64 that is not the running
+# kernel), VM_MEM (1G), VM_CPUS (2), VM_TIMEOUT seconds (900), VM_MODULES modprobe'd before
+# CMD (default "rdma_rxe ib_uverbs"), VM_ENV (variables to forward, default "RUST_LOG
+# RUST_BACKTRACE"), VM_CACHE (vmlinux/initramfs cache, default <project>/target/vm),
+# VM_TIMING=1 (boot and wall times on stderr), VM_KEEP=1 (keep the run dir: console log).
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd -P)
+project=$(cd "$here/../.." && pwd -P)
+[ $# -ge 1 ] || { echo "usage: $0 CMD [ARGS...]" >&2; exit 2; }
+die() { echo "run-in-vm: $*" >&2; exit 125; }
+command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing (scripts/setup.sh installs qemu-system-x86)"
+[ -x /bin/busybox ] || die "/bin/busybox missing (scripts/setup.sh installs busybox-static)"
+
+# The Debian image, never the running kernel (this host's own has no modules for a guest).
+kernel=${VM_KERNEL:-}
+if [ -z "$kernel" ]; then
+  for k in $(ls /boot/vmlinuz-*-amd64 2>/dev/null | sort -rV); do
+    [ "${k#/boot/vmlinuz-}" != "$(uname -r)" ] && [ -d "/lib/modules/${k#/boot/vmlinuz-}/kernel" ] && { kernel=$k; break; }
+  done
+fi
+[ -n "$kernel" ] && [ -r "$kernel" ] || die "no Debian kernel with modules in /boot (scripts/setup.sh installs linux-image-amd64)"
+kver=${kernel##*/vmlinuz-}
+cache=${VM_CACHE:-$project/target/vm}
+mkdir -p "$cache" || die "cannot create $cache"
+
+# PVH direct boot of the uncompressed vmlinux (Debian: CONFIG_PVH=y) skips the BIOS real-mode
+# setup and the xz decompressor, seconds under TCG. The bzImage's payload is xz: find its magic.
+boot=$cache/vmlinux-$kver
+if [ ! -s "$boot" ]; then
+  off=$(LC_ALL=C grep -abo $'\xfd7zXZ' "$kernel" | head -1 | cut -d: -f1)
+  # xz complains about the bytes after its stream: what counts is an ELF with a PVH note.
+  [ -n "$off" ] && tail -c +$((off + 1)) "$kernel" | xz -dc >"$boot.$$" 2>/dev/null
+  if readelf -n "$boot.$$" 2>/dev/null | grep -q Xen; then mv "$boot.$$" "$boot"; else rm -f "$boot.$$"; boot=$kernel; fi
+fi
+
+# The initramfs: busybox, the modules needed to reach the host root, vm-init.sh as /init.
+# Rebuilt when the kernel or vm-init.sh changes (the key is in the name).
+key=$(cat "$here/vm-init.sh" /bin/busybox | sha256sum | cut -c1-12)
+initrd=$cache/initramfs-$kver-$key.cpio.gz
+if [ ! -s "$initrd" ]; then
+  tree=$(mktemp -d "$cache/initramfs.XXXXXX") || die "mktemp"
+  mkdir -p "$tree"/{bin,dev,proc,sys,newroot,modules}
+  cp /bin/busybox "$tree/bin/"
+  for a in sh mount umount mkdir insmod switch_root cat echo sleep; do ln -s busybox "$tree/bin/$a"; done
+  cp "$here/vm-init.sh" "$tree/init"
+  # Load order, dependencies first, from the host's kmod for the guest's kernel.
+  modprobe -S "$kver" --show-depends -a virtio_pci virtio_console virtio_rng 9pnet_virtio 9p |
+    awk '$1 == "insmod" && !seen[$2]++ { print $2 }' >"$tree/paths"
+  while read -r m; do cp "$m" "$tree/modules/" && basename "$m"; done <"$tree/paths" >"$tree/modules.list"
+  rm "$tree/paths"
+  [ -s "$tree/modules.list" ] || { rm -rf "$tree"; die "no virtio/9p modules found for $kver"; }
+  (cd "$tree" && find . -print0 | cpio --null -o -H newc --quiet | gzip -1) >"$initrd.$$" && mv "$initrd.$$" "$initrd"
+  rm -rf "$tree"
+  [ -s "$initrd" ] || die "initramfs build failed"
+fi
+
+# Shares as in run-in-uml.sh: a directory inside another shared one is not shared twice.
+workdir=$(pwd -P)
+shares=$(for d in "$project" "$workdir" "$(case "$1" in /*) dirname "$1" ;; esac)"; do
+  [ -n "$d" ] && [ -d "$d" ] && (cd "$d" && pwd -P)
+done | sort -u | awk 'NR == 1 || index($0, prev "/") != 1 { print; prev = $0 }')
+
+run=$(mktemp -d "${TMPDIR:-/tmp}/weir-vm.XXXXXX") || die "mktemp"
+qpid=
+cleanup() {
+  [ -n "$qpid" ] && kill "$qpid" 2>/dev/null
+  if [ "${VM_KEEP:-0}" = 1 ]; then echo "run-in-vm: kept $run" >&2; else rm -rf "$run"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+mkdir "$run/ctl"
+{
+  printf 'WEIR_VM_INIT=%q\n' "$here/vm-init.sh"
+  printf 'WEIR_VM_WORKDIR=%q\n' "$workdir"
+  printf 'WEIR_VM_SHARES=%q\n' "$(echo $shares)"
+  printf 'WEIR_VM_MODULES=%q\n' "${VM_MODULES-rdma_rxe ib_uverbs}"
+} >"$run/ctl/env.sh"
+{
+  echo 'export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+  echo 'export WEIR_IN_GUEST=qemu'
+  for v in ${VM_ENV:-RUST_LOG RUST_BACKTRACE}; do [ -n "${!v+x}" ] && printf 'export %s=%q\n' "$v" "${!v}"; done
+  printf 'exec'; printf ' %q' "$@"; printf '\n'
+} >"$run/ctl/cmd.sh"
+
+share_args=()
+i=0
+for d in $shares; do
+  share_args+=(-fsdev "local,id=share$i,path=$d,security_model=none,multidevs=remap"
+    -device "virtio-9p-pci,fsdev=share$i,mount_tag=weirshare$i")
+  i=$((i + 1))
+done
+
+# The guest's stdout/stderr: virtio-serial ports written to fifos that we copy out as they come.
+mkfifo "$run/out" "$run/err"
+cat "$run/out" & cout=$!
+cat "$run/err" >&2 & cerr=$!
+t0=$(date +%s.%N)
+timeout -k 5 "${VM_TIMEOUT:-900}" qemu-system-x86_64 \
+  -accel tcg,thread=multi,tb-size=256 -cpu max -machine q35 \
+  -m "${VM_MEM:-1G}" -smp "${VM_CPUS:-2}" \
+  -nodefaults -no-user-config -display none -no-reboot \
+  -kernel "$boot" -initrd "$initrd" \
+  -append "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init" \
+  -serial "file:$run/console.log" \
+  -fsdev local,id=root,path=/,security_model=none,readonly=on,multidevs=remap \
+  -device virtio-9p-pci,fsdev=root,mount_tag=weirroot \
+  -fsdev "local,id=ctl,path=$run/ctl,security_model=none" \
+  -device virtio-9p-pci,fsdev=ctl,mount_tag=weirctl \
+  "${share_args[@]}" \
+  -device virtio-serial-pci \
+  -chardev "file,id=out,path=$run/out" -device virtserialport,chardev=out,name=weir.stdout \
+  -chardev "file,id=err,path=$run/err" -device virtserialport,chardev=err,name=weir.stderr \
+  -device virtio-rng-pci \
+  </dev/null >"$run/qemu.log" 2>&1 &
+qpid=$!
+wait "$qpid"
+qrc=$?
+qpid=
+t1=$(date +%s.%N)
+# If qemu died before opening the fifos, the readers still wait in open(): a read-write open
+# never blocks, and closing it gives them their EOF.
+exec 3<>"$run/out" 4<>"$run/err"
+exec 3>&- 4>&-
+wait "$cout" "$cerr" 2>/dev/null
+if [ "${VM_TIMING:-0}" = 1 ]; then
+  printf 'run-in-vm: kernel %s, wall %.1fs, guest ready at %ss, done at %ss (guest uptime)\n' \
+    "$kver" "$(echo "$t1 - $t0" | bc)" "$(cat "$run/ctl/ready" 2>/dev/null)" "$(cat "$run/ctl/done" 2>/dev/null)" >&2
+fi
+if [ -s "$run/ctl/rc" ]; then
+  exit "$(cat "$run/ctl/rc")"
+fi
+[ "$qrc" = 124 ] && echo "run-in-vm: timed out after ${VM_TIMEOUT:-900}s" >&2
+echo "run-in-vm: no exit status from the guest (qemu exited $qrc); qemu log and console tail:" >&2
+cat "$run/qemu.log" >&2
+tail -n 40 "$run/console.log" >&2
+exit 125

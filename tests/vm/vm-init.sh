@@ -1,0 +1,83 @@
+#!/bin/sh
+# PID 1 of the qemu guest started by run-in-vm.sh, in two stages.
+#   stage 1 (no argument): /init of the busybox initramfs. Loads the virtio and 9p modules,
+#     mounts the host's / read-only and the shared directories read-write, switch_roots.
+#   stage 2 ("stage2"): the same file run by the host's /bin/sh from the host root. Mounts
+#     the kernel filesystems, loads VM_MODULES, runs the command with its output on the
+#     virtio-serial ports, hands the exit status back through the control share, powers off.
+# Both stages read the control share's env.sh (written by run-in-vm.sh).
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+ctl=/run/weirvm
+
+# No way to report but the console; sysrq power-off makes qemu exit (-no-reboot) at once.
+fail() {
+  echo "weirvm: $*" >/dev/console
+  echo o >/proc/sysrq-trigger
+  sleep 10
+}
+
+stage1() {
+  mount -t proc proc /proc
+  mount -t sysfs sysfs /sys
+  mount -t devtmpfs devtmpfs /dev
+  exec </dev/console >/dev/console 2>&1
+  for m in $(cat /modules.list); do insmod "/modules/$m" || echo "weirvm: insmod $m failed" >/dev/console; done
+  # Large messages: the test binaries (tens of MB) are read over 9p.
+  o=trans=virtio,version=9p2000.L,msize=524288
+  mount -t 9p -o "$o,ro,cache=loose" weirroot /newroot || fail "cannot mount the host root"
+  mount -t tmpfs -o mode=755 tmpfs /newroot/run || fail "tmpfs /run"
+  mkdir -p /newroot$ctl
+  mount -t 9p -o "$o,cache=none" weirctl /newroot$ctl || fail "cannot mount the control share"
+  . /newroot$ctl/env.sh
+  # The host's /tmp and friends are not the guest's business: fresh tmpfs over them.
+  mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
+  mount -t tmpfs -o mode=1777 tmpfs /newroot/var/tmp
+  mount -t tmpfs -o mode=700 tmpfs /newroot/root
+  i=0
+  for d in $WEIR_VM_SHARES; do
+    mount -t 9p -o "$o,cache=none" "weirshare$i" "/newroot$d" || fail "cannot share $d"
+    i=$((i + 1))
+  done
+  # /proc, /sys and /dev stay mounted in the dropped initramfs; stage 2 mounts its own.
+  exec switch_root /newroot /bin/sh "$WEIR_VM_INIT" stage2
+}
+
+# The virtio-serial port qemu named $1 (no udev here: look it up in sysfs).
+port() {
+  for p in /sys/class/virtio-ports/*; do
+    [ "$(cat "$p/name" 2>/dev/null)" = "$1" ] && { echo "/dev/${p##*/}"; return; }
+  done
+  echo /dev/console
+}
+
+stage2() {
+  . $ctl/env.sh
+  mount -t proc proc /proc
+  mount -t sysfs sysfs /sys
+  mount -t devtmpfs devtmpfs /dev
+  mkdir -p /dev/pts /dev/shm
+  mount -t devpts devpts /dev/pts
+  mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+  ln -sf /proc/self/fd /dev/fd
+  # The cgroup v2 hierarchy, for suites that need it (rdma controller).
+  mount -t cgroup2 cgroup2 /sys/fs/cgroup
+  hostname weir-guest
+  ip link set lo up
+  for m in $WEIR_VM_MODULES; do modprobe -q "$m" || echo "weirvm: modprobe $m failed" >&2; done
+  read -r up _ </proc/uptime
+  echo "$up" >$ctl/ready
+  cd "$WEIR_VM_WORKDIR" || cd /
+  HOME=/root /bin/sh $ctl/cmd.sh </dev/null >"$(port weir.stdout)" 2>"$(port weir.stderr)"
+  rc=$?
+  read -r up _ </proc/uptime
+  echo "$up" >$ctl/done
+  echo "$rc" >$ctl/rc
+  sync
+  echo o >/proc/sysrq-trigger
+  sleep 10
+}
+
+case "${1:-}" in
+  stage2) stage2 ;;
+  *) stage1 ;;
+esac
