@@ -35,6 +35,8 @@ stage1() {
   mount -t tmpfs -o mode=700 tmpfs /newroot/root
   i=0
   for d in $WEIR_VM_SHARES; do
+    # A share under /tmp or /root now lies on the fresh tmpfs: make its mount point there.
+    mkdir -p "/newroot$d" 2>/dev/null
     mount -t 9p -o "$o,cache=none" "weirshare$i" "/newroot$d" || fail "cannot share $d"
     i=$((i + 1))
   done

@@ -15,6 +15,8 @@ pub mod kernel;
 pub mod nic;
 pub mod procs;
 pub mod rdma;
+pub mod rdma_cgroup;
+pub mod rdma_res;
 pub mod report;
 pub mod sidecar;
 mod sock_diag;

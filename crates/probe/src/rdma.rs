@@ -28,6 +28,14 @@ pub struct RdmaPort {
     pub counters: Vec<Counter>,
 }
 
+impl RdmaPort {
+    /// The value of the counter named `name` as listed here (`hw:sent_pkts` for
+    /// `hw_counters/sent_pkts`); `None` if the port has no such readable counter.
+    pub fn counter(&self, name: &str) -> Option<u64> {
+        self.counters.iter().find(|c| c.name == name).map(|c| c.value)
+    }
+}
+
 /// Reads every RDMA device of a sysfs class directory (the real one is /sys/class/infiniband).
 pub fn devices_in(class: &Path) -> Probe<Vec<RdmaDevice>> {
     let entries = match std::fs::read_dir(class) {
@@ -111,6 +119,8 @@ mod tests {
         assert_eq!(devs[0].ports[0].link_layer, "Ethernet");
         let names: Vec<_> = devs[0].ports[0].counters.iter().map(|c| (c.name.as_str(), c.value)).collect();
         assert_eq!(names, [("port_xmit_data", 42), ("hw:rcvd_pkts", 7)]);
+        assert_eq!(devs[0].ports[0].counter("hw:rcvd_pkts"), Some(7));
+        assert_eq!(devs[0].ports[0].counter("rcvd_pkts"), None);
         assert_eq!(devices_in(Path::new("/nonexistent/infiniband")), Probe::known(Vec::new()));
     }
 }
