@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::net::TcpListener;
-use weir_telemetry::{Metrics, ResultLabels, TlsStatLabels};
+use weir_telemetry::{Metrics, PlaneLabels, ResultLabels, TlsStatLabels};
 use weir_tls::ktls::Support;
 
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
@@ -53,16 +53,40 @@ fn route(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Full
 fn connections_json(shared: &Shared) -> String {
     let now = SystemTime::now();
     let mut views: Vec<_> = shared.records.all().iter().map(|r| r.view(now)).collect();
+    if shared.role == "host" {
+        for v in &mut views {
+            v.wire = shared.wire_facts.of(v.local).map(Box::new);
+        }
+    }
     views.sort_by_key(|v| v.id);
     serde_json::to_string(&views).unwrap_or_else(|_| "[]".into())
 }
 
-/// Ready when the node's SVID and every workload's SVID are valid and rotating.
+/// Ready when this plane is ready by its own checks and, for a host plane or a DPU, the
+/// other plane is too (DESIGN.md "Roles": readiness is the conjunction).
 fn readiness(shared: &Shared) -> Result<(), String> {
     let now = SystemTime::now();
+    own_readiness(shared, now).map_err(|e| match shared.role {
+        "node" => e,
+        plane => format!("plane {plane}: {e}"),
+    })?;
+    match &shared.other_plane {
+        Some(other) => other.readiness(now),
+        None => Ok(()),
+    }
+}
+
+/// Ready by this plane's own checks: its SVID and every SVID it holds for workloads are valid
+/// and rotating.
+pub(crate) fn own_readiness(shared: &Shared, now: SystemTime) -> Result<(), String> {
     shared.store.readiness(now)?;
     for w in shared.workloads.values() {
-        w.store.readiness(now).map_err(|e| format!("workload {}: {e}", w.name))?;
+        if let Some(svid) = &w.svid {
+            svid.store.readiness(now).map_err(|e| format!("workload {}: {e}", w.name))?;
+        }
+    }
+    for (name, store) in &shared.acting_for {
+        store.readiness(now).map_err(|e| format!("workload {name}: {e}"))?;
     }
     Ok(())
 }
@@ -85,6 +109,13 @@ pub(crate) fn metrics_text(shared: &Shared) -> String {
     for (result, total) in [("ok", state.rotations), ("error", state.failures)] {
         let c = m.svid_rotations.get_or_create(&ResultLabels { result });
         c.inc_by(total.saturating_sub(c.get()));
+    }
+    if let Some(other) = &shared.other_plane {
+        let labels = PlaneLabels { plane: other.name };
+        m.plane_ready.get_or_create(&labels).set(i64::from(other.readiness(SystemTime::now()).is_ok()));
+        if let Some(state) = other.state() {
+            m.plane_svid_expiry_seconds.get_or_create(&labels).set(i64::try_from(state.not_after).unwrap_or(i64::MAX));
+        }
     }
     // Host-wide kTLS counters (decrypt errors, device resyncs, …): absent without the tls module.
     if let weir_probe::Probe::Known { value } = weir_probe::tls_stat::read() {

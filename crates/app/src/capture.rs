@@ -1,7 +1,7 @@
 //! The capture listener: connections the eBPF programs redirected from workload cgroups. The
 //! kernel recorded each one's original destination and workload; this recovers them, checks
 //! the workload's L4 rules again (defence in depth), and carries the connection like an
-//! outbound one, presenting the workload's own SVID.
+//! outbound one, presenting the workload's own SVID (on a host plane: to the DPU, which does).
 use crate::conn::{Refusal, Shared};
 use crate::outbound;
 use std::net::SocketAddr;
@@ -60,5 +60,12 @@ async fn handle(app: TcpStream, from: SocketAddr, shared: &Arc<Shared>) {
     };
     tracing::debug!(conn = id, workload = w.name, %dst, service = route.service, "captured connection");
     let captured = weir_telemetry::records::Captured { workload: w.name.clone(), app: from };
-    outbound::handle(app, route, &w.tls, shared, Some(captured)).await;
+    match (&shared.to_dpu, &w.svid) {
+        (Some(dpu), _) => crate::host_plane::forward(app, route, w, dpu, shared, captured).await,
+        (None, Some(svid)) => outbound::handle(app, route, &svid.tls, shared, Some(captured)).await,
+        (None, None) => {
+            let detail = format_args!("workload {} has no SVID on this node", w.name);
+            outbound::refuse_app(app, shared, id, Refusal::TlsHandshake, &detail)
+        }
+    }
 }

@@ -50,6 +50,19 @@ pub(crate) struct Shared {
     pub directory: std::collections::HashMap<String, Arc<weir_config::OutboundRoute>>,
     /// Captured service address -> the route that serves it.
     pub captured: std::collections::HashMap<std::net::SocketAddr, Arc<weir_config::OutboundRoute>>,
+    /// `node`, `dpu` or `host` (records and logs say which).
+    pub role: &'static str,
+    /// Identities this node holds SVIDs for besides its own and its workloads' (a DPU's: the
+    /// host's workloads), by name: all must be valid and rotating for the node to be ready.
+    pub acting_for: Vec<(String, Arc<SvidStore>)>,
+    /// What this plane knows of the other one (roles `host` and `dpu`).
+    pub other_plane: Option<Arc<crate::planes::OtherPlane>>,
+    /// A DPU's closed host-channel records, waiting for the host plane.
+    pub wire_outbox: Option<crate::wire_facts::Outbox>,
+    /// A host plane's way to its DPU (captured connections go there).
+    pub to_dpu: Option<crate::host_plane::ToDpu>,
+    /// A host plane's view of the DPU's wire-side records.
+    pub wire_facts: crate::wire_facts::WireFacts,
 }
 
 /// A workload at run time: its rules and its own identity.
@@ -57,6 +70,14 @@ pub(crate) struct Workload {
     pub name: String,
     /// L4 rules, re-checked on captured connections (swapped on reload).
     pub l4: std::sync::RwLock<weir_policy::WorkloadL4>,
+    /// Its SPIFFE ID.
+    pub id: SpiffeId,
+    /// Its own SVID; `None` on a host plane, where the DPU holds it.
+    pub svid: Option<WorkloadSvid>,
+}
+
+/// A workload's SVID and the TLS configurations that present it.
+pub(crate) struct WorkloadSvid {
     pub tls: Arc<TlsConfigs>,
     pub store: Arc<SvidStore>,
 }
@@ -90,6 +111,12 @@ impl Shared {
             kernel_reported: std::sync::Mutex::new(std::collections::HashSet::new()),
             captured: std::collections::HashMap::new(),
             directory: std::collections::HashMap::new(),
+            role: "node",
+            acting_for: Vec::new(),
+            other_plane: None,
+            wire_outbox: None,
+            to_dpu: None,
+            wire_facts: Default::default(),
         }
     }
 
@@ -239,7 +266,7 @@ impl<'a> Tracked<'a> {
         let record = Arc::new(ConnRecord::new(
             RecordStart {
                 id,
-                role: "node",
+                role: shared.role,
                 direction,
                 local: leg.local,
                 remote: leg.remote,
@@ -284,6 +311,9 @@ impl<'a> Tracked<'a> {
         self.shared.open.fetch_sub(1, Ordering::Relaxed);
         let secs = self.started.elapsed().as_secs_f64();
         let r = self.record.view(std::time::SystemTime::now());
+        if let (Some(outbox), Some(_)) = (&self.shared.wire_outbox, &r.captured) {
+            outbox.push(r.clone(), self.shared);
+        }
         let tcp = r.tcp.unwrap_or_default();
         let (workload, app) = match &r.captured {
             Some(c) => (c.workload.as_str(), r.app_tcp.unwrap_or_default()),
@@ -345,4 +375,21 @@ pub(crate) fn tcp_facts(info: &weir_sys::TcpInfo) -> TcpFacts {
 /// The rustls error inside a tokio-rustls I/O error, if any.
 pub(crate) fn rustls_error(e: &std::io::Error) -> Option<&rustls::Error> {
     e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A node context with a fresh CA's SVID, for unit tests of what hangs off `Shared`.
+    pub(crate) fn shared() -> Shared {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = weir_identity::Ca::init(dir.path(), "weir.local").expect("ca");
+        let id = SpiffeId::workload("weir.local", "test", "node").expect("id");
+        let store = SvidStore::new(Arc::new(ca), id, Duration::from_secs(600)).expect("store");
+        let tls = Arc::new(TlsConfigs::new(store.current(), &store.bundle(), None, false).expect("tls"));
+        let support = Support::Unavailable("unit test".into());
+        let policy = InboundPolicy::default();
+        Shared::new(tls, store, support, weir_forward::Limits::default(), policy, Duration::from_secs(1))
+    }
 }

@@ -12,6 +12,7 @@ mod capture;
 mod conn;
 mod h2;
 mod host_channel;
+mod host_plane;
 mod http;
 mod inbound;
 mod kernel_facts;
@@ -19,8 +20,10 @@ mod node;
 mod otlp;
 mod outbound;
 mod outbound_http;
+mod planes;
 mod routing;
 mod sampler;
+mod wire_facts;
 
 pub use node::{Node, StartError};
 pub use weir_sys::{abort_on_close, raise_fd_limit};

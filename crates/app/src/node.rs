@@ -1,6 +1,7 @@
 //! Start-up and shutdown of a `node`-role Weir: identity, kTLS detection, TLS configurations,
 //! listeners and the admin endpoint.
-use crate::conn::{Shared, Workload};
+use crate::conn::{Shared, Workload, WorkloadSvid};
+use crate::planes::OtherPlane;
 use crate::{admin, capture, inbound, outbound};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -112,15 +113,19 @@ impl Node {
         let mut capture_listeners = Vec::new();
         if config.kernel.mode == KernelMode::Ebpf {
             for (n, w) in config.workloads.iter().enumerate() {
-                let wstore = SvidStore::new(source.clone(), w.id.clone(), config.identity.svid_ttl)?;
-                let wtls = Arc::new(TlsConfigs::new(wstore.current(), &wstore.bundle(), suites, suites.is_some())?);
-                tasks.push(tokio::spawn(wstore.clone().run_rotation()));
-                tasks.push(tokio::spawn(wtls.clone().follow(wstore.clone())));
+                // A host plane's workloads have their SVIDs on the DPU, which does their TLS.
+                let svid = if matches!(config.role, Role::Host(_)) {
+                    None
+                } else {
+                    let (store, tls, rotating) = svid_for(&source, &w.id, config.identity.svid_ttl, suites)?;
+                    tasks.extend(rotating);
+                    Some(WorkloadSvid { tls, store })
+                };
                 let workload = Workload {
                     name: w.name.clone(),
                     l4: std::sync::RwLock::new(w.l4.clone()),
-                    tls: wtls,
-                    store: wstore,
+                    id: w.id.clone(),
+                    svid,
                 };
                 shared.workloads.insert(n as u32 + 1, workload);
             }
@@ -153,6 +158,32 @@ impl Node {
             shared.orig_dst = Some(kernel.original_destinations()?);
             shared.kernel = std::sync::Mutex::new(Some(kernel));
         }
+        let mut channel = None;
+        match &config.role {
+            Role::Node => {}
+            Role::Dpu(h) => {
+                shared.role = "dpu";
+                let key = host_key(&h.key_file)?;
+                let mut workloads = std::collections::HashMap::new();
+                for id in &h.workloads {
+                    let (store, tls, rotating) = svid_for(&source, id, config.identity.svid_ttl, suites)?;
+                    tasks.extend(rotating);
+                    workloads.insert(id.clone(), tls);
+                    shared.acting_for.push((id.to_string(), store));
+                }
+                let verifier = std::sync::Mutex::new(weir_tls::host_channel::Verifier::new(key, h.window));
+                channel = Some((h, Arc::new(crate::host_channel::HostChannel { verifier, workloads })));
+                shared.wire_outbox = Some(Default::default());
+                shared.other_plane = Some(Arc::new(OtherPlane::new("host", h.control.interval)));
+            }
+            Role::Host(d) => {
+                shared.role = "host";
+                let (key, id) = (host_key(&d.key_file)?, d.control.peer_id.clone());
+                shared.to_dpu = Some(crate::host_plane::ToDpu { addr: d.host_channel, key, id });
+                shared.other_plane = Some(Arc::new(OtherPlane::new("dpu", d.control.interval)));
+            }
+        }
+
         shared.span_ratio = config.telemetry.span_sample_ratio;
         if let Some(endpoint) = &config.telemetry.otlp_endpoint {
             let (spans, task) =
@@ -162,29 +193,24 @@ impl Node {
             tasks.push(task);
         }
         let shared = Arc::new(shared);
+        if let (Some(other), Some(link)) = (&shared.other_plane, config.role.control()) {
+            if let Some((h, channel)) = channel {
+                let l = bind("host channel", h.listen).await?;
+                let control = bind("control", link.addr).await?;
+                tracing::info!(listen = %local_addr(&l, h.listen), control = %local_addr(&control, link.addr), workloads = h.workloads.len(), "dpu role: host channel open");
+                tasks.push(tokio::spawn(crate::host_channel::serve(l, channel, shared.clone())));
+                tasks.push(tokio::spawn(crate::planes::serve(control, link.clone(), shared.clone(), other.clone())));
+            } else {
+                tracing::info!(dpu = %link.addr, "host role: captured connections go to the DPU");
+                tasks.push(tokio::spawn(crate::planes::connect(link.clone(), shared.clone(), other.clone())));
+            }
+        }
         tasks.push(tokio::spawn(crate::sampler::run(shared.clone(), config.telemetry.tcp_sample_interval)));
         for l in capture_listeners {
             tasks.push(tokio::spawn(capture::serve(l, shared.clone())));
         }
         if config.kernel.mode == KernelMode::Ebpf {
             tasks.push(tokio::spawn(crate::kernel_facts::collect(shared.clone())));
-        }
-
-        if let Role::Dpu(h) = &config.role {
-            let key = host_key(&h.key_file)?;
-            let mut workloads = std::collections::HashMap::new();
-            for id in &h.workloads {
-                let wstore = SvidStore::new(source.clone(), id.clone(), config.identity.svid_ttl)?;
-                let wtls = Arc::new(TlsConfigs::new(wstore.current(), &wstore.bundle(), suites, suites.is_some())?);
-                tasks.push(tokio::spawn(wstore.clone().run_rotation()));
-                tasks.push(tokio::spawn(wtls.clone().follow(wstore)));
-                workloads.insert(id.clone(), wtls);
-            }
-            let verifier = std::sync::Mutex::new(weir_tls::host_channel::Verifier::new(key, h.window));
-            let channel = Arc::new(crate::host_channel::HostChannel { verifier, workloads });
-            let l = bind("host channel", h.listen).await?;
-            tracing::info!(listen = %local_addr(&l, h.listen), workloads = h.workloads.len(), "dpu role: host channel open");
-            tasks.push(tokio::spawn(crate::host_channel::serve(l, channel, shared.clone())));
         }
 
         let admin_listener = bind("admin", config.admin).await?;
@@ -327,6 +353,20 @@ impl Drop for Node {
             t.abort();
         }
     }
+}
+
+/// An SVID store for `id` and the TLS configurations that present it, with the tasks that
+/// rotate the one and follow it in the other.
+fn svid_for(
+    source: &Arc<dyn IdentitySource>,
+    id: &weir_identity::SpiffeId,
+    ttl: Duration,
+    suites: Option<&[rustls::SupportedCipherSuite]>,
+) -> Result<(Arc<SvidStore>, Arc<TlsConfigs>, [tokio::task::JoinHandle<()>; 2]), StartError> {
+    let store = SvidStore::new(source.clone(), id.clone(), ttl)?;
+    let tls = Arc::new(TlsConfigs::new(store.current(), &store.bundle(), suites, suites.is_some())?);
+    let tasks = [tokio::spawn(store.clone().run_rotation()), tokio::spawn(tls.clone().follow(store.clone()))];
+    Ok((store, tls, tasks))
 }
 
 /// The host channel's key: the file's hex digits (whitespace ignored), at least 32 bytes.

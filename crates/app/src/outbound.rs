@@ -203,6 +203,6 @@ pub(crate) fn refuse_app(app: TcpStream, shared: &Shared, id: u64, reason: Refus
 }
 
 /// Closes the app's connection with a RST: it must see a failure, not an empty response.
-fn reset(app: TcpStream) {
+pub(crate) fn reset(app: TcpStream) {
     let _ = weir_sys::abort_on_close(app.as_fd());
 }

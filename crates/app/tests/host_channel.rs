@@ -1,13 +1,21 @@
-//! The DPU role's host channel, in process: a host-plane client that holds the planes' key
-//! reaches a peer node's service as its workload (the peer admits only that workload, not the
-//! DPU), byte-exact; a process without the key, a replayed preamble, an unregistered workload
-//! and plain bytes are refused, counted by reason, and never reach the service.
+//! The DPU and host roles, in process.
+//!
+//! The DPU's host channel: a host-plane client that holds the planes' key reaches a peer
+//! node's service as its workload (the peer admits only that workload, not the DPU),
+//! byte-exact; a process without the key, a replayed preamble, an unregistered workload and
+//! plain bytes are refused, counted by reason, and never reach the service.
+//!
+//! The two planes (root: the host plane runs the eBPF kernel path): a process in the host's
+//! workload cgroup reaches the service through host plane -> DPU -> mTLS -> peer; the host's
+//! `/readyz` follows the DPU's certificate state (a failed rotation on the DPU alone, then its
+//! repair) and the DPU process (killed, restarted), while open connections survive.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 mod common;
 
 use common::{id, metric, node_config, read_hash, write_pattern, Mesh, Opts};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,25 +29,36 @@ const KEY: [u8; 32] = [0x5c; 32];
 struct Dpu {
     node: Node,
     channel: SocketAddr,
+    control: SocketAddr,
 }
 
-/// A DPU node acting for workload `cart` (and no other), with the route to `echo` on the mesh.
-async fn dpu(mesh: &Mesh) -> Dpu {
-    let channel = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let key_file = mesh.dir.path().join("host-channel.key");
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+fn key_file(dir: &Path) -> std::path::PathBuf {
+    let key_file = dir.join("host-channel.key");
     let hex: String = KEY.iter().map(|b| format!("{b:02x}")).collect();
     std::fs::write(&key_file, format!("{hex}\n")).unwrap();
-    let common = node_config(&mesh.dir.path().join("ca"), "dpu", &Opts::new("off"));
+    key_file
+}
+
+/// A DPU node acting for workload `cart` (and no other), with the route to `echo` on the mesh,
+/// its SVIDs from the CA in `ca_dir`, its host channel and control listener at `addrs`.
+async fn dpu(mesh: &Mesh, ca_dir: &Path, opts: &Opts, (channel, control): (SocketAddr, SocketAddr)) -> Dpu {
+    let common = node_config(ca_dir, "dpu", opts);
     let cfg = format!(
         "role = \"dpu\"\n{common}[[outbound]]\nlisten = \"127.0.0.1:0\"\nservice = \"echo\"\npeer = \"{}\"\npeer_id = \"{}\"\n\
-         [host_channel]\nlisten = \"{channel}\"\nkey_file = \"{}\"\nworkloads = [\"{}\"]\n",
+         [host_channel]\nlisten = \"{channel}\"\nkey_file = \"{}\"\nworkloads = [\"{}\"]\n\
+         [host_channel.control]\naddr = \"{control}\"\npeer_id = \"{}\"\ninterval_secs = 1\n",
         mesh.inbound(),
         id("server"),
-        key_file.display(),
-        id("cart")
+        key_file(mesh.dir.path()).display(),
+        id("cart"),
+        id("host"),
     );
     let node = Node::start(weir_config::parse(&cfg, "dpu.toml").expect("dpu config")).await.expect("dpu node");
-    Dpu { node, channel }
+    Dpu { node, channel, control }
 }
 
 fn sealed(key: &[u8], workload: &str) -> Vec<u8> {
@@ -78,7 +97,7 @@ async fn a_registered_workload_reaches_the_mesh_as_itself_and_nothing_else_does(
     // The service admits the workload only: the DPU's own identity would be refused.
     opts.allow = vec![id("cart")];
     let mesh = Mesh::start(opts).await;
-    let dpu = dpu(&mesh).await;
+    let dpu = dpu(&mesh, &mesh.dir.path().join("ca"), &Opts::new("off"), (free_addr(), free_addr())).await;
 
     let preamble = sealed(&KEY, "cart");
     assert_eq!(through(&dpu, &preamble, 3 << 20).await, (Some(Status::Ok), true), "byte-exact as workload cart");
@@ -100,4 +119,140 @@ async fn a_registered_workload_reaches_the_mesh_as_itself_and_nothing_else_does(
 
     // The genuine workload still gets through with a fresh preamble.
     assert_eq!(through(&dpu, &sealed(&KEY, "cart"), 1000).await, (Some(Status::Ok), true));
+}
+
+/// `/readyz` of a node's admin endpoint: status and body.
+async fn readyz(admin: SocketAddr) -> (u16, String) {
+    let mut s = TcpStream::connect(admin).await.unwrap();
+    s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, out.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_owned())
+}
+
+/// Polls `/readyz` until `want(status, body)` holds; panics with the last answer after `within`.
+async fn wait_readyz(admin: SocketAddr, within: Duration, what: &str, want: impl Fn(u16, &str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let (status, body) = readyz(admin).await;
+        if want(status, &body) {
+            return body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: still {status} {body:?} after {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A process in the workload cgroup `cgroup` sends `text` to the captured echo address and
+/// prints what comes back.
+fn workload_echo(cgroup: &Path, text: &str) -> String {
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec 3<>/dev/tcp/127.0.0.77/7 && printf '{text}' >&3 && head -c {} <&3",
+        cgroup.display(),
+        text.len()
+    );
+    let out = std::process::Command::new("bash").args(["-c", &script]).output().unwrap();
+    assert!(out.status.success(), "workload: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// An open connection through the DPU as workload `cart` (the host plane's side, by hand).
+async fn held_open(channel: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(channel).await.unwrap();
+    s.write_all(&sealed(&KEY, "cart")).await.unwrap();
+    let mut status = [0u8; RESPONSE_LEN];
+    s.read_exact(&mut status).await.unwrap();
+    assert_eq!(Status::decode(&status), Ok(Status::Ok));
+    s
+}
+
+async fn echoes(s: &mut TcpStream, text: &[u8]) -> bool {
+    let mut back = vec![0u8; text.len()];
+    s.write_all(text).await.is_ok() && s.read_exact(&mut back).await.is_ok() && back == text
+}
+
+/// Removes pins and cgroups if the test fails before the host plane's clean stop.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/{}", self.0));
+        if let Ok(root) = weir_ebpf::cgroup::v2_root() {
+            let _ = weir_ebpf::cgroup::remove(&root.join(&self.0).join("cart"));
+            let _ = weir_ebpf::cgroup::remove(&root.join(&self.0));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_plane_reaches_the_mesh_through_its_dpu_and_shares_its_health() {
+    let mut opts = Opts::new("off");
+    opts.allow = vec![id("cart")];
+    let mesh = Mesh::start(opts).await;
+    // The DPU's own view of the CA, so it alone can lose it; SVIDs of 4 s rotate every 2 s.
+    let (ca, dpu_ca) = (mesh.dir.path().join("ca"), mesh.dir.path().join("dpu-ca"));
+    std::fs::create_dir(&dpu_ca).unwrap();
+    for f in std::fs::read_dir(&ca).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dpu_ca.join(f.file_name().unwrap())).unwrap();
+    }
+    let mut dpu_opts = Opts::new("off");
+    dpu_opts.svid_ttl_secs = 4;
+    let addrs = (free_addr(), free_addr());
+    let mut dpu_node = dpu(&mesh, &dpu_ca, &dpu_opts, addrs).await;
+
+    let tag = format!("weir-planes-{}", std::process::id());
+    let _cleanup = Cleanup(tag.clone());
+    let host_cfg = format!(
+        "role = \"host\"\n{}[kernel]\nmode = \"ebpf\"\ncgroup = \"{tag}\"\npin_dir = \"/sys/fs/bpf/{tag}\"\ncapture_listen = \"{}\"\n\
+         [[workloads]]\nname = \"cart\"\nservice_account = \"cart\"\n\
+         [[outbound]]\nservice = \"echo\"\ncapture = [\"127.0.0.77:7\"]\n\
+         [dpu]\nhost_channel = \"{}\"\nkey_file = \"{}\"\n[dpu.control]\naddr = \"{}\"\npeer_id = \"{}\"\ninterval_secs = 1\n",
+        node_config(&ca, "host", &Opts::new("off")),
+        free_addr(),
+        dpu_node.channel,
+        key_file(mesh.dir.path()).display(),
+        dpu_node.control,
+        id("dpu"),
+    );
+    let host = Node::start(weir_config::parse(&host_cfg, "host.toml").expect("host config")).await.expect("host plane");
+    let ready = |s: u16, _: &str| s == 200;
+    wait_readyz(host.admin_addr(), Duration::from_secs(10), "host plane", ready).await;
+    wait_readyz(dpu_node.node.admin_addr(), Duration::from_secs(10), "dpu", ready).await;
+    assert_eq!(metric(&host.metrics_text(), "weir_plane_ready", &["plane=\"dpu\""]), 1.0);
+    assert_eq!(metric(&dpu_node.node.metrics_text(), "weir_plane_ready", &["plane=\"host\""]), 1.0);
+
+    // A process in the workload's cgroup: captured, sent to the DPU, carried as `cart`.
+    let cgroup = weir_ebpf::cgroup::v2_root().unwrap().join(&tag).join("cart");
+    assert_eq!(workload_echo(&cgroup, "through the dpu"), "through the dpu");
+    let host_metrics = host.metrics_text();
+    assert_eq!(metric(&host_metrics, "weir_connections_opened_total", &["mode=\"host_channel\""]), 1.0);
+    assert!(mesh.server.metrics_text().contains(&format!("peer=\"{}\"", id("cart"))), "the peer saw the workload");
+
+    // The DPU loses its CA: its rotation fails, and the host says so, naming the plane.
+    let mut open = held_open(dpu_node.channel).await;
+    let bundle = dpu_ca.join("bundle.pem");
+    std::fs::rename(&bundle, dpu_ca.join("bundle.pem.away")).unwrap();
+    let body = wait_readyz(host.admin_addr(), Duration::from_secs(10), "rotation failure on the dpu", |s, b| {
+        s == 503 && b.contains("plane dpu") && b.contains("rotation failed")
+    })
+    .await;
+    assert!(body.contains("bundle.pem"), "the reason names what failed: {body}");
+    assert_eq!(metric(&host.metrics_text(), "weir_plane_ready", &["plane=\"dpu\""]), 0.0);
+    std::fs::rename(dpu_ca.join("bundle.pem.away"), &bundle).unwrap();
+    wait_readyz(host.admin_addr(), Duration::from_secs(20), "the dpu's CA restored", ready).await;
+    assert!(echoes(&mut open, b"still open after the failed rotation").await, "open connections survive");
+
+    // The DPU process goes away: the host says the plane is down; back, and service returns.
+    drop(open);
+    dpu_node.node.shutdown(Duration::from_millis(100)).await;
+    let body = wait_readyz(host.admin_addr(), Duration::from_secs(10), "dpu stopped", |s, _| s == 503).await;
+    assert!(body.contains("plane dpu: control connection down"), "{body}");
+    dpu_node = dpu(&mesh, &dpu_ca, &dpu_opts, addrs).await;
+    wait_readyz(host.admin_addr(), Duration::from_secs(10), "dpu restarted", ready).await;
+    assert_eq!(workload_echo(&cgroup, "after the restart"), "after the restart");
+
+    host.shutdown(Duration::from_millis(100)).await;
+    dpu_node.node.shutdown(Duration::from_millis(100)).await;
 }

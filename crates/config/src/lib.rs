@@ -8,12 +8,14 @@
 
 mod http;
 mod raw;
+mod roles;
 mod typed;
 
 pub use http::{HttpConfig, HttpRoute, OutboundHttp};
+pub use roles::{DpuLink, HostChannelConfig, PlaneLink, Role};
 pub use typed::{
-    Config, HostChannelConfig, IdentityConfig, InboundConfig, KernelConfig, KernelMode, KtlsConfig, KtlsMode,
-    LogConfig, LogFormat, OutboundRoute, Role, ServiceConfig, TelemetryConfig, WorkloadConfig,
+    Config, IdentityConfig, InboundConfig, KernelConfig, KernelMode, KtlsConfig, KtlsMode, LogConfig, LogFormat,
+    OutboundRoute, ServiceConfig, TelemetryConfig, WorkloadConfig,
 };
 
 /// The embedded default configuration.

@@ -8,6 +8,7 @@ pub(crate) struct RawConfig {
     pub trust_domain: Option<Spanned<String>>,
     pub role: Option<Spanned<String>>,
     pub host_channel: Option<RawHostChannel>,
+    pub dpu: Option<RawDpu>,
     pub node: Option<RawNode>,
     pub identity: Option<RawIdentity>,
     pub admin: Option<RawAdmin>,
@@ -30,6 +31,23 @@ pub(crate) struct RawHostChannel {
     pub window_secs: Option<Spanned<i64>>,
     #[serde(default)]
     pub workloads: Vec<Spanned<String>>,
+    pub control: Option<RawControl>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDpu {
+    pub host_channel: Option<Spanned<String>>,
+    pub key_file: Option<Spanned<String>>,
+    pub control: Option<RawControl>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawControl {
+    pub addr: Option<Spanned<String>>,
+    pub peer_id: Option<Spanned<String>>,
+    pub interval_secs: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -337,6 +337,34 @@ const DPU: &str = r#"
 listen = "10.0.0.1:15010"
 key_file = "/etc/weir/host-channel.key"
 workloads = ["spiffe://weir.local/ns/shop/sa/cart"]
+[host_channel.control]
+addr = "10.0.0.1:15011"
+peer_id = "spiffe://weir.local/ns/weir/sa/host"
+"#;
+
+/// A host plane's whole config.
+const HOST: &str = r#"
+role = "host"
+trust_domain = "weir.local"
+[identity]
+namespace = "weir"
+service_account = "host"
+ca_dir = "/tmp/ca"
+[kernel]
+mode = "ebpf"
+[[workloads]]
+name = "cart"
+service_account = "cart"
+[[outbound]]
+service = "orders"
+capture = ["10.96.0.5:80"]
+[dpu]
+host_channel = "10.0.0.1:15010"
+key_file = "/etc/weir/host-channel.key"
+[dpu.control]
+addr = "10.0.0.1:15011"
+peer_id = "spiffe://weir.local/ns/weir/sa/dpu"
+interval_secs = 2
 "#;
 
 #[test]
@@ -346,13 +374,15 @@ fn a_dpu_role_has_its_host_channel() {
     assert_eq!(h.listen, "10.0.0.1:15010".parse().expect("address"));
     assert_eq!(h.window, std::time::Duration::from_secs(30));
     assert_eq!(h.workloads[0].as_str(), "spiffe://weir.local/ns/shop/sa/cart");
+    assert_eq!(h.control.peer_id.as_str(), "spiffe://weir.local/ns/weir/sa/host");
+    assert_eq!(h.control.interval, std::time::Duration::from_secs(5), "default state interval");
     assert_eq!(parse(GOOD, "node.toml").expect("valid").role, Role::Node, "node is the default");
 }
 
 #[test]
 fn roles_and_their_sections_are_checked() {
     let paths = |src: &str| field_errors(src).into_iter().map(|(p, _)| p).collect::<Vec<_>>();
-    assert_eq!(paths(&format!("role = \"host\"\n{GOOD}")), ["role"], "unknown role");
+    assert_eq!(paths(&format!("role = \"edge\"\n{GOOD}")), ["role"], "unknown role");
     let node_with_channel = format!("{GOOD}\n[host_channel]\nlisten = \"10.0.0.1:1\"\n");
     assert_eq!(paths(&node_with_channel), ["host_channel"], "a node has no host channel");
     assert_eq!(paths(&format!("role = \"dpu\"\n{GOOD}")), ["host_channel"], "a dpu needs one");
@@ -367,6 +397,7 @@ workloads = ["spiffe://other.domain/ns/a/sa/b", "not a uri"]
     assert_eq!(
         got,
         [
+            "host_channel.control",
             "host_channel.key_file",
             "host_channel.listen",
             "host_channel.window_secs",
@@ -377,4 +408,38 @@ workloads = ["spiffe://other.domain/ns/a/sa/b", "not a uri"]
     let with_cgroups =
         format!("role = \"dpu\"\n{GOOD}{DPU}\n[[workloads]]\nname = \"cart\"\nservice_account = \"cart\"\n");
     assert!(paths(&with_cgroups).contains(&"workloads".to_owned()), "{:?}", paths(&with_cgroups));
+}
+
+#[test]
+fn a_host_plane_captures_and_sends_everything_to_its_dpu() {
+    let c = parse(HOST, "host.toml").expect("valid host config");
+    let Role::Host(d) = &c.role else { panic!("role host expected: {:?}", c.role) };
+    assert_eq!(d.control.interval, std::time::Duration::from_secs(2));
+    let route = &c.outbound[0];
+    assert_eq!(route.peer, d.host_channel, "a host plane's every route goes to the DPU's host channel");
+    assert_eq!(route.peer_id, d.control.peer_id);
+    assert_eq!(route.capture, ["10.96.0.5:80".parse().expect("address")]);
+}
+
+#[test]
+fn a_host_plane_refuses_what_belongs_to_the_dpu() {
+    let paths = |src: &str| {
+        let mut p = field_errors(src).into_iter().map(|(p, _)| p).collect::<Vec<_>>();
+        p.sort();
+        p
+    };
+    let routed = HOST.replace(
+        "capture = [\"10.96.0.5:80\"]",
+        "capture = [\"10.96.0.5:80\"]\npeer = \"10.0.0.9:1\"\npeer_id = \"spiffe://weir.local/ns/a/sa/b\"\nprotocol = \"http\"",
+    );
+    assert_eq!(paths(&routed), ["outbound[0].peer", "outbound[0].peer_id", "outbound[0].protocol"]);
+    let serving = format!("{HOST}[inbound]\nlisten = \"0.0.0.0:15008\"\n");
+    assert_eq!(paths(&serving), ["inbound"]);
+    assert_eq!(paths(&HOST.replace("mode = \"ebpf\"", "mode = \"off\"")), ["kernel.mode", "workloads"]);
+    let no_control = &HOST[..HOST.find("[dpu.control]").expect("control section")];
+    assert_eq!(paths(no_control), ["dpu.control"]);
+    let with_channel = format!("{HOST}[host_channel]\nlisten = \"10.0.0.1:1\"\n");
+    assert_eq!(paths(&with_channel), ["host_channel"]);
+    let foreign_id = HOST.replace("spiffe://weir.local/ns/weir/sa/dpu", "spiffe://other.domain/ns/weir/sa/dpu");
+    assert_eq!(paths(&foreign_id), ["dpu.control.peer_id"]);
 }

@@ -1,5 +1,6 @@
 //! The typed configuration and the checks that build it from the raw file.
 use crate::raw::{RawConfig, RawInbound, RawOutbound};
+use crate::roles::{DpuLink, Role};
 use crate::{line_of, FieldError};
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -35,30 +36,6 @@ pub struct Config {
     pub workloads: Vec<WorkloadConfig>,
     /// What this process is (DESIGN.md "Roles").
     pub role: Role,
-}
-
-/// The role of this process.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Role {
-    /// A mesh node on a host: listeners, capture, policy and telemetry for local workloads.
-    Node,
-    /// The perimeter on a DPU: acts on the wire for the host's registered workloads, which
-    /// reach it over the host channel.
-    Dpu(HostChannelConfig),
-}
-
-/// The DPU's side of the host channel: plaintext connections from the host plane, each
-/// opened by an authenticated preamble naming a registered workload (`weir_tls::host_channel`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostChannelConfig {
-    /// Where the host plane connects (the host-facing interface).
-    pub listen: SocketAddr,
-    /// The key shared with the host plane: a file holding at least 32 bytes as hex.
-    pub key_file: PathBuf,
-    /// How far a preamble's time may be from this plane's clock.
-    pub window: Duration,
-    /// The host's workloads this DPU acts for.
-    pub workloads: Vec<SpiffeId>,
 }
 
 /// The eBPF kernel path.
@@ -259,7 +236,7 @@ impl Check<'_> {
     }
 }
 
-fn addr(s: &String) -> Result<SocketAddr, String> {
+pub(crate) fn addr(s: &String) -> Result<SocketAddr, String> {
     s.parse().map_err(|e| format!("{s:?} is not an address:port ({e})"))
 }
 
@@ -423,7 +400,14 @@ impl Config {
                 }
             }
         }
-        let outbound: Vec<_> = raw.outbound.iter().enumerate().map(|(n, o)| outbound(&mut c, n, o)).collect();
+        let role = crate::roles::role(&mut c, &raw, trust_domain.as_deref());
+        // A host plane's routes are checked as such even when its [dpu] section is bad.
+        let dpu = match &role {
+            Some(Role::Host(d)) => Some(Some(d)),
+            None if raw.role.as_ref().is_some_and(|r| r.get_ref() == "host") => Some(None),
+            _ => None,
+        };
+        let outbound: Vec<_> = raw.outbound.iter().enumerate().map(|(n, o)| outbound(&mut c, n, o, dpu)).collect();
         let mut seen = HashSet::new();
         let mut captured = HashSet::new();
         for (n, o) in raw.outbound.iter().enumerate() {
@@ -447,7 +431,6 @@ impl Config {
             }
         }
         crate::http::check_splits(&mut c, &raw.outbound);
-        let role = role(&mut c, &raw, trust_domain.as_deref());
         if !c.errors.is_empty() {
             return Err(c.errors);
         }
@@ -467,69 +450,6 @@ impl Config {
             workloads: workloads.into_iter().map(|w| w.ok_or_else(incomplete)).collect::<Result<_, _>>()?,
             role: role.ok_or_else(incomplete)?,
         })
-    }
-}
-
-/// `role` and the sections only one role may have.
-fn role(c: &mut Check<'_>, raw: &RawConfig, trust_domain: Option<&str>) -> Option<Role> {
-    let name = c.optional(&raw.role, "role", "node".to_owned(), |r| match r.as_str() {
-        "node" | "dpu" => Ok(r.clone()),
-        o => Err(format!("{o:?} is not one of node, dpu")),
-    })?;
-    match (name.as_str(), &raw.host_channel) {
-        ("node", None) => Some(Role::Node),
-        ("node", Some(_)) => {
-            c.error("host_channel", None, "[host_channel] belongs to role = \"dpu\"");
-            None
-        }
-        (_, None) => {
-            c.error("host_channel", None, "role = \"dpu\" needs a [host_channel] section");
-            None
-        }
-        (_, Some(h)) => {
-            if !raw.workloads.is_empty() {
-                c.error(
-                    "workloads",
-                    None,
-                    "[[workloads]] are cgroups on a host: a dpu lists the host's workloads in host_channel.workloads",
-                );
-            }
-            let listen = c.required(&h.listen, "host_channel.listen", addr);
-            let key_file = c.required(&h.key_file, "host_channel.key_file", |s| {
-                if s.is_empty() {
-                    Err("empty".into())
-                } else {
-                    Ok(PathBuf::from(s))
-                }
-            });
-            let window = c.optional(&h.window_secs, "host_channel.window_secs", 30, ranged(1, 300));
-            if h.workloads.is_empty() {
-                c.error("host_channel.workloads", None, "empty: a dpu acts only for registered workloads");
-            }
-            let ids: Vec<Option<SpiffeId>> = h
-                .workloads
-                .iter()
-                .enumerate()
-                .map(|(n, w)| {
-                    c.value(w, &format!("host_channel.workloads[{n}]"), |s| {
-                        let id: SpiffeId = s.parse().map_err(|e| format!("{s:?} is not a SPIFFE ID: {e}"))?;
-                        match trust_domain {
-                            Some(td) if id.trust_domain() != td => {
-                                Err(format!("{s:?} is outside this trust domain ({td})"))
-                            }
-                            _ => Ok(id),
-                        }
-                    })
-                })
-                .collect();
-            let workloads = ids.into_iter().collect::<Option<Vec<_>>>()?;
-            Some(Role::Dpu(HostChannelConfig {
-                listen: listen?,
-                key_file: key_file?,
-                window: Duration::from_secs(window? as u64),
-                workloads,
-            }))
-        }
     }
 }
 
@@ -569,25 +489,57 @@ fn inbound(c: &mut Check<'_>, i: &RawInbound) -> Option<InboundConfig> {
     Some(InboundConfig { listen: listen?, handshake_timeout: Duration::from_millis(timeout? as u64), services })
 }
 
-fn outbound(c: &mut Check<'_>, n: usize, o: &RawOutbound) -> Option<OutboundRoute> {
+/// One `[[outbound]]` entry. On a host plane (`dpu`) an entry names a service and the
+/// addresses captured for it, and nothing else: the DPU knows where the service's peer is, and
+/// the route's peer is the DPU's host channel (`Some(None)`: a host plane whose link is bad).
+fn outbound(c: &mut Check<'_>, n: usize, o: &RawOutbound, dpu: Option<Option<&DpuLink>>) -> Option<OutboundRoute> {
     let p = |f: &str| format!("outbound[{n}].{f}");
+    if let Some(dpu) = dpu {
+        let theirs = [("listen", o.listen.is_some()), ("peer", o.peer.is_some()), ("peer_id", o.peer_id.is_some())];
+        for (field, _) in theirs.iter().filter(|(_, present)| *present) {
+            c.error(&p(field), None, "a host plane only captures: the DPU knows each service's peer");
+        }
+        if o.protocol.is_some() || o.http.is_some() {
+            c.error(&p("protocol"), None, "L7 runs on the DPU: set protocol and http in the DPU's [[outbound]]");
+        }
+        let capture = captured(c, n, o);
+        let service = c.required(&o.service, &p("service"), service_name);
+        let dpu = dpu?;
+        return Some(OutboundRoute {
+            listen: None,
+            capture: capture?,
+            service: service?,
+            peer: dpu.host_channel,
+            peer_id: dpu.control.peer_id.clone(),
+            http: None,
+        });
+    }
     let listen = o.listen.as_ref().map(|l| c.value(l, &p("listen"), addr));
-    // IPv4-mapped IPv6 addresses are IPv4 to the kernel path: store them that way.
-    let canonical = |s: &String| addr(s).map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()));
-    let capture: Vec<_> =
-        o.capture.iter().enumerate().map(|(k, a)| c.value(a, &p(&format!("capture[{k}]")), canonical)).collect();
+    let capture = captured(c, n, o);
     let service = c.required(&o.service, &p("service"), service_name);
     let peer = c.required(&o.peer, &p("peer"), addr);
     let peer_id = c.required(&o.peer_id, &p("peer_id"), spiffe_id);
     let http = crate::http::outbound(c, &p(""), o);
     Some(OutboundRoute {
         listen: listen.map_or(Some(None), |l| l.map(Some))?,
-        capture: capture.into_iter().collect::<Option<_>>()?,
+        capture: capture?,
         service: service?,
         peer: peer?,
         peer_id: peer_id?,
         http: http?,
     })
+}
+
+fn captured(c: &mut Check<'_>, n: usize, o: &RawOutbound) -> Option<Vec<SocketAddr>> {
+    // IPv4-mapped IPv6 addresses are IPv4 to the kernel path: store them that way.
+    let canonical = |s: &String| addr(s).map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()));
+    let capture: Vec<_> = o
+        .capture
+        .iter()
+        .enumerate()
+        .map(|(k, a)| c.value(a, &format!("outbound[{n}].capture[{k}]"), canonical))
+        .collect();
+    capture.into_iter().collect()
 }
 
 /// Deny rules per workload compile to LPM-trie entries; the maps hold 4096 of each family.

@@ -2,7 +2,8 @@
 //! leg to a peer node.
 //!
 //! Owns: [`splice_ktls`] (socket -> pipe -> socket in both directions, no byte enters
-//! userspace, kTLS control records handled) and [`copy_tls`] (userspace TLS fallback), with
+//! userspace, kTLS control records handled), [`splice_plain`] (the same between two plaintext
+//! sockets: a host plane's leg to its DPU) and [`copy_tls`] (userspace TLS fallback), with
 //! half-close and reset propagation and incremental byte counts; and [`http1`], the same
 //! legs carrying HTTP/1.1 with only heads read into userspace. Does not own handshakes or
 //! policy.
@@ -10,9 +11,11 @@
 
 mod copy;
 pub mod http1;
+mod plain;
 mod splice;
 
 pub use copy::{copy_tls, TcpBacked};
+pub use plain::splice_plain;
 pub use splice::{splice_ktls, Limits};
 
 use prometheus_client::metrics::counter::Counter;

@@ -80,6 +80,22 @@ pub struct ActiveLabels {
     pub mode: &'static str,
 }
 
+/// Labels of the other plane's state (roles `host` and `dpu`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PlaneLabels {
+    /// `host` or `dpu`.
+    pub plane: &'static str,
+}
+
+/// Labels of wire-side facts a host plane has from its DPU.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WireLabels {
+    /// The workload's SPIFFE ID.
+    pub workload: String,
+    /// Mesh service.
+    pub service: String,
+}
+
 /// Labels of refused connections.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusedLabels {
@@ -220,6 +236,14 @@ pub struct Metrics {
     pub kernel_tls_stat: Family<TlsStatLabels, Gauge>,
     /// Spans handed to the OTLP exporter, by result.
     pub otlp_spans: Family<SpanResultLabels, Counter>,
+    /// 1 when the other plane (host or DPU) is connected, reporting and ready.
+    pub plane_ready: Family<PlaneLabels, Gauge>,
+    /// Unix time the other plane's SVID expires, as it last reported.
+    pub plane_svid_expiry_seconds: Family<PlaneLabels, Gauge>,
+    /// Connection records the DPU could not stream to the host plane (its queue was full).
+    pub plane_records_dropped: Counter,
+    /// Retransmitted segments on the DPU's wire leg of a host workload's connections.
+    pub wire_tcp_retransmits: Family<WireLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -241,6 +265,10 @@ impl Default for Metrics {
             tcp_srtt_us: Family::new_with_constructor(rtt_histogram),
             kernel_tls_stat: Family::default(),
             otlp_spans: Family::default(),
+            plane_ready: Family::default(),
+            plane_svid_expiry_seconds: Family::default(),
+            plane_records_dropped: Counter::default(),
+            wire_tcp_retransmits: Family::default(),
         }
     }
 }
@@ -298,6 +326,26 @@ impl Metrics {
             self.kernel_tls_stat.clone(),
         );
         r.register("otlp_spans", "Request spans handed to the OTLP exporter, by result", self.otlp_spans.clone());
+        r.register(
+            "plane_ready",
+            "1 when the other plane (host or DPU) is connected, reporting and ready; 0 names it unready in /readyz",
+            self.plane_ready.clone(),
+        );
+        r.register(
+            "plane_svid_expiry_timestamp_seconds",
+            "Unix time the other plane's SVID expires, as it last reported",
+            self.plane_svid_expiry_seconds.clone(),
+        );
+        r.register(
+            "plane_records_dropped",
+            "Connection records the DPU could not stream to the host plane (queue full)",
+            self.plane_records_dropped.clone(),
+        );
+        r.register(
+            "wire_tcp_retransmits",
+            "Retransmitted segments on the DPU's wire leg of this host's workload connections",
+            self.wire_tcp_retransmits.clone(),
+        );
         self.http.register(&mut r);
         let k = &self.kernel;
         r.register(

@@ -183,6 +183,7 @@ impl ConnRecord {
             tcp: self.tcp(),
             captured: s.captured.clone(),
             app_tcp: *self.app_tcp.lock().unwrap_or_else(|p| p.into_inner()),
+            wire: None,
         }
     }
 }
@@ -229,6 +230,10 @@ pub struct RecordView {
     /// The kernel's facts about that app socket (sockops), once read.
     #[serde(default)]
     pub app_tcp: Option<AppFacts>,
+    /// On a host plane: the DPU's record of the same connection (the wire side: its TCP
+    /// facts, TLS mode, the peer's identity), as the DPU last streamed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wire: Option<Box<RecordView>>,
 }
 
 /// The records of open connections.

@@ -70,6 +70,9 @@ pub enum Error {
     /// A key shorter than [`MIN_KEY_LEN`].
     #[error("host-channel key has {0} bytes, at least 32 needed")]
     KeyLength(usize),
+    /// The system's random source failed (no nonce, no preamble).
+    #[error("no random nonce from the system")]
+    Random,
 }
 
 impl Error {
@@ -84,6 +87,7 @@ impl Error {
             Self::Replayed => "replayed",
             Self::Busy => "busy",
             Self::KeyLength(_) => "key",
+            Self::Random => "random",
         }
     }
 }
@@ -109,8 +113,16 @@ impl HostKey {
         Ok(Self(hmac::Key::new(hmac::HMAC_SHA256, bytes)))
     }
 
-    /// The host side: the preamble for a connection of `workload` to `request`, made at `now`
-    /// with a fresh random `nonce`.
+    /// The host side: the preamble for a connection of `workload` to `request`, made now with
+    /// a random nonce from the system's CSPRNG.
+    pub fn seal_now(&self, workload: &SpiffeId, request: &Request) -> Result<Vec<u8>, Error> {
+        let mut nonce = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| Error::Random)?;
+        self.seal(workload, request, SystemTime::now(), nonce)
+    }
+
+    /// The preamble for a connection of `workload` to `request`, made at `now` with `nonce`
+    /// (fresh and random for every connection: see [`Self::seal_now`]).
     pub fn seal(
         &self,
         workload: &SpiffeId,

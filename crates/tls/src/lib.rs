@@ -24,6 +24,9 @@ pub enum Mode {
     KtlsSw,
     /// rustls in userspace (kTLS unavailable).
     Userspace,
+    /// A host plane's leg to its DPU: plaintext over the host channel (the PCIe link); the DPU
+    /// encrypts on the wire.
+    HostChannel,
 }
 
 impl Mode {
@@ -33,6 +36,7 @@ impl Mode {
             Self::KtlsHw => "ktls_hw",
             Self::KtlsSw => "ktls_sw",
             Self::Userspace => "userspace",
+            Self::HostChannel => "host_channel",
         }
     }
 }

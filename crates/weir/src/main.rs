@@ -34,9 +34,10 @@ enum Command {
         /// TOML configuration file.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Role (only `node` for now).
-        #[arg(long, default_value = "node")]
-        role: String,
+        /// The role this process must have (`node`, `dpu` or `host`): refused when the
+        /// config's `role` differs, so a plane never starts with the other plane's config.
+        #[arg(long)]
+        role: Option<String>,
     },
     /// Manage the built-in certificate authority.
     Ca {
@@ -78,7 +79,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config, role } => run::run(config, &role),
+        Command::Run { config, role } => run::run(config, role.as_deref()),
         Command::Ca { command } => {
             logging::init_cli();
             report(ca::run(command))

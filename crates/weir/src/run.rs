@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-pub fn run(config: Option<PathBuf>, role: &str) -> ExitCode {
+pub fn run(config: Option<PathBuf>, role: Option<&str>) -> ExitCode {
     let path = config.clone();
     let loaded = match &config {
         Some(path) => weir_config::load(path),
@@ -17,9 +17,16 @@ pub fn run(config: Option<PathBuf>, role: &str) -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    if role != "node" {
-        eprintln!("--role: {role:?} is not available yet (only \"node\")");
-        return ExitCode::from(EXIT_BAD_CONFIG);
+    match role {
+        Some(r) if !["node", "dpu", "host"].contains(&r) => {
+            eprintln!("--role: {r:?} is not one of node, dpu, host");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+        Some(r) if r != config.role.name() => {
+            eprintln!("--role {r}: the configuration says role = {:?}", config.role.name());
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+        _ => {}
     }
     let _log_writer = logging::init(config.log.format, &config.log.level);
     match weir_sys_limits() {

@@ -238,6 +238,7 @@ mod tests {
             tcp: Some(TcpFacts { srtt_us, retransmits, ..TcpFacts::default() }),
             captured: None,
             app_tcp: None,
+            wire: None,
         }
     }
 

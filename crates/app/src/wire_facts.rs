@@ -1,0 +1,132 @@
+//! The DPU's wire-side records, on both planes.
+//!
+//! On the DPU: records of host-channel connections that closed wait in an outbox until the
+//! next control line carries them to the host plane (bounded; overflow is counted, not
+//! silent). On the host plane: the records the DPU streams are joined to the host's own record
+//! of the same connection. The join key is the host's end of the host-channel leg: the host
+//! knows it as its local address, the DPU as the connection's `captured.app`. Wire
+//! retransmits are counted per workload and service as they arrive.
+use crate::conn::Shared;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use weir_telemetry::records::RecordView;
+use weir_telemetry::WireLabels;
+
+/// Closed records the DPU holds for the host plane at most.
+const OUTBOX_CAP: usize = 10_000;
+
+/// The DPU's closed host-channel records not yet sent.
+#[derive(Default)]
+pub(crate) struct Outbox(Mutex<VecDeque<RecordView>>);
+
+impl Outbox {
+    /// Queues a closed record; the oldest goes when the queue is full.
+    pub fn push(&self, view: RecordView, shared: &Shared) {
+        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() >= OUTBOX_CAP {
+            q.pop_front();
+            shared.metrics.plane_records_dropped.inc();
+        }
+        q.push_back(view);
+    }
+
+    /// Everything queued.
+    pub fn take(&self) -> Vec<RecordView> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect()
+    }
+}
+
+/// The host plane's latest DPU record per open connection, by the host's end of the leg.
+#[derive(Default)]
+pub(crate) struct WireFacts(Mutex<HashMap<SocketAddr, RecordView>>);
+
+impl WireFacts {
+    /// The DPU's record of the connection whose host-channel leg starts at `host_end`.
+    pub fn of(&self, host_end: SocketAddr) -> Option<RecordView> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(&host_end).cloned()
+    }
+}
+
+/// Takes one batch from the DPU: counts new wire retransmits, keeps open records, forgets
+/// closed ones.
+pub(crate) fn merge(shared: &Shared, open: Vec<RecordView>, closed: Vec<RecordView>) {
+    let mut known = shared.wire_facts.0.lock().unwrap_or_else(|p| p.into_inner());
+    let batch = open.into_iter().map(|v| (v, true)).chain(closed.into_iter().map(|v| (v, false)));
+    for (view, still_open) in batch {
+        let Some(captured) = &view.captured else { continue };
+        let key = captured.app;
+        let before = known.get(&key).and_then(|v| v.tcp).map_or(0, |t| t.retransmits);
+        let now = view.tcp.map_or(0, |t| t.retransmits);
+        if now > before {
+            let labels = WireLabels { workload: captured.workload.clone(), service: view.service.clone() };
+            shared.metrics.wire_tcp_retransmits.get_or_create(&labels).inc_by(u64::from(now - before));
+        }
+        if still_open {
+            known.insert(key, view);
+        } else {
+            known.remove(&key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_telemetry::records::{Captured, TcpFacts};
+
+    #[test]
+    fn the_outbox_keeps_the_newest_and_counts_what_it_drops() {
+        let shared = crate::conn::tests::shared();
+        let outbox = Outbox::default();
+        for n in 0..OUTBOX_CAP as u64 + 3 {
+            outbox.push(view(n, "10.0.0.2:40000", 0), &shared);
+        }
+        let taken = outbox.take();
+        assert_eq!(taken.len(), OUTBOX_CAP);
+        assert_eq!(taken[0].id, 3, "the oldest went first");
+        assert_eq!(shared.metrics.plane_records_dropped.get(), 3);
+        assert!(outbox.take().is_empty());
+    }
+
+    #[test]
+    fn wire_retransmits_are_counted_once_and_joined_by_the_host_end() {
+        let shared = crate::conn::tests::shared();
+        let a = "10.0.0.2:40000";
+        merge(&shared, vec![view(1, a, 2)], vec![]);
+        merge(&shared, vec![view(1, a, 5)], vec![]);
+        let joined = shared.wire_facts.of(a.parse().expect("addr")).expect("joined");
+        assert_eq!(joined.tcp.map(|t| t.retransmits), Some(5));
+        merge(&shared, vec![], vec![view(1, a, 7)]);
+        assert!(shared.wire_facts.of(a.parse().expect("addr")).is_none(), "closed: forgotten");
+        let labels = WireLabels { workload: "spiffe://weir.local/ns/shop/sa/cart".into(), service: "orders".into() };
+        assert_eq!(shared.metrics.wire_tcp_retransmits.get_or_create(&labels).get(), 7);
+    }
+
+    fn view(id: u64, app: &str, retransmits: u32) -> RecordView {
+        RecordView {
+            id,
+            role: "dpu".into(),
+            direction: "outbound".into(),
+            local: "192.0.2.1:50000".parse().expect("addr"),
+            remote: "192.0.2.9:15008".parse().expect("addr"),
+            peer: "spiffe://weir.local/ns/shop/sa/orders".into(),
+            service: "orders".into(),
+            mode: "userspace".into(),
+            tls_version: "TLSv1_3".into(),
+            cipher: "TLS13_AES_128_GCM_SHA256".into(),
+            opened_unix_ms: 0,
+            age_ms: 0,
+            bytes_to_peer: 0,
+            bytes_from_peer: 0,
+            requests: 0,
+            tcp: Some(TcpFacts { retransmits, ..TcpFacts::default() }),
+            captured: Some(Captured {
+                workload: "spiffe://weir.local/ns/shop/sa/cart".into(),
+                app: app.parse().expect("addr"),
+            }),
+            app_tcp: None,
+            wire: None,
+        }
+    }
+}
