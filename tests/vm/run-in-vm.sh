@@ -52,7 +52,7 @@ if [ ! -s "$initrd" ]; then
   tree=$(mktemp -d "$cache/initramfs.XXXXXX") || die "mktemp"
   mkdir -p "$tree"/{bin,dev,proc,sys,newroot,modules}
   cp /bin/busybox "$tree/bin/"
-  for a in sh mount umount mkdir insmod switch_root cat echo sleep; do ln -s busybox "$tree/bin/$a"; done
+  for a in sh mount mkdir insmod switch_root cat echo sleep hostname ip ln; do ln -s busybox "$tree/bin/$a"; done
   cp "$here/vm-init.sh" "$tree/init"
   # Load order, dependencies first, from the host's kmod for the guest's kernel.
   modprobe -S "$kver" --show-depends -a virtio_pci virtio_console virtio_rng 9pnet_virtio 9p |
@@ -134,8 +134,9 @@ exec 3<>"$run/out" 4<>"$run/err"
 exec 3>&- 4>&-
 wait "$cout" "$cerr" 2>/dev/null
 if [ "${VM_TIMING:-0}" = 1 ]; then
-  printf 'run-in-vm: kernel %s, wall %.1fs, guest ready at %ss, done at %ss (guest uptime)\n' \
-    "$kver" "$(echo "$t1 - $t0" | bc)" "$(cat "$run/ctl/ready" 2>/dev/null)" "$(cat "$run/ctl/done" 2>/dev/null)" >&2
+  t() { cat "$run/ctl/t_$1" 2>/dev/null || echo '?'; }
+  printf 'run-in-vm: kernel %s, wall %.1fs; guest uptime: initramfs %ss, host root %ss, modules loaded (ready) %ss, command done %ss\n' \
+    "$kver" "$(echo "$t1 - $t0" | bc)" "$(t init)" "$(t root)" "$(t ready)" "$(t done)" >&2
 fi
 if [ -s "$run/ctl/rc" ]; then
   exit "$(cat "$run/ctl/rc")"

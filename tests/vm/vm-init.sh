@@ -1,10 +1,11 @@
 #!/bin/sh
 # PID 1 of the qemu guest started by run-in-vm.sh, in two stages.
 #   stage 1 (no argument): /init of the busybox initramfs. Loads the virtio and 9p modules,
-#     mounts the host's / read-only and the shared directories read-write, switch_roots.
-#   stage 2 ("stage2"): the same file run by the host's /bin/sh from the host root. Mounts
-#     the kernel filesystems, loads VM_MODULES, runs the command with its output on the
-#     virtio-serial ports, hands the exit status back through the control share, powers off.
+#     mounts the host's / read-only, the shared directories read-write and the kernel
+#     filesystems under it, brings lo up, switch_roots.
+#   stage 2 ("stage2"): the same file run by the host's /bin/sh from the host root. Loads
+#     VM_MODULES, runs the command with its output on the virtio-serial ports, hands the exit
+#     status back through the control share, powers off.
 # Both stages read the control share's env.sh (written by run-in-vm.sh).
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 ctl=/run/weirvm
@@ -21,6 +22,7 @@ stage1() {
   mount -t sysfs sysfs /sys
   mount -t devtmpfs devtmpfs /dev
   exec </dev/console >/dev/console 2>&1
+  read -r t_init _ </proc/uptime
   for m in $(cat /modules.list); do insmod "/modules/$m" || echo "weirvm: insmod $m failed" >/dev/console; done
   # Large messages: the test binaries (tens of MB) are read over 9p.
   o=trans=virtio,version=9p2000.L,msize=524288
@@ -29,6 +31,7 @@ stage1() {
   mkdir -p /newroot$ctl
   mount -t 9p -o "$o,cache=none" weirctl /newroot$ctl || fail "cannot mount the control share"
   . /newroot$ctl/env.sh
+  echo "$t_init" >/newroot$ctl/t_init
   # The host's /tmp and friends are not the guest's business: fresh tmpfs over them.
   mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
   mount -t tmpfs -o mode=1777 tmpfs /newroot/var/tmp
@@ -40,7 +43,19 @@ stage1() {
     mount -t 9p -o "$o,cache=none" "weirshare$i" "/newroot$d" || fail "cannot share $d"
     i=$((i + 1))
   done
-  # /proc, /sys and /dev stay mounted in the dropped initramfs; stage 2 mounts its own.
+  # The kernel filesystems for the new root, mounted here by the static busybox: the host's
+  # mount is linked to half a dozen libraries, each read over 9p under emulation.
+  mount -t proc proc /newroot/proc
+  mount -t sysfs sysfs /newroot/sys
+  mount -t devtmpfs devtmpfs /newroot/dev
+  mkdir -p /newroot/dev/pts /newroot/dev/shm
+  mount -t devpts devpts /newroot/dev/pts
+  mount -t tmpfs -o mode=1777 tmpfs /newroot/dev/shm
+  ln -s /proc/self/fd /newroot/dev/fd
+  # The cgroup v2 hierarchy, for suites that need it (rdma controller).
+  mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup
+  hostname weir-guest
+  ip link set lo up
   exec switch_root /newroot /bin/sh "$WEIR_VM_INIT" stage2
 }
 
@@ -54,25 +69,16 @@ port() {
 
 stage2() {
   . $ctl/env.sh
-  mount -t proc proc /proc
-  mount -t sysfs sysfs /sys
-  mount -t devtmpfs devtmpfs /dev
-  mkdir -p /dev/pts /dev/shm
-  mount -t devpts devpts /dev/pts
-  mount -t tmpfs -o mode=1777 tmpfs /dev/shm
-  ln -sf /proc/self/fd /dev/fd
-  # The cgroup v2 hierarchy, for suites that need it (rdma controller).
-  mount -t cgroup2 cgroup2 /sys/fs/cgroup
-  hostname weir-guest
-  ip link set lo up
+  read -r up _ </proc/uptime
+  echo "$up" >$ctl/t_root
   for m in $WEIR_VM_MODULES; do modprobe -q "$m" || echo "weirvm: modprobe $m failed" >&2; done
   read -r up _ </proc/uptime
-  echo "$up" >$ctl/ready
+  echo "$up" >$ctl/t_ready
   cd "$WEIR_VM_WORKDIR" || cd /
   HOME=/root /bin/sh $ctl/cmd.sh </dev/null >"$(port weir.stdout)" 2>"$(port weir.stderr)"
   rc=$?
   read -r up _ </proc/uptime
-  echo "$up" >$ctl/done
+  echo "$up" >$ctl/t_done
   echo "$rc" >$ctl/rc
   sync
   echo o >/proc/sysrq-trigger
