@@ -3,7 +3,8 @@
 //! (`weir scan`).
 //!
 //! Owns: reading and parsing those kernel interfaces, and the verdicts. Does not own output
-//! formatting (the `weir` binary does) or acting on anything it finds. Every item of a scan is
+//! formatting (the `weir` binary does) or acting on anything it finds; the one writer,
+//! [`rdma_cgroup`], sets a cgroup's RDMA limits only when a caller asks. Every item of a scan is
 //! a [`Probe`]: a missing file, tool or permission, or a malformed reply, makes that item
 //! unknown with the reason, and the scan carries on.
 //!
