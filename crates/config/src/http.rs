@@ -327,7 +327,9 @@ fn route(c: &mut Check<'_>, prefix: &str, r: &RawRoute, defaults: (i64, i64, i64
 
 /// Every split names the `service` of some outbound entry (that entry says where its peer
 /// is); an entry with neither listen nor capture must be such a target.
-pub(crate) fn check_splits(c: &mut Check<'_>, outbound: &[RawOutbound]) {
+/// On a DPU (`reached_by_host_channel`) every route is a target: the host plane names it in
+/// its preamble.
+pub(crate) fn check_splits(c: &mut Check<'_>, outbound: &[RawOutbound], reached_by_host_channel: bool) {
     let services: std::collections::HashSet<&str> =
         outbound.iter().filter_map(|o| o.service.as_ref().map(|s| s.get_ref().as_str())).collect();
     let mut targets = std::collections::HashSet::new();
@@ -348,11 +350,11 @@ pub(crate) fn check_splits(c: &mut Check<'_>, outbound: &[RawOutbound]) {
     }
     for (n, o) in outbound.iter().enumerate() {
         let target = o.service.as_ref().is_some_and(|s| targets.contains(s.get_ref().as_str()));
-        if o.listen.is_none() && o.capture.is_empty() && !target {
+        if o.listen.is_none() && o.capture.is_empty() && !target && !reached_by_host_channel {
             c.error(
                 &format!("outbound[{n}].listen"),
                 None,
-                "a route needs a listen address, a capture list, or to be the target of an HTTP route split",
+                "a route needs a listen address, a capture list, or to be the target of an HTTP route split (or a DPU's)",
             );
         }
     }

@@ -430,7 +430,8 @@ impl Config {
                 }
             }
         }
-        crate::http::check_splits(&mut c, &raw.outbound);
+        let dpu_role = raw.role.as_ref().is_some_and(|r| r.get_ref() == "dpu");
+        crate::http::check_splits(&mut c, &raw.outbound, dpu_role);
         if !c.errors.is_empty() {
             return Err(c.errors);
         }
