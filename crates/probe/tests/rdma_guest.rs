@@ -99,7 +99,8 @@ fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
             return v;
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
+        // Short: a pingpong of 1000 exchanges lasts about a second under TCG.
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -124,7 +125,19 @@ fn signal(sig: &str, pid: u32) {
     run("kill", &[sig, &pid.to_string()]);
 }
 
-fn finish(child: Child, who: &str) -> Output {
+/// Waits for a pingpong to exit (killed after [`WAIT`]: a hung verbs call must not hold the
+/// guest until the runner's timeout) and prints what it said.
+fn finish(mut child: Child, who: &str) -> Output {
+    let deadline = Instant::now() + WAIT;
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("wait");
+            panic!("{who} still running after {WAIT:?}: {}", String::from_utf8_lossy(&out.stdout));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Exited: the pipes hold all it wrote (a few lines, far below a pipe's capacity).
     let out = child.wait_with_output().unwrap_or_else(|e| panic!("{who}: {e}"));
     eprintln!(
         "--- {who}: {}\n{}{}",
