@@ -242,3 +242,21 @@ async fn read_response_split(r: &mut tokio::net::tcp::ReadHalf<'_>) -> (String, 
     }
     (tag.unwrap_or_default(), buf[head_len..head_len + len].to_vec())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dpu_roles_wire_leg_runs_in_ktls_sw() {
+    use common::dpu::{dpu, free_addr, sealed, through, KEY};
+    require_ktls().await;
+    let mut opts = Opts::new("auto");
+    opts.allow = vec![id("cart")];
+    let mesh = Mesh::start(opts).await;
+    let dpu = dpu(&mesh, &mesh.dir.path().join("ca"), &Opts::new("auto"), (free_addr(), free_addr())).await;
+    let before = tls_stat();
+    let got = through(&dpu, &sealed(&KEY, "cart"), 8 * MIB).await;
+    assert_eq!(got, (Some(weir_tls::preamble::Status::Ok), true), "byte-exact as workload cart");
+    let m = dpu.node.metrics_text();
+    let wire =
+        metric(&m, "weir_connections_opened_total", &["mode=\"ktls_sw\"", &format!("peer=\"{}\"", id("server"))]);
+    assert_eq!(wire, 1.0, "the DPU's wire leg in kernel TLS:\n{m}");
+    assert!(tls_stat()["TlsTxSw"] > before.get("TlsTxSw").copied().unwrap_or(0), "the kernel encrypted");
+}

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 pub mod cases;
+pub mod dpu;
 
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
