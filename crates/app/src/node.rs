@@ -121,12 +121,8 @@ impl Node {
                     tasks.extend(rotating);
                     Some(WorkloadSvid { tls, store })
                 };
-                let workload = Workload {
-                    name: w.name.clone(),
-                    l4: std::sync::RwLock::new(w.l4.clone()),
-                    id: w.id.clone(),
-                    svid,
-                };
+                let workload =
+                    Workload { name: w.name.clone(), l4: std::sync::RwLock::new(w.l4.clone()), id: w.id.clone(), svid };
                 shared.workloads.insert(n as u32 + 1, workload);
             }
             for route in &config.outbound {

@@ -48,7 +48,10 @@ pub(crate) struct PlaneState {
 enum Line {
     State(PlaneState),
     /// The DPU's records of host-channel connections: open now, and closed since the last line.
-    Records { open: Vec<RecordView>, closed: Vec<RecordView> },
+    Records {
+        open: Vec<RecordView>,
+        closed: Vec<RecordView>,
+    },
 }
 
 /// What this plane knows of the other one.

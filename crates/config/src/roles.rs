@@ -161,7 +161,12 @@ fn host(c: &mut Check<'_>, raw: &RawConfig, trust_domain: Option<&str>) -> Optio
 }
 
 /// `[SECTION.control]`: `addr`, the other plane's `peer_id` and `interval_secs`.
-fn control(c: &mut Check<'_>, section: &str, raw: Option<&RawControl>, trust_domain: Option<&str>) -> Option<PlaneLink> {
+fn control(
+    c: &mut Check<'_>,
+    section: &str,
+    raw: Option<&RawControl>,
+    trust_domain: Option<&str>,
+) -> Option<PlaneLink> {
     let Some(r) = raw else {
         c.error(&format!("{section}.control"), None, "missing: the two planes hold one control connection");
         return None;

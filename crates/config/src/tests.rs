@@ -378,7 +378,8 @@ fn a_dpu_role_has_its_host_channel() {
     assert_eq!(h.control.interval, std::time::Duration::from_secs(5), "default state interval");
     assert_eq!(parse(GOOD, "node.toml").expect("valid").role, Role::Node, "node is the default");
     let reached_by_the_host = GOOD.replace("listen = \"127.0.0.1:15001\"\n", "");
-    let c = parse(&format!("role = \"dpu\"\n{reached_by_the_host}{DPU}"), "dpu.toml").expect("a dpu route needs no listener");
+    let c = parse(&format!("role = \"dpu\"\n{reached_by_the_host}{DPU}"), "dpu.toml")
+        .expect("a dpu route needs no listener");
     assert_eq!(c.outbound[0].listen, None);
     assert_eq!(field_errors(&reached_by_the_host)[0].0, "outbound[0].listen", "a node's route does");
 }

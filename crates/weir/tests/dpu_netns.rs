@@ -259,7 +259,12 @@ fn a_host_workload_reaches_the_mesh_through_the_dpu_and_the_wire_sees_no_plainte
     let _host = weir_run(net.host(), dir.path(), "host", &host_cfg);
     let logs = || {
         ["node", "dpu", "host"]
-            .map(|r| format!("--- {r}:\n{}", std::fs::read_to_string(dir.path().join(format!("{r}.log"))).unwrap_or_default()))
+            .map(|r| {
+                format!(
+                    "--- {r}:\n{}",
+                    std::fs::read_to_string(dir.path().join(format!("{r}.log"))).unwrap_or_default()
+                )
+            })
             .join("\n")
     };
     for ns in [net.host(), net.dpu()] {
@@ -270,7 +275,8 @@ fn a_host_workload_reaches_the_mesh_through_the_dpu_and_the_wire_sees_no_plainte
     }
 
     let (host_pcap, wire_pcap) = (dir.path().join("host-dpu.pcap"), dir.path().join("wire.pcap"));
-    let (on_host_link, on_wire) = (Capture::start(net.host(), "h0", &host_pcap), Capture::start(net.dpu(), "d1", &wire_pcap));
+    let (on_host_link, on_wire) =
+        (Capture::start(net.host(), "h0", &host_pcap), Capture::start(net.dpu(), "d1", &wire_pcap));
     let out = in_ns(net.host(), env!("CARGO_BIN_EXE_weir"))
         .args(["exec", "--config", host_path.to_str().unwrap(), "--workload", "cart", "--", "python3", "-c", CLIENT])
         .output()
