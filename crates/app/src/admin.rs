@@ -1,5 +1,6 @@
 //! The admin endpoint (loopback by default): `/healthz`, `/readyz`, `/metrics`, `/status`,
-//! `/connections` (open connections' records), `/kernel/connections`.
+//! `/connections` (open connections' records), `/kernel/connections`, `/rdma` (RDMA intents
+//! and queue pairs).
 use crate::conn::Shared;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -45,6 +46,10 @@ fn route(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Full
         "/status" => text(StatusCode::OK, status_json(shared)),
         "/connections" => text(StatusCode::OK, connections_json(shared)),
         "/kernel/connections" => text(StatusCode::OK, crate::kernel_facts::connections_json(shared)),
+        "/rdma" => match &shared.rdma {
+            Some(rdma) => text(StatusCode::OK, rdma.report()),
+            None => text(StatusCode::NOT_FOUND, "no RDMA settings in this node's config\n".into()),
+        },
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }
 }
@@ -116,6 +121,9 @@ pub(crate) fn metrics_text(shared: &Shared) -> String {
         if let Some(state) = other.state() {
             m.plane_svid_expiry_seconds.get_or_create(&labels).set(i64::try_from(state.not_after).unwrap_or(i64::MAX));
         }
+    }
+    if shared.rdma.is_some() {
+        crate::rdma::port_counters(shared);
     }
     // Host-wide kTLS counters (decrypt errors, device resyncs, …): absent without the tls module.
     if let weir_probe::Probe::Known { value } = weir_probe::tls_stat::read() {

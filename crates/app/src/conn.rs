@@ -61,6 +61,8 @@ pub(crate) struct Shared {
     pub wire_outbox: Option<crate::wire_facts::Outbox>,
     /// A host plane's way to its DPU (captured connections go there).
     pub to_dpu: Option<crate::host_plane::ToDpu>,
+    /// RDMA intents and queue-pair watch, when the config asks for RDMA control.
+    pub rdma: Option<crate::rdma::Rdma>,
     /// A host plane's view of the DPU's wire-side records.
     pub wire_facts: crate::wire_facts::WireFacts,
 }
@@ -116,6 +118,7 @@ impl Shared {
             other_plane: None,
             wire_outbox: None,
             to_dpu: None,
+            rdma: None,
             wire_facts: Default::default(),
         }
     }

@@ -129,6 +129,7 @@ where
         };
         let _ = backend.set_nodelay(true);
         answer(&mut tls, Status::Ok).await.map_err(|e| (Refusal::TlsHandshake, e.to_string()))?;
+        crate::rdma::note_inbound(shared, &peer, &request.service);
         Ok(Accepted { tls, peer, service: request.service, backend })
     };
     match timeout(shared.handshake_timeout, exchange).await {

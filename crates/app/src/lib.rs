@@ -21,6 +21,7 @@ mod otlp;
 mod outbound;
 mod outbound_http;
 mod planes;
+mod rdma;
 mod routing;
 mod sampler;
 mod wire_facts;

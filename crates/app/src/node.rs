@@ -180,6 +180,9 @@ impl Node {
             }
         }
 
+        if crate::rdma::wanted(&config) {
+            shared.rdma = Some(crate::rdma::Rdma::new(&config));
+        }
         shared.span_ratio = config.telemetry.span_sample_ratio;
         if let Some(endpoint) = &config.telemetry.otlp_endpoint {
             let (spans, task) =
@@ -202,6 +205,9 @@ impl Node {
             }
         }
         tasks.push(tokio::spawn(crate::sampler::run(shared.clone(), config.telemetry.tcp_sample_interval)));
+        if shared.rdma.is_some() {
+            tasks.push(tokio::spawn(crate::rdma::watch(config.clone(), shared.clone())));
+        }
         for l in capture_listeners {
             tasks.push(tokio::spawn(capture::serve(l, shared.clone())));
         }
@@ -318,6 +324,9 @@ impl Node {
             }
         }
         *self.shared.policy.write().unwrap_or_else(|p| p.into_inner()) = inbound_policy(new);
+        if let Some(rdma) = &self.shared.rdma {
+            *rdma.inbound.write().unwrap_or_else(|p| p.into_inner()) = crate::rdma::bootstrap_services(new);
+        }
         // Rate-limit buckets start afresh: their keys are positions in the old rule set.
         *self.shared.http.write().unwrap_or_else(|p| p.into_inner()) = http_services(new);
         tracing::info!("configuration reloaded: allow-lists, HTTP rules and L4 rules applied");

@@ -51,6 +51,7 @@ pub(crate) async fn handle(
         Ok(peer) => peer,
         Err(Refused) => return reset(app),
     };
+    crate::rdma::note_outbound(shared, route, tls, captured.as_ref().map(|c| c.workload.as_str()));
     let who = (route.peer_id.clone(), route.service.clone());
     let t = Tracked::open(shared, id, Direction::Outbound, peer.mode(), who, peer.leg(false).captured(captured));
     let outcome = match peer {

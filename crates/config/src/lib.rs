@@ -8,10 +8,12 @@
 
 mod http;
 mod raw;
+mod rdma;
 mod roles;
 mod typed;
 
 pub use http::{HttpConfig, HttpRoute, OutboundHttp};
+pub use rdma::RdmaAllowance;
 pub use roles::{DpuLink, HostChannelConfig, PlaneLink, Role};
 pub use typed::{
     Config, IdentityConfig, InboundConfig, KernelConfig, KernelMode, KtlsConfig, KtlsMode, LogConfig, LogFormat,

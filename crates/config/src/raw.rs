@@ -68,6 +68,14 @@ pub(crate) struct RawWorkload {
     pub deny: Vec<Spanned<String>>,
     pub max_connections: Option<Spanned<i64>>,
     pub count_http: Option<bool>,
+    pub rdma: Option<RawWorkloadRdma>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWorkloadRdma {
+    pub max_handles: Option<Spanned<i64>>,
+    pub max_objects: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +141,8 @@ pub(crate) struct RawService {
     pub allow: Vec<Spanned<String>>,
     pub protocol: Option<Spanned<String>>,
     pub http: Option<RawHttp>,
+    pub rdma_bootstrap: Option<bool>,
+    pub workload: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -191,6 +201,7 @@ pub(crate) struct RawOutbound {
     pub peer_id: Option<Spanned<String>>,
     pub protocol: Option<Spanned<String>>,
     pub http: Option<RawOutboundHttp>,
+    pub rdma_bootstrap: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

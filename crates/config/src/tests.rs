@@ -448,3 +448,49 @@ fn a_host_plane_refuses_what_belongs_to_the_dpu() {
     let foreign_id = HOST.replace("spiffe://weir.local/ns/weir/sa/dpu", "spiffe://other.domain/ns/weir/sa/dpu");
     assert_eq!(paths(&foreign_id), ["dpu.control.peer_id"]);
 }
+
+#[test]
+fn rdma_allowances_and_bootstrap_services() {
+    let base = r#"
+trust_domain = "weir.local"
+[identity]
+namespace = "hpc"
+service_account = "node"
+ca_dir = "/tmp/ca"
+[kernel]
+mode = "ebpf"
+[[workloads]]
+name = "trainer"
+service_account = "trainer"
+[workloads.rdma]
+max_handles = 2
+[[workloads]]
+name = "web"
+service_account = "web"
+[inbound]
+listen = "0.0.0.0:15008"
+[[inbound.services]]
+name = "nccl-bootstrap"
+backend = "127.0.0.1:18515"
+allow = ["spiffe://weir.local/ns/hpc/sa/trainer"]
+rdma_bootstrap = true
+workload = "trainer"
+[[outbound]]
+service = "nccl-bootstrap"
+capture = ["10.1.0.9:18515"]
+peer = "10.1.0.9:15008"
+peer_id = "spiffe://weir.local/ns/hpc/sa/node"
+rdma_bootstrap = true
+"#;
+    let c = parse(base, "rdma.toml").expect("valid");
+    let allowance = RdmaAllowance { max_handles: Some(2), max_objects: None };
+    assert_eq!(c.workloads[0].rdma, Some(allowance), "allowed, objects unlimited");
+    assert_eq!(c.workloads[1].rdma, None, "no [workloads.rdma]: no RDMA");
+    let service = &c.inbound.as_ref().expect("inbound").services[0];
+    assert!(service.rdma_bootstrap && service.workload.as_deref() == Some("trainer"));
+    assert!(c.outbound[0].rdma_bootstrap);
+    let bad = base.replace("max_handles = 2", "max_handles = -1").replace("workload = \"trainer\"", "workload = \"ghost\"");
+    let mut paths: Vec<_> = field_errors(&bad).into_iter().map(|(p, _)| p).collect();
+    paths.sort();
+    assert_eq!(paths, ["inbound.services[0].workload", "workloads[0].rdma.max_handles"]);
+}

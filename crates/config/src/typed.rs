@@ -72,6 +72,8 @@ pub struct WorkloadConfig {
     /// Count its HTTP/1.x requests in the kernel (sk_msg). Its sockets join a sockhash, where
     /// blocking reads may see spurious EAGAIN: for apps with non-blocking I/O.
     pub count_http: bool,
+    /// What it may hold on RDMA devices; `None`: nothing (`rdma.max` 0).
+    pub rdma: Option<crate::rdma::RdmaAllowance>,
 }
 
 /// Where this node's SVID comes from.
@@ -159,6 +161,10 @@ pub struct ServiceConfig {
     pub allow: Vec<SpiffeId>,
     /// HTTP/1.1 handling (`protocol = "http"`); `None`: opaque bytes (L4).
     pub http: Option<crate::http::HttpConfig>,
+    /// Connections carry RDMA bootstraps: each is recorded as an RDMA session intent.
+    pub rdma_bootstrap: bool,
+    /// The workload of this node that serves it (RDMA intents name it).
+    pub workload: Option<String>,
 }
 
 /// A local port mapped to a mesh service.
@@ -176,6 +182,8 @@ pub struct OutboundRoute {
     pub peer_id: SpiffeId,
     /// HTTP/1.1 routing on this listener (`protocol = "http"`); `None`: opaque bytes.
     pub http: Option<crate::http::OutboundHttp>,
+    /// Connections carry RDMA bootstraps: each is recorded as an RDMA session intent.
+    pub rdma_bootstrap: bool,
 }
 
 pub(crate) struct Check<'a> {
@@ -408,6 +416,7 @@ impl Config {
             _ => None,
         };
         let outbound: Vec<_> = raw.outbound.iter().enumerate().map(|(n, o)| outbound(&mut c, n, o, dpu)).collect();
+        crate::rdma::check_serving_workloads(&mut c, &raw);
         let mut seen = HashSet::new();
         let mut captured = HashSet::new();
         for (n, o) in raw.outbound.iter().enumerate() {
@@ -484,7 +493,9 @@ fn inbound(c: &mut Check<'_>, i: &RawInbound) -> Option<InboundConfig> {
         if let (Some(name), Some(backend), Some(allow), Some(http)) =
             (name, backend, allow.into_iter().collect::<Option<Vec<_>>>(), http)
         {
-            services.push(ServiceConfig { name, backend, allow, http });
+            let (rdma_bootstrap, workload) = (s.rdma_bootstrap.unwrap_or(false), s.workload.as_ref());
+            let workload = workload.map(|w| w.get_ref().clone());
+            services.push(ServiceConfig { name, backend, allow, http, rdma_bootstrap, workload });
         }
     }
     Some(InboundConfig { listen: listen?, handshake_timeout: Duration::from_millis(timeout? as u64), services })
@@ -513,6 +524,7 @@ fn outbound(c: &mut Check<'_>, n: usize, o: &RawOutbound, dpu: Option<Option<&Dp
             peer: dpu.host_channel,
             peer_id: dpu.control.peer_id.clone(),
             http: None,
+            rdma_bootstrap: o.rdma_bootstrap.unwrap_or(false),
         });
     }
     let listen = o.listen.as_ref().map(|l| c.value(l, &p("listen"), addr));
@@ -528,6 +540,7 @@ fn outbound(c: &mut Check<'_>, n: usize, o: &RawOutbound, dpu: Option<Option<&Dp
         peer: peer?,
         peer_id: peer_id?,
         http: http?,
+        rdma_bootstrap: o.rdma_bootstrap.unwrap_or(false),
     })
 }
 
@@ -626,10 +639,12 @@ fn workload(
         },
         _ => None,
     };
+    let rdma = crate::rdma::allowance(c, n, w.rdma.as_ref());
     Some(WorkloadConfig {
         name: name?,
         id: id?,
         l4: weir_policy::WorkloadL4 { deny: deny.into_iter().collect::<Option<_>>()?, max_connections: max? as u32 },
         count_http: w.count_http.unwrap_or(false),
+        rdma: rdma?,
     })
 }

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod http;
+pub mod rdma;
 pub mod records;
 pub mod trace;
 
@@ -208,6 +209,8 @@ pub struct Metrics {
     pub kernel: KernelMetrics,
     /// The HTTP/1.1 path's metrics.
     pub http: http::HttpMetrics,
+    /// RDMA bootstraps, allowances, queue pairs and port counters.
+    pub rdma: rdma::RdmaMetrics,
     /// Connections opened (handshake and authorization passed).
     pub opened: Family<ConnLabels, Counter>,
     /// Connections closed, by outcome.
@@ -251,6 +254,7 @@ impl Default for Metrics {
         Self {
             kernel: KernelMetrics::default(),
             http: http::HttpMetrics::default(),
+            rdma: rdma::RdmaMetrics::default(),
             opened: Family::default(),
             closed: Family::default(),
             active: Family::default(),
@@ -347,6 +351,7 @@ impl Metrics {
             self.wire_tcp_retransmits.clone(),
         );
         self.http.register(&mut r);
+        self.rdma.register(&mut r);
         let k = &self.kernel;
         r.register(
             "kernel_tcp_srtt_microseconds",
