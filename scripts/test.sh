@@ -26,10 +26,12 @@ ktls() {
     $CARGO test --release -p weir-app --features guest-tests --test ktls --test ktls_fallback -- --test-threads=1 --color never
   CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/tests/vm/run-in-uml.sh" \
     $CARGO test --release -p weir-probe --features guest-tests --test ktls_guest -- --test-threads=1 --color never
-  echo "== guest-kernel suite: soft-RoCE (rdma_rxe) and the rdma cgroup in a qemu guest (tests/vm/run-in-vm.sh)"
-  # A full Debian kernel under TCG, since UML has no RDMA: boot ~10 s, the suite ~5 s more.
+  echo "== guest-kernel suites: soft-RoCE (rdma_rxe), the rdma cgroup and RDMA through the mesh in a qemu guest (tests/vm/run-in-vm.sh)"
+  # A full Debian kernel under TCG, since UML has no RDMA: boot ~10 s, each suite 5-20 s more.
   CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/tests/vm/run-in-vm.sh" \
     $CARGO test --release -p weir-probe --features guest-tests --test rdma_guest -- --test-threads=1 --color never
+  CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/tests/vm/run-in-vm.sh" \
+    $CARGO test --release -p weir-app --features guest-tests --test rdma_guest -- --test-threads=1 --color never
 }
 
 case "$what" in

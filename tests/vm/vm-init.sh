@@ -54,6 +54,8 @@ stage1() {
   ln -s /proc/self/fd /newroot/dev/fd
   # The cgroup v2 hierarchy, for suites that need it (rdma controller).
   mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup
+  # bpffs, for the kernel path's pinned maps (the RDMA suite runs Weir's workloads).
+  mount -t bpf bpf /newroot/sys/fs/bpf
   hostname weir-guest
   ip link set lo up
   exec switch_root /newroot /bin/sh "$WEIR_VM_INIT" stage2

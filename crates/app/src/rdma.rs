@@ -196,12 +196,13 @@ pub(crate) fn apply_limits(config: &weir_config::Config, shared: &Shared, device
             None => (Some(0), Some(0)),
             Some(a) => (a.max_handles, a.max_objects),
         };
-        let limits: Vec<_> =
-            devices.iter().map(|d| RdmaLimit { device: d.clone(), hca_handle, hca_object }).collect();
+        let limits: Vec<_> = devices.iter().map(|d| RdmaLimit { device: d.clone(), hca_handle, hca_object }).collect();
         rdma_cgroup::set_max(&dir, &limits).map_err(|e| format!("workload {}: {e}", w.name))?;
         match w.rdma {
             None => tracing::info!(workload = w.name, ?devices, "RDMA denied: rdma.max 0 handles, 0 objects"),
-            Some(a) => tracing::info!(workload = w.name, ?devices, max_handles = ?a.max_handles, max_objects = ?a.max_objects, "RDMA allowed"),
+            Some(a) => {
+                tracing::info!(workload = w.name, ?devices, max_handles = ?a.max_handles, max_objects = ?a.max_objects, "RDMA allowed")
+            }
         }
     }
     Ok(())
@@ -261,7 +262,10 @@ fn judge(rdma: &Rdma, shared: &Shared, qps: Vec<QueuePair>) -> Vec<QpView> {
                 let ok = owner.is_some_and(|(name, _)| rdma.bootstrapped(name, now));
                 if !ok {
                     tracing::warn!(
-                        device = qp.device, qpn = qp.lqpn, pid, comm = qp.owner_name().unwrap_or_default(),
+                        device = qp.device,
+                        qpn = qp.lqpn,
+                        pid,
+                        comm = qp.owner_name().unwrap_or_default(),
                         workload = owner.map_or("none", |(n, _)| n.as_str()),
                         "RDMA queue pair outside any recorded bootstrap"
                     );

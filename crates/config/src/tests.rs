@@ -489,7 +489,8 @@ rdma_bootstrap = true
     let service = &c.inbound.as_ref().expect("inbound").services[0];
     assert!(service.rdma_bootstrap && service.workload.as_deref() == Some("trainer"));
     assert!(c.outbound[0].rdma_bootstrap);
-    let bad = base.replace("max_handles = 2", "max_handles = -1").replace("workload = \"trainer\"", "workload = \"ghost\"");
+    let bad =
+        base.replace("max_handles = 2", "max_handles = -1").replace("workload = \"trainer\"", "workload = \"ghost\"");
     let mut paths: Vec<_> = field_errors(&bad).into_iter().map(|(p, _)| p).collect();
     paths.sort();
     assert_eq!(paths, ["inbound.services[0].workload", "workloads[0].rdma.max_handles"]);

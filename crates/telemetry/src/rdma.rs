@@ -53,8 +53,16 @@ pub struct RdmaMetrics {
 
 impl RdmaMetrics {
     pub(crate) fn register(&self, r: &mut Registry) {
-        r.register("rdma_bootstraps", "RDMA bootstraps carried through the mesh, recorded as session intents", self.bootstraps.clone());
-        r.register("rdma_allowed", "1 when the workload may hold RDMA resources, 0 when its rdma.max is 0", self.allowed.clone());
+        r.register(
+            "rdma_bootstraps",
+            "RDMA bootstraps carried through the mesh, recorded as session intents",
+            self.bootstraps.clone(),
+        );
+        r.register(
+            "rdma_allowed",
+            "1 when the workload may hold RDMA resources, 0 when its rdma.max is 0",
+            self.allowed.clone(),
+        );
         r.register("rdma_qps", "Connected RDMA queue pairs owned by the workload's processes", self.qps.clone());
         r.register(
             "rdma_unauthorized_qps",
@@ -62,6 +70,10 @@ impl RdmaMetrics {
             self.unauthorized_qps.clone(),
         );
         r.register("rdma_available", "1 when the kernel's RDMA resources could be read", self.available.clone());
-        r.register("rdma_port_counter", "RDMA device port counters, as the kernel reports them", self.port_counters.clone());
+        r.register(
+            "rdma_port_counter",
+            "RDMA device port counters, as the kernel reports them",
+            self.port_counters.clone(),
+        );
     }
 }
