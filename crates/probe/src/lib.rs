@@ -18,6 +18,7 @@ pub mod procs;
 pub mod rdma;
 pub mod rdma_cgroup;
 pub mod rdma_res;
+pub mod rdma_use;
 pub mod report;
 pub mod sidecar;
 mod sock_diag;
@@ -63,6 +64,7 @@ pub async fn scan() -> Report {
             Probe::Unknown { reason } => Probe::unknown(reason),
         },
         rdma: rdma::devices(),
+        rdma_use: rdma_use::by_cgroup(),
         sidecar: SidecarReport {
             nft: sidecar::nft(),
             iptables: sidecar::iptables(false),

@@ -1,5 +1,5 @@
 //! The scan's result as data: every item is a [`Probe`], known or unknown with the reason, so
-//! one unreadable file never hides the rest. Serialized as JSON schema 1
+//! one unreadable file never hides the rest. Serialized as JSON schema 2
 //! (docs/scan.schema.json); field names are part of that contract.
 
 use crate::kernel::{CryptoDriver, Ktls, Rekey};
@@ -11,7 +11,7 @@ use crate::verdict::Finding;
 use serde::Serialize;
 
 /// Version of the JSON shape.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// A fact the scan established, or why it could not.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -64,6 +64,8 @@ pub struct Report {
     pub tls_stat: Probe<Vec<Counter>>,
     /// RDMA devices.
     pub rdma: Probe<Vec<RdmaDevice>>,
+    /// RDMA use by cgroup (queue pairs, `rdma.current`, `rdma.max`).
+    pub rdma_use: Probe<Vec<crate::rdma_use::RdmaUse>>,
     /// Signs of a userspace sidecar mesh.
     pub sidecar: SidecarReport,
     /// What the facts mean for a sidecar and for Weir.

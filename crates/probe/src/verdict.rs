@@ -10,7 +10,7 @@ use serde::Serialize;
 pub struct Finding {
     /// Stable machine name: `ktls_unavailable`, `ktls_available`, `ktls_socket_hw`,
     /// `ktls_socket_sw`, `nic_tls_offload`, `nic_esp_offload`, `sidecar_redirect`,
-    /// `envoy_process`, `cgroup_bpf`, `rdma_device`.
+    /// `envoy_process`, `cgroup_bpf`, `rdma_device`, `rdma_use`.
     pub kind: String,
     /// What was found.
     pub subject: String,
@@ -99,6 +99,14 @@ pub fn judge(r: &Report) -> Vec<Finding> {
             subject: format!("RDMA device {} ({})", d.name, layers.join(", ")),
             sidecar: "memory-to-memory traffic no proxy can see".into(),
             weir: "Weir controls the TCP bootstrap that exchanges queue pairs (mTLS + policy) and RDMA cgroup limits, and exports the port counters".into(),
+        });
+    }
+    for u in r.rdma_use.value().into_iter().flatten() {
+        out.push(Finding {
+            kind: "rdma_use".into(),
+            subject: format!("{} RDMA queue pair(s), {} connected, owned by cgroup {}", u.queue_pairs, u.connected, u.cgroup),
+            sidecar: "a sidecar never sees these sessions, nor who set them up".into(),
+            weir: "Weir joins each queue pair to its workload and flags those with no bootstrap recorded through the mesh (`/rdma`, weir_rdma_unauthorized_qps)".into(),
         });
     }
     out

@@ -271,6 +271,14 @@ fn rdma_cgroup_limits_refuse_a_context_over_the_limit_and_count_usage_under_it()
     });
     eprintln!("rdma.current while the server waits: {usage:?}");
     assert!(usage.hca_object <= 16, "within the limit: {usage:?}");
+    // What `weir scan` shows: the server's queue pair under its cgroup, with its use and limit.
+    let name = format!("/{}", allow.strip_prefix(rdma_cgroup::v2_root().unwrap()).unwrap().display());
+    let uses = weir_probe::rdma_use::by_cgroup().value().cloned().expect("queue pairs readable");
+    let mine = uses.iter().find(|u| u.cgroup == name).unwrap_or_else(|| panic!("{name} in {uses:?}"));
+    assert!(mine.queue_pairs >= 1 && mine.connected == 0, "waiting, not connected: {mine:?}");
+    let current = mine.current.value().expect("rdma.current").join(" ");
+    assert!(current.contains("rxe0 hca_handle=1"), "{current}");
+    assert!(mine.max.value().expect("rdma.max").join(" ").contains("hca_object=16"), "{mine:?}");
     listening(18518);
     let client = finish(pingpong(gid, 18518, 100, Some("127.0.0.1"), None), "client of the allowed server");
     let server = finish(server, "pingpong in allow");

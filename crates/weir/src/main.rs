@@ -66,7 +66,7 @@ enum Command {
     ProbeConnect(bench::connect::ProbeArgs),
     /// Inventory the host's offload features and sidecar signs, and say what a sidecar cannot see.
     Scan {
-        /// Print JSON (schema 1, docs/scan.schema.json) instead of tables.
+        /// Print JSON (schema 2, docs/scan.schema.json) instead of tables.
         #[arg(long)]
         json: bool,
     },

@@ -1,5 +1,5 @@
 //! `weir scan`: runs weir-probe and prints its report, as tables for a person or as JSON
-//! (schema 1, docs/scan.schema.json) for a program.
+//! (schema 2, docs/scan.schema.json) for a program.
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -131,6 +131,28 @@ fn human(r: &Report) -> String {
                         .map(|p| format!("port {} {} ({} counters)", p.port, p.link_layer, p.counters.len()))
                         .collect();
                     format!("{}: {}", d.name, ports.join(", "))
+                })
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        })
+    );
+
+    let _ = writeln!(o, "\nRDMA USE (queue pairs by owning cgroup; a Weir workload is <kernel.cgroup>/<name>)");
+    let _ = writeln!(
+        o,
+        "  {}",
+        show(&r.rdma_use, |uses| {
+            if uses.is_empty() {
+                return "no queue pairs".to_owned();
+            }
+            let lines = |p: &Probe<Vec<String>>| show(p, |l| l.join("; "));
+            uses.iter()
+                .map(|u| {
+                    let (current, max) = (lines(&u.current), lines(&u.max));
+                    format!(
+                        "{}: {} QPs ({} connected), current {current}, max {max}",
+                        u.cgroup, u.queue_pairs, u.connected
+                    )
                 })
                 .collect::<Vec<_>>()
                 .join("\n  ")

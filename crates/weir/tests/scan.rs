@@ -127,7 +127,12 @@ fn host_scan_matches_this_kernel_and_validates_against_the_schema() {
     let v = scan_json(Command::new(env!("CARGO_BIN_EXE_weir")).args(["scan", "--json"]).output().expect("run"));
     let errors = schema_errors(&v);
     assert!(errors.is_empty(), "schema violations: {errors:#?}\n{v:#}");
-    assert_eq!(v["schema"], 1);
+    assert_eq!(v["schema"], 2);
+    // This host has no RDMA core: the queue pairs are unavailable, with the reason.
+    if !std::path::Path::new("/sys/class/infiniband").exists() {
+        assert_eq!(v["rdma_use"]["status"], "unknown", "{}", v["rdma_use"]);
+        assert!(v["rdma_use"]["reason"].as_str().is_some_and(|r| r.contains("RDMA")), "{}", v["rdma_use"]);
+    }
 
     // What the kernel says, read independently of the probe.
     let ulps = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp").expect("tcp_available_ulp");
