@@ -117,9 +117,9 @@ impl Node {
                 let svid = if matches!(config.role, Role::Host(_)) {
                     None
                 } else {
-                    let (store, tls, rotating) = svid_for(&source, &w.id, config.identity.svid_ttl, suites)?;
+                    let (svid, rotating) = svid_for(&source, &w.id, config.identity.svid_ttl, suites)?;
                     tasks.extend(rotating);
-                    Some(WorkloadSvid { tls, store })
+                    Some(svid)
                 };
                 let workload =
                     Workload { name: w.name.clone(), l4: std::sync::RwLock::new(w.l4.clone()), id: w.id.clone(), svid };
@@ -162,10 +162,10 @@ impl Node {
                 let key = host_key(&h.key_file)?;
                 let mut workloads = std::collections::HashMap::new();
                 for id in &h.workloads {
-                    let (store, tls, rotating) = svid_for(&source, id, config.identity.svid_ttl, suites)?;
+                    let (svid, rotating) = svid_for(&source, id, config.identity.svid_ttl, suites)?;
                     tasks.extend(rotating);
-                    workloads.insert(id.clone(), tls);
-                    shared.acting_for.push((id.to_string(), store));
+                    workloads.insert(id.clone(), svid.tls);
+                    shared.acting_for.push((id.to_string(), svid.store));
                 }
                 let verifier = std::sync::Mutex::new(weir_tls::host_channel::Verifier::new(key, h.window));
                 channel = Some((h, Arc::new(crate::host_channel::HostChannel { verifier, workloads })));
@@ -360,18 +360,20 @@ impl Drop for Node {
     }
 }
 
-/// An SVID store for `id` and the TLS configurations that present it, with the tasks that
-/// rotate the one and follow it in the other.
+/// The tasks that keep an SVID fresh: rotation, and the TLS configurations following it.
+type Rotating = [JoinHandle<()>; 2];
+
+/// An SVID store for `id` and the TLS configurations that present it, with their tasks.
 fn svid_for(
     source: &Arc<dyn IdentitySource>,
     id: &weir_identity::SpiffeId,
     ttl: Duration,
     suites: Option<&[rustls::SupportedCipherSuite]>,
-) -> Result<(Arc<SvidStore>, Arc<TlsConfigs>, [tokio::task::JoinHandle<()>; 2]), StartError> {
+) -> Result<(WorkloadSvid, Rotating), StartError> {
     let store = SvidStore::new(source.clone(), id.clone(), ttl)?;
     let tls = Arc::new(TlsConfigs::new(store.current(), &store.bundle(), suites, suites.is_some())?);
     let tasks = [tokio::spawn(store.clone().run_rotation()), tokio::spawn(tls.clone().follow(store.clone()))];
-    Ok((store, tls, tasks))
+    Ok((WorkloadSvid { tls, store }, tasks))
 }
 
 /// The host channel's key: the file's hex digits (whitespace ignored), at least 32 bytes.
