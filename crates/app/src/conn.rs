@@ -338,6 +338,17 @@ impl<'a> Tracked<'a> {
                 )
             };
         }
+        if self.shared.role == "host" {
+            if let Some(w) = self.shared.wire_facts.take(r.local) {
+                let wire_tcp = w.tcp.unwrap_or_default();
+                tracing::info!(
+                    target: "weir::access",
+                    conn = r.id, wire_conn = w.id, wire_peer = w.peer, wire_mode = w.mode,
+                    wire_local = %w.local, wire_remote = %w.remote, wire_srtt_us = wire_tcp.srtt_us,
+                    wire_retransmits = wire_tcp.retransmits, "wire leg, as the DPU reported it"
+                );
+            }
+        }
         match &outcome {
             Outcome::Closed => closing_line!(info, "connection closed"),
             Outcome::Failed(side, e) => {

@@ -15,6 +15,8 @@ use weir_telemetry::WireLabels;
 
 /// Closed records the DPU holds for the host plane at most.
 const OUTBOX_CAP: usize = 10_000;
+/// DPU records the host plane holds at most (its own records take theirs when they close).
+const JOINED_CAP: usize = 65_536;
 
 /// The DPU's closed host-channel records not yet sent.
 #[derive(Default)]
@@ -37,36 +39,61 @@ impl Outbox {
     }
 }
 
-/// The host plane's latest DPU record per open connection, by the host's end of the leg.
+/// The host plane's latest DPU record per connection, by the host's end of the leg, and the
+/// wire retransmits already counted for each.
 #[derive(Default)]
-pub(crate) struct WireFacts(Mutex<HashMap<SocketAddr, RecordView>>);
+pub(crate) struct WireFacts(Mutex<Joined>);
+
+#[derive(Default)]
+struct Joined {
+    views: HashMap<SocketAddr, RecordView>,
+    /// Until the DPU's closing record: a view taken early by the host's close must not make the
+    /// next one count its retransmits again.
+    counted: HashMap<SocketAddr, u32>,
+}
 
 impl WireFacts {
     /// The DPU's record of the connection whose host-channel leg starts at `host_end`.
     pub fn of(&self, host_end: SocketAddr) -> Option<RecordView> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(&host_end).cloned()
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).views.get(&host_end).cloned()
+    }
+
+    /// Takes it out, when the host's own record of that connection closes.
+    pub fn take(&self, host_end: SocketAddr) -> Option<RecordView> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).views.remove(&host_end)
     }
 }
 
-/// Takes one batch from the DPU: counts new wire retransmits, keeps open records, forgets
-/// closed ones.
+/// Takes one batch from the DPU: counts new wire retransmits, and keeps the latest record of
+/// each connection while the host's own record of it is open (its close takes it).
 pub(crate) fn merge(shared: &Shared, open: Vec<RecordView>, closed: Vec<RecordView>) {
-    let mut known = shared.wire_facts.0.lock().unwrap_or_else(|p| p.into_inner());
-    let batch = open.into_iter().map(|v| (v, true)).chain(closed.into_iter().map(|v| (v, false)));
-    for (view, still_open) in batch {
+    let host_open: std::collections::HashSet<SocketAddr> = match closed.is_empty() {
+        true => Default::default(),
+        false => shared.records.all().iter().map(|r| r.start().local).collect(),
+    };
+    let mut joined = shared.wire_facts.0.lock().unwrap_or_else(|p| p.into_inner());
+    let Joined { views, counted } = &mut *joined;
+    let batch = open.into_iter().map(|v| (v, false)).chain(closed.into_iter().map(|v| (v, true)));
+    for (view, is_closed) in batch {
         let Some(captured) = &view.captured else { continue };
         let key = captured.app;
-        let before = known.get(&key).and_then(|v| v.tcp).map_or(0, |t| t.retransmits);
         let now = view.tcp.map_or(0, |t| t.retransmits);
+        let before = if is_closed { counted.remove(&key) } else { counted.insert(key, now) }.unwrap_or(0);
         if now > before {
             let labels = WireLabels { workload: captured.workload.clone(), service: view.service.clone() };
             shared.metrics.wire_tcp_retransmits.get_or_create(&labels).inc_by(u64::from(now - before));
         }
-        if still_open {
-            known.insert(key, view);
-        } else {
-            known.remove(&key);
+        if is_closed && !host_open.contains(&key) {
+            views.remove(&key);
+            continue;
         }
+        if views.len().max(counted.len()) >= JOINED_CAP {
+            // The host side of these never closed, or the DPU's never did: start afresh.
+            tracing::warn!(entries = views.len().max(counted.len()), "too many unmatched DPU records: dropped");
+            views.clear();
+            counted.clear();
+        }
+        views.insert(key, view);
     }
 }
 
@@ -97,8 +124,10 @@ mod tests {
         merge(&shared, vec![view(1, a, 5)], vec![]);
         let joined = shared.wire_facts.of(a.parse().expect("addr")).expect("joined");
         assert_eq!(joined.tcp.map(|t| t.retransmits), Some(5));
+        // The host's record closed first and took the view; the DPU's closing record follows.
+        assert!(shared.wire_facts.take(a.parse().expect("addr")).is_some());
         merge(&shared, vec![], vec![view(1, a, 7)]);
-        assert!(shared.wire_facts.of(a.parse().expect("addr")).is_none(), "closed: forgotten");
+        assert!(shared.wire_facts.of(a.parse().expect("addr")).is_none(), "no host record: not kept");
         let labels = WireLabels { workload: "spiffe://weir.local/ns/shop/sa/cart".into(), service: "orders".into() };
         assert_eq!(shared.metrics.wire_tcp_retransmits.get_or_create(&labels).get(), 7);
     }

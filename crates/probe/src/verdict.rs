@@ -10,7 +10,8 @@ use serde::Serialize;
 pub struct Finding {
     /// Stable machine name: `ktls_unavailable`, `ktls_available`, `ktls_socket_hw`,
     /// `ktls_socket_sw`, `nic_tls_offload`, `nic_esp_offload`, `sidecar_redirect`,
-    /// `envoy_process`, `cgroup_bpf`, `rdma_device`, `rdma_use`.
+    /// `envoy_process`, `cgroup_bpf`, `rdma_device`, `rdma_use`; from a node (`weir scan
+    /// --admin`): `rdma_unauthorized_qp`, `node_unreachable`.
     pub kind: String,
     /// What was found.
     pub subject: String,

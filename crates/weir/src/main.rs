@@ -1,6 +1,7 @@
 //! The `weir` binary: a thin clap front end over `weir-app` and friends.
 #![forbid(unsafe_code)]
 
+mod admin_client;
 mod bench;
 mod ca;
 mod demo;
@@ -69,6 +70,10 @@ enum Command {
         /// Print JSON (schema 2, docs/scan.schema.json) instead of tables.
         #[arg(long)]
         json: bool,
+        /// A running node's admin endpoint: adds what only the node knows (RDMA queue pairs
+        /// with no recorded bootstrap).
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
     },
     /// A live table of a node's open mesh connections with their joined L4/L7 facts.
     Top(top::TopArgs),
@@ -118,7 +123,7 @@ fn main() -> ExitCode {
             report(ebpf_detach(config))
         }
         Command::ProbeConnect(args) => report(bench::connect::probe(args)),
-        Command::Scan { json } => scan::run(json),
+        Command::Scan { json, admin } => scan::run(json, admin),
         Command::Top(args) => report(top::run(args)),
         Command::Version => {
             println!("weir {}", env!("CARGO_PKG_VERSION"));

@@ -3,11 +3,12 @@
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
+use weir_probe::verdict::Finding;
 use weir_probe::{Probe, Report};
 
 /// Scans the host and prints the report. Exits 0 whatever the findings are: an unknown item is
 /// part of the report, not a failure of the command.
-pub fn run(json: bool) -> ExitCode {
+pub fn run(json: bool, admin: Option<std::net::SocketAddr>) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -15,7 +16,10 @@ pub fn run(json: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let report = rt.block_on(weir_probe::scan());
+    let mut report = rt.block_on(weir_probe::scan());
+    if let Some(admin) = admin {
+        report.findings.extend(node_findings(admin));
+    }
     if json {
         match serde_json::to_string_pretty(&report) {
             Ok(s) => println!("{s}"),
@@ -28,6 +32,48 @@ pub fn run(json: bool) -> ExitCode {
         print!("{}", human(&report));
     }
     ExitCode::SUCCESS
+}
+
+/// What the node at `admin` knows that the kernel does not say: queue pairs connected with no
+/// recorded bootstrap. A node that cannot be asked is a finding too, not a failed scan.
+fn node_findings(admin: std::net::SocketAddr) -> Vec<Finding> {
+    let report = crate::admin_client::get(admin, "/rdma")
+        .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).map_err(Into::into));
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            return vec![Finding {
+                kind: "node_unreachable".into(),
+                subject: format!("node at {admin}: {e:#}"),
+                sidecar: "-".into(),
+                weir: "the scan shows only what the kernel says".into(),
+            }]
+        }
+    };
+    unauthorized_qps(&report)
+}
+
+/// A finding for every queue pair the node's `/rdma` report flags.
+fn unauthorized_qps(report: &serde_json::Value) -> Vec<Finding> {
+    let qps = report["queue_pairs"].as_array().cloned().unwrap_or_default();
+    qps.iter()
+        .filter(|q| q["authorized"] == false)
+        .map(|q| Finding {
+            kind: "rdma_unauthorized_qp".into(),
+            subject: format!(
+                "RDMA queue pair {} {} (pid {} {}) of workload {} connected with no recorded bootstrap",
+                q["device"].as_str().unwrap_or("?"),
+                q["lqpn"],
+                q["pid"],
+                q["comm"].as_str().unwrap_or("?"),
+                q["workload"].as_str().unwrap_or("none"),
+            ),
+            sidecar: "invisible to a sidecar: it never saw the bootstrap nor the session".into(),
+            weir:
+                "flagged by the node (weir_rdma_unauthorized_qps, log line): its workload set up RDMA outside the mesh"
+                    .into(),
+        })
+        .collect()
 }
 
 fn show<T>(p: &Probe<T>, f: impl Fn(&T) -> String) -> String {
@@ -193,4 +239,30 @@ fn human(r: &Report) -> String {
         let _ = writeln!(o, "  * {}\n      sidecar: {}\n      Weir:    {}", f.subject, f.sidecar, f.weir);
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_queue_pairs_the_node_flagged_become_findings() {
+        let report = serde_json::json!({
+            "unavailable": null,
+            "intents": [],
+            "queue_pairs": [
+                {"device": "rxe0", "lqpn": 17, "pid": 300, "comm": "ibv_rc_pingpong", "workload": "rogue", "authorized": false},
+                {"device": "rxe0", "lqpn": 18, "pid": 301, "comm": "ibv_rc_pingpong", "workload": "trainer", "authorized": true},
+                {"device": "rxe0", "lqpn": 19, "pid": 302, "comm": "ibv_rc_pingpong", "workload": null, "authorized": null}
+            ]
+        });
+        let found = unauthorized_qps(&report);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].kind, "rdma_unauthorized_qp");
+        assert!(
+            found[0].subject.contains("rxe0 17 (pid 300 ibv_rc_pingpong) of workload rogue"),
+            "{}",
+            found[0].subject
+        );
+    }
 }

@@ -1,9 +1,9 @@
 //! `weir top`: a live table of a node's open mesh connections and their joined L4/L7 facts
 //! (from the admin endpoint's `/connections`), sorted by what matters in an incident.
-use anyhow::{bail, Context};
+use anyhow::Context;
 use std::collections::HashMap;
-use std::io::{BufRead, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use weir_telemetry::records::RecordView;
 
@@ -112,18 +112,8 @@ fn rates(rows: &[RecordView], previous: &HashMap<u64, (u64, Instant)>) -> HashMa
 }
 
 fn fetch(admin: SocketAddr) -> anyhow::Result<Vec<RecordView>> {
-    let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(2))
-        .with_context(|| format!("connecting to the admin endpoint {admin}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"GET /connections HTTP/1.0\r\nHost: weir\r\n\r\n")?;
-    let mut response = Vec::new();
-    s.read_to_end(&mut response)?;
-    let text = String::from_utf8_lossy(&response);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else { bail!("{admin}: not an HTTP response") };
-    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        bail!("{admin}/connections: {}", head.lines().next().unwrap_or(""));
-    }
-    serde_json::from_str(body).with_context(|| format!("{admin}/connections: not a list of connection records"))
+    let body = crate::admin_client::get(admin, "/connections")?;
+    serde_json::from_str(&body).with_context(|| format!("{admin}/connections: not a list of connection records"))
 }
 
 fn render(rows: &[RecordView], rates: &HashMap<u64, f64>, sort: SortKey, limit: usize, admin: SocketAddr) -> String {

@@ -313,6 +313,18 @@ fn a_host_workload_reaches_the_mesh_through_the_dpu_and_the_wire_sees_no_plainte
         }
     });
 
+    // The host's access log joins the DPU's wire leg to its own record of the connection.
+    wait_for("the wire leg in the host's access log", Duration::from_secs(5), || {
+        let log = std::fs::read_to_string(dir.path().join("host.log")).unwrap_or_default();
+        let line = log.lines().find(|l| l.contains("wire leg, as the DPU reported it"));
+        match line {
+            Some(l) if l.contains(&format!("wire_peer=\"{}\"", id("peer"))) && l.contains("wire_retransmits=") => {
+                Ok(())
+            }
+            other => Err(format!("{other:?}")),
+        }
+    });
+
     // A host process outside the workload cgroups, without the key, gets nothing from the DPU.
     let intruder = "import socket\ns=socket.create_connection(('10.77.1.2',15010),timeout=10)\ns.sendall(b'GET / HTTP/1.1\\r\\nHost: echo\\r\\n\\r\\n'+b'x'*64)\ntry:\n  print(len(s.recv(100)))\nexcept ConnectionResetError:\n  print(0)\n";
     let out = in_ns(net.host(), "python3").args(["-c", intruder]).output().unwrap();

@@ -229,3 +229,32 @@ fn nft_redirect_in_a_namespace_is_reported_as_a_sidecar_redirect() {
     let host_nft = host["sidecar"]["nft"]["value"].as_array().cloned().unwrap_or_default();
     assert!(!host_nft.iter().any(|r| r["to_port"] == 15001), "the namespace's rule leaked to the host: {host_nft:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_asks_a_running_node_for_what_only_it_knows() {
+    let scan = |admin: String| async move {
+        let args = ["scan".to_owned(), "--json".to_owned(), "--admin".to_owned(), admin];
+        let out = tokio::task::spawn_blocking(move || Command::new(env!("CARGO_BIN_EXE_weir")).args(args).output())
+            .await
+            .unwrap()
+            .expect("run");
+        let v = scan_json(out);
+        let errors = schema_errors(&v);
+        assert!(errors.is_empty(), "schema violations: {errors:#?}\n{v:#}");
+        v["findings"].as_array().unwrap().iter().map(|f| f["kind"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+    };
+    let unreachable = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    assert!(scan(unreachable).await.contains(&"node_unreachable".to_owned()), "a node that cannot be asked is said");
+
+    // A node with RDMA settings answers /rdma; this host has no queue pairs, so nothing is flagged.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "trust_domain = \"weir.local\"\n[identity]\nnamespace = \"test\"\nservice_account = \"node\"\nca_dir = \"{}\"\ncreate_ca_if_missing = true\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n[ktls]\nmode = \"off\"\n[inbound]\nlisten = \"127.0.0.1:0\"\n\
+         [[inbound.services]]\nname = \"bootstrap\"\nbackend = \"127.0.0.1:9\"\nrdma_bootstrap = true\n",
+        dir.path().join("ca").display()
+    );
+    let node = weir_app::Node::start(weir_config::parse(&cfg, "rdma.toml").unwrap()).await.expect("node");
+    let kinds = scan(node.admin_addr().to_string()).await;
+    assert!(!kinds.iter().any(|k| k == "node_unreachable" || k == "rdma_unauthorized_qp"), "{kinds:?}");
+}
