@@ -129,7 +129,8 @@ fn render(rows: &[RecordView], rates: &HashMap<u64, f64>, sort: SortKey, limit: 
         SortKey::Age => rows.sort_by_key(|r| std::cmp::Reverse(r.age_ms)),
         SortKey::Id => rows.sort_by_key(|r| r.id),
     }
-    let retransmits: u64 = rows.iter().map(|r| u64::from(tcp(r).retransmits)).sum();
+    let wire = |r: &RecordView| r.wire.as_ref().and_then(|w| w.tcp).map_or(0, |t| u64::from(t.retransmits));
+    let retransmits: u64 = rows.iter().map(|r| u64::from(tcp(r).retransmits) + wire(r)).sum();
     let mut out = format!(
         "weir top: {admin}: {} open mesh connections, {retransmits} retransmits; sorted by {sort:?}\n",
         rows.len()
@@ -156,6 +157,18 @@ fn render(rows: &[RecordView], rates: &HashMap<u64, f64>, sort: SortKey, limit: 
             t.retransmits,
             t.cwnd,
         ));
+        if let Some(w) = &r.wire {
+            // A host plane's connection: the DPU's leg on the wire, as the DPU reported it.
+            let wt = w.tcp.unwrap_or_default();
+            out.push_str(&format!(
+                "{:>6} └ wire: {} {} {:>8} retr {}\n",
+                "",
+                short_id(&w.peer, 28),
+                w.mode,
+                w.tcp.map_or("-".into(), |t| format!("{:.2}ms", f64::from(t.srtt_us) / 1000.0)),
+                wt.retransmits
+            ));
+        }
     }
     if rows.len() > limit {
         out.push_str(&format!("… {} more\n", rows.len() - limit));
@@ -230,6 +243,22 @@ mod tests {
             app_tcp: None,
             wire: None,
         }
+    }
+
+    #[test]
+    fn a_host_planes_connection_shows_its_wire_leg() {
+        let mut host = row(1, 10, 50, 0);
+        let mut wire = row(9, 10, 2500, 38);
+        wire.peer = "spiffe://weir.local/ns/prod/sa/payments".into();
+        wire.mode = "ktls_sw".into();
+        host.wire = Some(Box::new(wire));
+        let out = render(&[host], &HashMap::new(), SortKey::Id, 10, "127.0.0.1:15000".parse().unwrap());
+        let line = out.lines().find(|l| l.contains("└ wire:")).expect(&out);
+        assert!(
+            line.contains("ns/prod/sa/payments ktls_sw") && line.ends_with("2.50ms retr 38"),
+            "{line}"
+        );
+        assert!(out.starts_with("weir top: 127.0.0.1:15000: 1 open mesh connections, 38 retransmits"), "{out}");
     }
 
     #[test]
