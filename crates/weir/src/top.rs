@@ -254,10 +254,7 @@ mod tests {
         host.wire = Some(Box::new(wire));
         let out = render(&[host], &HashMap::new(), SortKey::Id, 10, "127.0.0.1:15000".parse().unwrap());
         let line = out.lines().find(|l| l.contains("└ wire:")).expect(&out);
-        assert!(
-            line.contains("ns/prod/sa/payments ktls_sw") && line.ends_with("2.50ms retr 38"),
-            "{line}"
-        );
+        assert!(line.contains("ns/prod/sa/payments ktls_sw") && line.ends_with("2.50ms retr 38"), "{line}");
         assert!(out.starts_with("weir top: 127.0.0.1:15000: 1 open mesh connections, 38 retransmits"), "{out}");
     }
 
