@@ -1,5 +1,5 @@
-//! Start-up and shutdown of a `node`-role Weir: identity, kTLS detection, TLS configurations,
-//! listeners and the admin endpoint.
+//! Start-up and shutdown of Weir in any role (node, dpu, host): identity, kTLS detection, TLS
+//! configurations, listeners, the planes' control connection and the admin endpoint.
 use crate::conn::{Shared, Workload, WorkloadSvid};
 use crate::planes::OtherPlane;
 use crate::{admin, capture, inbound, outbound};

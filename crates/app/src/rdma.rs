@@ -56,7 +56,8 @@ pub(crate) struct QpView {
 
 /// The node's RDMA state.
 pub(crate) struct Rdma {
-    /// Weir's parent cgroup (under the v2 root) and the workloads' names and IDs.
+    /// Weir's parent cgroup, relative to the v2 root as /proc/PID/cgroup says it, and the
+    /// workloads' names and IDs.
     cgroup: PathBuf,
     workloads: Vec<(String, String)>,
     /// Inbound services that carry bootstraps, with the workload serving each.
@@ -69,10 +70,9 @@ pub(crate) struct Rdma {
 
 impl Rdma {
     pub fn new(config: &weir_config::Config) -> Self {
-        let root = weir_ebpf::cgroup::v2_root().unwrap_or_default();
         let workloads = config.workloads.iter().map(|w| (w.name.clone(), w.id.to_string())).collect();
         Self {
-            cgroup: root.join(&config.kernel.cgroup),
+            cgroup: PathBuf::from("/").join(&config.kernel.cgroup),
             workloads,
             inbound: std::sync::RwLock::new(bootstrap_services(config)),
             intents: Mutex::new(VecDeque::new()),
@@ -120,12 +120,8 @@ impl Rdma {
 
     /// The workload whose cgroup holds `pid`, if any.
     fn workload_of(&self, pid: u32) -> Option<&(String, String)> {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-        let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-        let dir = std::path::Path::new(path.trim_start_matches('/'));
-        let root = weir_ebpf::cgroup::v2_root().ok()?;
-        let parent = self.cgroup.strip_prefix(&root).ok()?;
-        let name = dir.strip_prefix(parent).ok()?.to_str()?;
+        let path = weir_probe::procs::cgroup_of(pid)?;
+        let name = std::path::Path::new(&path).strip_prefix(&self.cgroup).ok()?.to_str()?;
         self.workloads.iter().find(|(n, _)| n == name)
     }
 }
@@ -254,7 +250,7 @@ fn judge(rdma: &Rdma, shared: &Shared, qps: Vec<QueuePair>) -> Vec<QpView> {
     for qp in qps {
         let Some(pid) = qp.pid else { continue }; // the kernel's own QPs (ib_core's GSI)
         let owner = rdma.workload_of(pid);
-        let connected = (2..=5).contains(&qp.state.0); // RTR, RTS, SQD, SQE
+        let connected = qp.state.is_connected();
         let key = (qp.device.clone(), qp.lqpn, pid);
         let authorized = connected.then(|| {
             live.insert(key.clone());

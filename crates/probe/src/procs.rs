@@ -46,6 +46,13 @@ pub fn socket_inode(link: &str) -> Option<u64> {
     link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
 }
 
+/// The cgroup v2 path of process `pid` (`/weir/cart`, relative to the hierarchy's root), from
+/// the `0::` line of /proc/PID/cgroup; `None` when the process is gone.
+pub fn cgroup_of(pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+}
+
 /// Processes whose comm or argv[0] basename is `program`.
 pub fn running(program: &str) -> Vec<Process> {
     pids()

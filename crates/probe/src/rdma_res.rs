@@ -111,6 +111,12 @@ impl QpState {
         const NAMES: [&str; 7] = ["RESET", "INIT", "RTR", "RTS", "SQD", "SQE", "ERR"];
         NAMES.get(usize::from(self.0)).copied().unwrap_or("UNKNOWN")
     }
+
+    /// Connected to a remote QP: RTR, RTS, SQD or SQE (its peer's number is set, so the
+    /// exchange that set up the session has happened).
+    pub fn is_connected(self) -> bool {
+        (2..=5).contains(&self.0)
+    }
 }
 
 /// Why the QPs could not be listed. The text is the reason a caller reports.

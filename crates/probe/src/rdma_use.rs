@@ -31,13 +31,10 @@ pub fn by_cgroup() -> Probe<Vec<RdmaUse>> {
     let mut groups: BTreeMap<String, (u32, u32)> = BTreeMap::new();
     for qp in qps {
         let Some(pid) = qp.pid else { continue };
-        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .ok()
-            .and_then(|t| t.lines().find_map(|l| l.strip_prefix("0::").map(str::to_owned)))
-            .unwrap_or_else(|| "(unknown: the owner exited)".to_owned());
+        let cgroup = crate::procs::cgroup_of(pid).unwrap_or_else(|| "(unknown: the owner exited)".to_owned());
         let counts = groups.entry(cgroup).or_default();
         counts.0 += 1;
-        counts.1 += u32::from((2..=5).contains(&qp.state.0));
+        counts.1 += u32::from(qp.state.is_connected());
     }
     let root = rdma_cgroup::v2_root().ok();
     let lines = |name: &str, cgroup: &str| match &root {
