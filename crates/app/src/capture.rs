@@ -60,12 +60,13 @@ async fn handle(app: TcpStream, from: SocketAddr, shared: &Arc<Shared>) {
     };
     tracing::debug!(conn = id, workload = w.name, %dst, service = route.service, "captured connection");
     let captured = weir_telemetry::records::Captured { workload: w.name.clone(), app: from };
-    match (&shared.to_dpu, &w.svid) {
-        (Some(dpu), _) => crate::host_plane::forward(app, route, w, dpu, shared, captured).await,
-        (None, Some(svid)) => outbound::handle(app, route, &svid.tls, shared, Some(captured)).await,
+    let via = match (&shared.to_dpu, &w.svid) {
+        (Some(_), _) => outbound::Via::Dpu(w.id.clone()),
+        (None, Some(svid)) => outbound::Via::Tls(svid.tls.clone()),
         (None, None) => {
             let detail = format_args!("workload {} has no SVID on this node", w.name);
-            outbound::refuse_app(app, shared, id, Refusal::TlsHandshake, &detail)
+            return outbound::refuse_app(app, shared, id, Refusal::TlsHandshake, &detail);
         }
-    }
+    };
+    outbound::handle(app, route, &via, shared, Some(captured)).await
 }

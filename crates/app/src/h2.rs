@@ -217,15 +217,15 @@ async fn relay(
 pub(crate) async fn serve_outbound(
     shared: Arc<Shared>,
     http: Arc<weir_config::OutboundHttp>,
-    tls: Arc<weir_tls::TlsConfigs>,
+    via: crate::outbound::Via,
     conn: u64,
     app: TcpStream,
 ) -> Result<(), String> {
     let senders: Arc<tokio::sync::Mutex<std::collections::HashMap<String, Sender>>> = Arc::default();
-    let source = tls.id();
+    let source = via.id();
     let handler = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let (shared, http, tls, senders, source) =
-            (shared.clone(), http.clone(), tls.clone(), senders.clone(), source.clone());
+        let (shared, http, via, senders, source) =
+            (shared.clone(), http.clone(), via.clone(), senders.clone(), source.clone());
         async move {
             let started = Instant::now();
             let head = head_of(&req);
@@ -267,7 +267,7 @@ pub(crate) async fn serve_outbound(
                 let mut senders = senders.lock().await;
                 match senders.get(&target.service).filter(|s| !s.is_closed()) {
                     Some(s) => Some(s.clone()),
-                    None => match mesh_sender(&shared, &target, &tls, route.connect_timeout).await {
+                    None => match mesh_sender(&shared, &target, &via, route.connect_timeout).await {
                         Some(s) => {
                             senders.insert(target.service.clone(), s.clone());
                             Some(s)
@@ -300,17 +300,18 @@ pub(crate) async fn serve_outbound(
 async fn mesh_sender(
     shared: &Arc<Shared>,
     target: &weir_config::OutboundRoute,
-    tls: &weir_tls::TlsConfigs,
+    via: &crate::outbound::Via,
     timeout: std::time::Duration,
 ) -> Option<Sender> {
     let id = shared.next_id();
-    let up = crate::outbound::connect(target, tls, shared, id, timeout).await.ok()?;
+    let up = crate::outbound::connect(target, via, shared, id, timeout).await.ok()?;
     let (mode, leg) = (up.mode(), up.leg(true));
     let io: Box<dyn weir_forward::http1::ByteStream> = match up {
         // The inbound side speaks only after the client's preface: early bytes cannot be framed.
         crate::outbound::Upstream::Ktls(_, drained, _, _) if !drained.is_empty() => return None,
         crate::outbound::Upstream::Ktls(socket, _, _, _) => Box::new(socket),
         crate::outbound::Upstream::Tls(tls) => tls,
+        crate::outbound::Upstream::Plain(socket) => Box::new(socket),
     };
     let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .handshake::<_, BoxBody>(TokioIo::new(io))

@@ -95,7 +95,7 @@ async fn handle(mut host: TcpStream, from: SocketAddr, channel: &HostChannel, sh
     }
     tracing::debug!(conn = id, workload = %asked.workload, service = route.service, "host-channel connection");
     let captured = weir_telemetry::records::Captured { workload: asked.workload.to_string(), app: from };
-    outbound::handle(host, &route, tls, shared, Some(captured)).await;
+    outbound::handle(host, &route, &outbound::Via::Tls(tls.clone()), shared, Some(captured)).await;
 }
 
 enum Read {

@@ -1,20 +1,19 @@
-//! The host plane's data path (role `host`): a captured workload connection goes to the DPU's
-//! host channel, opened by the authenticated preamble naming the workload and the service
-//! (`weir_tls::host_channel`); once the DPU answers `Ok`, bytes splice both ways in plaintext.
-//! The DPU presents the workload's SVID on the wire; no TLS runs on the host.
-use crate::conn::{MeshLeg, Refusal, Shared, Tracked, Workload};
+//! The host plane's way to the mesh (role `host`): a captured workload connection goes to the
+//! DPU's host channel, opened by the authenticated preamble naming the workload and the
+//! service (`weir_tls::host_channel`); once the DPU answers `Ok`, the connection is the mesh
+//! leg (`outbound::Upstream::Plain`), plaintext spliced by the kernel, whether L4 or with L7
+//! routing run here. The DPU presents the workload's SVID on the wire; no TLS runs on the host.
+use crate::conn::{Refusal, Shared};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use weir_config::OutboundRoute;
 use weir_identity::SpiffeId;
-use weir_telemetry::records::Captured;
 use weir_telemetry::Direction;
 use weir_tls::host_channel::HostKey;
 use weir_tls::preamble::{Protocol, Request, Status, RESPONSE_LEN};
-use weir_tls::{Mode, SessionFacts};
 
 /// Where the DPU is and how to speak to it.
 pub(crate) struct ToDpu {
@@ -22,44 +21,33 @@ pub(crate) struct ToDpu {
     pub addr: SocketAddr,
     /// The key the preambles are sealed with.
     pub key: HostKey,
-    /// The DPU plane's SPIFFE ID (records name it as the connection's peer).
-    pub id: SpiffeId,
 }
 
-/// Carries one captured connection of `workload` to `route`'s service through the DPU.
-pub(crate) async fn forward(
-    app: TcpStream,
+/// Connects to the DPU within `connect_timeout` and exchanges the preamble asking for
+/// `route`'s service for `workload`. `None`: refused, counted and logged.
+pub(crate) async fn open(
     route: &OutboundRoute,
-    workload: &Workload,
+    workload: &SpiffeId,
     dpu: &ToDpu,
-    shared: &Arc<Shared>,
-    captured: Captured,
-) {
-    let id = shared.next_id();
-    let Some(leg) = open(route, workload, dpu, shared, id).await else {
-        return crate::outbound::reset(app);
-    };
-    let session = SessionFacts { version: "none", cipher: "none" };
-    let who = (dpu.id.clone(), route.service.clone());
-    let mesh_leg = MeshLeg::of(&leg, session).captured(Some(captured));
-    let t = Tracked::open(shared, id, Direction::Outbound, Mode::HostChannel, who, mesh_leg);
-    let outcome = weir_forward::splice_plain(app, leg, &t.tally, shared.limits.pipe_size).await;
-    t.close(outcome);
-}
-
-/// Connects to the DPU and exchanges the preamble. `None`: refused, counted and logged.
-async fn open(route: &OutboundRoute, workload: &Workload, dpu: &ToDpu, shared: &Shared, id: u64) -> Option<TcpStream> {
+    shared: &Shared,
+    id: u64,
+    connect_timeout: Duration,
+) -> Option<TcpStream> {
     let refuse = |reason, detail: &dyn std::fmt::Display| shared.refuse(id, Direction::Outbound, reason, detail);
     let request = Request { service: route.service.clone(), protocol: Protocol::Tcp };
-    let preamble = match dpu.key.seal_now(&workload.id, &request) {
+    let preamble = match dpu.key.seal_now(workload, &request) {
         Ok(p) => p,
         Err(e) => {
-            refuse(Refusal::HostPreambleMalformed, &format_args!("{}: {e}", workload.id));
+            refuse(Refusal::HostPreambleMalformed, &format_args!("{workload}: {e}"));
             return None;
         }
     };
     let exchange = async {
-        let mut dpu_leg = TcpStream::connect(dpu.addr).await.map_err(|e| (Refusal::PeerUnreachable, e.to_string()))?;
+        let mut dpu_leg = match timeout(connect_timeout, TcpStream::connect(dpu.addr)).await {
+            Ok(Ok(leg)) => leg,
+            Ok(Err(e)) => return Err((Refusal::PeerUnreachable, e.to_string())),
+            Err(_) => return Err((Refusal::PeerUnreachable, "connect timed out".to_owned())),
+        };
         let _ = dpu_leg.set_nodelay(true);
         dpu_leg.write_all(&preamble).await.map_err(|e| (Refusal::PeerRefused, e.to_string()))?;
         let mut answer = [0u8; RESPONSE_LEN];
@@ -73,7 +61,7 @@ async fn open(route: &OutboundRoute, workload: &Workload, dpu: &ToDpu, shared: &
     match timeout(shared.handshake_timeout, exchange).await {
         Ok(Ok(leg)) => Some(leg),
         Ok(Err((reason, detail))) => {
-            refuse(reason, &format_args!("DPU {} for {} -> {}: {detail}", dpu.addr, workload.id, route.service));
+            refuse(reason, &format_args!("DPU {} for {workload} -> {}: {detail}", dpu.addr, route.service));
             None
         }
         Err(_) => {

@@ -170,13 +170,14 @@ impl Node {
                 let verifier = std::sync::Mutex::new(weir_tls::host_channel::Verifier::new(key, h.window));
                 channel = Some((h, Arc::new(crate::host_channel::HostChannel { verifier, workloads })));
                 shared.wire_outbox = Some(Default::default());
-                shared.other_plane = Some(Arc::new(OtherPlane::new("host", h.control.interval)));
+                shared.other_plane =
+                    Some(Arc::new(OtherPlane::new("host", h.control.interval, l7_placed_here(&config))));
             }
             Role::Host(d) => {
                 shared.role = "host";
-                let (key, id) = (host_key(&d.key_file)?, d.control.peer_id.clone());
-                shared.to_dpu = Some(crate::host_plane::ToDpu { addr: d.host_channel, key, id });
-                shared.other_plane = Some(Arc::new(OtherPlane::new("dpu", d.control.interval)));
+                shared.to_dpu = Some(crate::host_plane::ToDpu { addr: d.host_channel, key: host_key(&d.key_file)? });
+                shared.other_plane =
+                    Some(Arc::new(OtherPlane::new("dpu", d.control.interval, l7_placed_here(&config))));
             }
         }
 
@@ -374,6 +375,21 @@ fn svid_for(
     let tls = Arc::new(TlsConfigs::new(store.current(), &store.bundle(), suites, suites.is_some())?);
     let tasks = [tokio::spawn(store.clone().run_rotation()), tokio::spawn(tls.clone().follow(store.clone()))];
     Ok((WorkloadSvid { tls, store }, tasks))
+}
+
+/// The services whose HTTP heads this plane handles on the host-channel path: a host plane's
+/// L7 routing sends to its splits' services; a DPU runs L7 on its `protocol = "http"` routes.
+fn l7_placed_here(config: &Config) -> Vec<String> {
+    let http = config.outbound.iter().filter_map(|r| Some((r, r.http.as_ref()?)));
+    let mut services: Vec<String> = match config.role {
+        Role::Host(_) => {
+            http.flat_map(|(_, h)| h.routes.iter().flat_map(|r| r.split.iter().map(|(s, _)| s.clone()))).collect()
+        }
+        _ => http.map(|(r, _)| r.service.clone()).collect(),
+    };
+    services.sort();
+    services.dedup();
+    services
 }
 
 /// The host channel's key: the file's hex digits (whitespace ignored), at least 32 bytes.

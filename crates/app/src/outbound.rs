@@ -1,6 +1,8 @@
 //! The outbound listener: a local app connects to a mapped port; this node connects to the
 //! peer node, proves its identity, checks the peer's, names the destination service in the
-//! preamble, then forwards (kTLS splice, or userspace TLS where the kernel has no kTLS).
+//! preamble, then forwards (kTLS splice, or userspace TLS where the kernel has no kTLS). On a
+//! host plane the mesh leg is the DPU's host channel instead ([`Via::Dpu`]): the DPU does the
+//! mTLS, and the leg is plaintext spliced by the kernel.
 use crate::conn::{rustls_error, MeshLeg, Refusal, Shared, Tracked};
 use rustls::pki_types::ServerName;
 use std::os::fd::AsFd;
@@ -10,6 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use tokio_rustls::{client::TlsStream, TlsConnector};
 use weir_config::OutboundRoute;
+use weir_identity::SpiffeId;
 use weir_telemetry::records::Captured;
 use weir_telemetry::Direction;
 use weir_tls::ktls::{self, CorkStream};
@@ -22,7 +25,8 @@ pub(crate) async fn serve(listener: TcpListener, route: Arc<OutboundRoute>, shar
         match listener.accept().await {
             Ok((app, _)) => {
                 let (route, shared) = (route.clone(), shared.clone());
-                tokio::spawn(async move { handle(app, &route, &shared.tls, &shared, None).await });
+                let via = Via::Tls(shared.tls.clone());
+                tokio::spawn(async move { handle(app, &route, &via, &shared, None).await });
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -33,25 +37,45 @@ pub(crate) async fn serve(listener: TcpListener, route: Arc<OutboundRoute>, shar
     }
 }
 
-/// Carries one app connection to `route`'s peer, presenting the SVID in `tls` (the node's, or
-/// a captured workload's: `captured` then names it and the app's socket).
+/// Whose identity an outbound connection carries, and which plane does its mTLS.
+#[derive(Clone)]
+pub(crate) enum Via {
+    /// This plane, presenting the SVID in these configurations (the node's, or a captured
+    /// workload's).
+    Tls(Arc<TlsConfigs>),
+    /// The DPU, for this host workload (a host plane: the workload's SVID is on the DPU).
+    Dpu(SpiffeId),
+}
+
+impl Via {
+    /// The SPIFFE ID the connection is made for.
+    pub fn id(&self) -> SpiffeId {
+        match self {
+            Self::Tls(tls) => tls.id(),
+            Self::Dpu(workload) => workload.clone(),
+        }
+    }
+}
+
+/// Carries one app connection to `route`'s peer for `via`'s identity (`captured`: the app is a
+/// captured workload, named there with its socket).
 pub(crate) async fn handle(
     app: TcpStream,
     route: &OutboundRoute,
-    tls: &Arc<TlsConfigs>,
+    via: &Via,
     shared: &Arc<Shared>,
     captured: Option<Captured>,
 ) {
     let _ = app.set_nodelay(true);
     if let Some(http) = &route.http {
-        return crate::outbound_http::handle(app, route, http, tls, shared, captured).await;
+        return crate::outbound_http::handle(app, route, http, via, shared, captured).await;
     }
     let id = shared.next_id();
-    let peer = match connect(route, tls, shared, id, shared.handshake_timeout).await {
+    let peer = match connect(route, via, shared, id, shared.handshake_timeout).await {
         Ok(peer) => peer,
         Err(Refused) => return reset(app),
     };
-    crate::rdma::note_outbound(shared, route, tls, captured.as_ref().map(|c| c.workload.as_str()));
+    crate::rdma::note_outbound(shared, route, &via.id(), captured.as_ref().map(|c| c.workload.as_str()));
     let who = (route.peer_id.clone(), route.service.clone());
     let t = Tracked::open(shared, id, Direction::Outbound, peer.mode(), who, peer.leg(false).captured(captured));
     let outcome = match peer {
@@ -59,6 +83,7 @@ pub(crate) async fn handle(
             weir_forward::splice_ktls(app, socket, drained, &t.tally, shared.limits).await
         }
         Upstream::Tls(tls) => weir_forward::copy_tls(app, *tls, &t.tally).await,
+        Upstream::Plain(dpu) => weir_forward::splice_plain(app, dpu, &t.tally, shared.limits.pipe_size).await,
     };
     t.close(outcome);
 }
@@ -70,6 +95,8 @@ pub(crate) enum Upstream {
     Ktls(TcpStream, Vec<u8>, weir_tls::SessionFacts, Mode),
     /// Userspace TLS.
     Tls(Box<TlsStream<TcpStream>>),
+    /// A host plane's host-channel connection to its DPU, past the DPU's `Ok`: plaintext.
+    Plain(TcpStream),
 }
 
 impl Upstream {
@@ -77,6 +104,7 @@ impl Upstream {
         match self {
             Self::Ktls(.., mode) => *mode,
             Self::Tls(_) => Mode::Userspace,
+            Self::Plain(_) => Mode::HostChannel,
         }
     }
 
@@ -85,6 +113,7 @@ impl Upstream {
         match self {
             Self::Ktls(socket, _, session, _) => MeshLeg::of(socket, *session),
             Self::Tls(tls) => MeshLeg::of(tls.get_ref().0, weir_tls::SessionFacts::of(tls.get_ref().1)),
+            Self::Plain(dpu) => MeshLeg::of(dpu, weir_tls::SessionFacts { version: "none", cipher: "none" }),
         }
         .copy(copy)
     }
@@ -94,10 +123,11 @@ impl Upstream {
 pub(crate) struct Refused;
 
 /// Connects to `route`'s peer node within `connect_timeout` (TCP), then handshake and
-/// preamble within the handshake timeout. `Err`: refused, already counted and logged.
+/// preamble within the handshake timeout (for [`Via::Dpu`]: to the DPU's host channel, then
+/// its preamble). `Err`: refused, already counted and logged.
 pub(crate) async fn connect(
     route: &OutboundRoute,
-    tls: &TlsConfigs,
+    via: &Via,
     shared: &Shared,
     id: u64,
     connect_timeout: std::time::Duration,
@@ -105,6 +135,18 @@ pub(crate) async fn connect(
     let refuse = |reason, detail: &dyn std::fmt::Display| {
         shared.refuse(id, Direction::Outbound, reason, detail);
         Refused
+    };
+    let tls = match via {
+        Via::Tls(tls) => tls,
+        Via::Dpu(workload) => {
+            let Some(dpu) = &shared.to_dpu else {
+                return Err(refuse(Refusal::TlsHandshake, &format_args!("{workload}: no DPU link on this plane")));
+            };
+            return crate::host_plane::open(route, workload, dpu, shared, id, connect_timeout)
+                .await
+                .map(Upstream::Plain)
+                .ok_or(Refused);
+        }
     };
     let peer = match timeout(connect_timeout, TcpStream::connect(route.peer)).await {
         Ok(Ok(peer)) => peer,

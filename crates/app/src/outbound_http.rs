@@ -5,7 +5,7 @@
 //! body byte and got no response byte. Heads only through userspace, as on the inbound side.
 use crate::conn::{Refusal, Shared, Tracked};
 use crate::http::{Current, Recorder};
-use crate::outbound::{self, Upstream};
+use crate::outbound::{self, Upstream, Via};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,7 +16,6 @@ use weir_forward::{Outcome, Side, Tally};
 use weir_http::{BodyFraming, RequestHead};
 use weir_telemetry::records::Captured;
 use weir_telemetry::Direction;
-use weir_tls::TlsConfigs;
 
 /// A mesh connection kept for the next request to the same service.
 struct Pooled<'s> {
@@ -29,12 +28,13 @@ impl Pooled<'_> {
         match &mut self.up {
             Upstream::Ktls(socket, _, _, _) => Leg::socket(socket, true, copy),
             Upstream::Tls(tls) => Leg::stream(&mut **tls),
+            Upstream::Plain(socket) => Leg::socket(socket, false, copy),
         }
     }
 
     async fn close(mut self, outcome: Outcome) {
         let tcp = match &self.up {
-            Upstream::Ktls(socket, _, _, _) => socket,
+            Upstream::Ktls(socket, _, _, _) | Upstream::Plain(socket) => socket,
             Upstream::Tls(tls) => tls.get_ref().0,
         };
         self.tracked.tally.note_close(tcp);
@@ -50,14 +50,14 @@ pub(crate) async fn handle(
     app: TcpStream,
     entry: &OutboundRoute,
     http: &OutboundHttp,
-    tls: &Arc<TlsConfigs>,
+    via: &Via,
     shared: &Arc<Shared>,
     captured: Option<Captured>,
 ) {
     match tokio::time::timeout(http.request_head_timeout, crate::h2::preface_on_socket(&app)).await {
         Ok(Ok(true)) => {
             let id = shared.next_id();
-            let served = crate::h2::serve_outbound(shared.clone(), Arc::new(http.clone()), tls.clone(), id, app).await;
+            let served = crate::h2::serve_outbound(shared.clone(), Arc::new(http.clone()), via.clone(), id, app).await;
             if let Err(e) = served {
                 tracing::debug!(conn = id, error = e, "HTTP/2 app connection ended");
             }
@@ -75,7 +75,7 @@ pub(crate) async fn handle(
     let front_tally = Tally::default();
     let mut front = Conn::new((Side::Local, Side::Peer), &limits, &front_tally);
     let mut pool: HashMap<String, Pooled<'_>> = HashMap::new();
-    let source = tls.id();
+    let source = via.id();
     let mut log = Log {
         rec: Recorder {
             shared,
@@ -127,7 +127,7 @@ pub(crate) async fn handle(
             let mut pooled = match pool.remove(service) {
                 Some(p) => p,
                 None => {
-                    match connect(target, tls, shared, route.connect_timeout, (http.copy, captured.clone())).await {
+                    match connect(target, via, shared, route.connect_timeout, (http.copy, captured.clone())).await {
                         Some(p) => p,
                         None if may_retry && attempt < route.retries => {
                             attempt += 1;
@@ -213,6 +213,9 @@ pub(crate) async fn handle(
                     weir_forward::splice_ktls(app, socket, Vec::new(), &tracked.tally, shared.limits).await
                 }
                 Upstream::Tls(tls) => weir_forward::copy_tls(app, *tls, &tracked.tally).await,
+                Upstream::Plain(dpu) => {
+                    weir_forward::splice_plain(app, dpu, &tracked.tally, shared.limits.pipe_size).await
+                }
             };
             tracked.close(outcome);
         }
@@ -227,13 +230,13 @@ const UPGRADED: &str = "\0upgraded";
 
 async fn connect<'s>(
     target: &OutboundRoute,
-    tls: &TlsConfigs,
+    via: &Via,
     shared: &'s Shared,
     timeout: std::time::Duration,
     (copy, captured): (bool, Option<Captured>),
 ) -> Option<Pooled<'s>> {
     let id = shared.next_id();
-    let up = outbound::connect(target, tls, shared, id, timeout).await.ok()?;
+    let up = outbound::connect(target, via, shared, id, timeout).await.ok()?;
     if let Upstream::Ktls(_, drained, _, _) = &up {
         if !drained.is_empty() {
             // The inbound side speaks only after a request: bytes this early cannot be framed.

@@ -40,6 +40,11 @@ pub(crate) struct PlaneState {
     pub last_rotation_error: Option<String>,
     /// Why the plane is not ready by its own checks (every SVID it holds), if it is not.
     pub problem: Option<String>,
+    /// The services whose HTTP heads this plane handles on the host-channel path (L7
+    /// placement): on a host, those its L7 routing sends to the DPU; on a DPU, its routes with
+    /// `protocol = "http"`. Both planes naming one is a conflict: a rule set runs once.
+    #[serde(default)]
+    pub l7_services: Vec<String>,
 }
 
 /// One line on the control connection.
@@ -59,6 +64,8 @@ pub(crate) struct OtherPlane {
     /// `host` or `dpu`.
     pub name: &'static str,
     interval: Duration,
+    /// This plane's own L7 services (see [`PlaneState::l7_services`]), from its config.
+    own_l7: Vec<String>,
     seen: Mutex<Seen>,
 }
 
@@ -71,9 +78,9 @@ struct Seen {
 }
 
 impl OtherPlane {
-    pub fn new(name: &'static str, interval: Duration) -> Self {
+    pub fn new(name: &'static str, interval: Duration, own_l7: Vec<String>) -> Self {
         let down = Some("not connected yet".to_owned());
-        Self { name, interval, seen: Mutex::new(Seen { state: None, at: None, down }) }
+        Self { name, interval, own_l7, seen: Mutex::new(Seen { state: None, at: None, down }) }
     }
 
     fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
@@ -97,6 +104,14 @@ impl OtherPlane {
         }
         if let Some(problem) = &state.problem {
             return Err(format!("plane {plane}: {problem}"));
+        }
+        let both: Vec<&str> =
+            state.l7_services.iter().filter(|s| self.own_l7.contains(s)).map(String::as_str).collect();
+        if !both.is_empty() {
+            return Err(format!(
+                "plane {plane}: L7 for {} is configured on both planes: place it on one (protocol = \"http\" in one plane's [[outbound]])",
+                both.join(", ")
+            ));
         }
         let now = unix(now);
         // Rotation happens at half-life: a quarter left means it has not happened in time.
@@ -129,8 +144,8 @@ impl OtherPlane {
     }
 }
 
-/// This plane's own state, from its SVID stores.
-fn own_state(shared: &Shared, plane: &str) -> PlaneState {
+/// This plane's own state, from its SVID stores and its L7 placement.
+fn own_state(shared: &Shared, plane: &str, own_l7: &[String]) -> PlaneState {
     let svid = shared.store.current();
     let rotation = shared.store.rotation_state();
     PlaneState {
@@ -142,6 +157,7 @@ fn own_state(shared: &Shared, plane: &str) -> PlaneState {
         last_rotation: rotation.last_attempt.map(unix),
         last_rotation_error: rotation.last_error,
         problem: crate::admin::own_readiness(shared, SystemTime::now()).err(),
+        l7_services: own_l7.to_vec(),
     }
 }
 
@@ -225,7 +241,7 @@ where
         let mut tick = tokio::time::interval(link.interval);
         loop {
             tick.tick().await;
-            let mut out = line(&Line::State(own_state(shared, plane)));
+            let mut out = line(&Line::State(own_state(shared, plane, &other.own_l7)));
             if let Some(outbox) = &shared.wire_outbox {
                 let now = SystemTime::now();
                 let open: Vec<_> =
@@ -288,13 +304,14 @@ mod tests {
             last_rotation: None,
             last_rotation_error: None,
             problem: problem.map(str::to_owned),
+            l7_services: Vec::new(),
         }
     }
 
     #[test]
     fn the_other_plane_is_ready_only_when_connected_reporting_ready_and_not_near_expiry() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
-        let other = OtherPlane::new("dpu", Duration::from_secs(5));
+        let other = OtherPlane::new("dpu", Duration::from_secs(5), Vec::new());
         let err = other.readiness(now).expect_err("not connected");
         assert!(err.starts_with("plane dpu: control connection down"), "{err}");
         other.up();
@@ -311,8 +328,27 @@ mod tests {
     }
 
     #[test]
+    fn l7_placed_on_both_planes_is_a_conflict_each_plane_reports() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let host_sees_dpu = OtherPlane::new("dpu", Duration::from_secs(5), vec!["orders".into(), "web".into()]);
+        host_sees_dpu.up();
+        let mut dpu = state(900, 1400, None);
+        dpu.l7_services = vec!["cart".into()];
+        host_sees_dpu.heard(dpu.clone());
+        assert_eq!(host_sees_dpu.readiness(now), Ok(()), "L7 for different services in different places");
+        dpu.l7_services = vec!["cart".into(), "orders".into()];
+        host_sees_dpu.heard(dpu);
+        let err = host_sees_dpu.readiness(now).expect_err("orders placed twice");
+        assert!(err.starts_with("plane dpu: L7 for orders is configured on both planes"), "{err}");
+        let old_peer: PlaneState =
+            serde_json::from_str(r#"{"plane":"dpu","id":"x","serial":"1","not_before":0,"not_after":1,"last_rotation":null,"last_rotation_error":null,"problem":null}"#)
+                .expect("a state line without l7_services (an older plane)");
+        assert!(old_peer.l7_services.is_empty());
+    }
+
+    #[test]
     fn a_silent_plane_is_not_ready() {
-        let other = OtherPlane::new("host", Duration::from_millis(10));
+        let other = OtherPlane::new("host", Duration::from_millis(10), Vec::new());
         other.up();
         other.heard(state(0, u64::MAX / 2, None));
         std::thread::sleep(Duration::from_millis(40));

@@ -145,7 +145,7 @@ pub(crate) fn note_inbound(shared: &Shared, peer: &weir_identity::SpiffeId, serv
 pub(crate) fn note_outbound(
     shared: &Shared,
     route: &weir_config::OutboundRoute,
-    tls: &weir_tls::TlsConfigs,
+    local_id: &weir_identity::SpiffeId,
     workload: Option<&str>,
 ) {
     let (Some(rdma), true) = (&shared.rdma, route.rdma_bootstrap) else { return };
@@ -154,7 +154,7 @@ pub(crate) fn note_outbound(
         direction: "outbound",
         service: route.service.clone(),
         workload: workload.map(str::to_owned),
-        local_id: tls.id().to_string(),
+        local_id: local_id.to_string(),
         peer_id: route.peer_id.to_string(),
     };
     rdma.record(shared, intent);

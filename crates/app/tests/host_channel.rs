@@ -8,12 +8,14 @@
 //! The two planes (root: the host plane runs the eBPF kernel path): a process in the host's
 //! workload cgroup reaches the service through host plane -> DPU -> mTLS -> peer; the host's
 //! `/readyz` follows the DPU's certificate state (a failed rotation on the DPU alone, then its
-//! repair) and the DPU process (killed, restarted), while open connections survive.
+//! repair) and the DPU process (killed, restarted), while open connections survive. L7 placed on
+//! the host plane runs there (routing, request records, trace context) and not on the DPU; L7
+//! configured on both planes turns both red, naming the service.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 mod common;
 
-use common::dpu::{dpu, echoes, free_addr, held_open, key_file, sealed, through, KEY};
+use common::dpu::{dpu, dpu_with, echoes, free_addr, held_open, key_file, sealed, through, KEY};
 use common::{id, metric, node_config, Mesh, Opts};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -90,6 +92,54 @@ fn workload_echo(cgroup: &Path, text: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// A process in the workload cgroup `cgroup` asks `url` with curl; prints the response head and
+/// body.
+fn workload_curl(cgroup: &Path, url: &str) -> String {
+    let script = format!("echo $$ > {}/cgroup.procs && exec curl -sS --max-time 10 -D - {url}", cgroup.display());
+    let out = std::process::Command::new("bash").args(["-c", &script]).output().unwrap();
+    assert!(out.status.success(), "workload curl: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// An HTTP/1.1 backend answering `path traceparent=<the request's traceparent>`.
+async fn http_backend() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    let trace = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or("none");
+                    let body = format!("{} traceparent={trace}", req.uri().path());
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                        bytes::Bytes::from(body),
+                    )))
+                });
+                let io = hyper_util::rt::TokioIo::new(s);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A host plane for workload `cart` in cgroup `tag`/cart, with `routes` as its `[[outbound]]`.
+async fn host_plane(mesh: &Mesh, tag: &str, dpu_node: &common::dpu::Dpu, routes: &str) -> Node {
+    let host_cfg = format!(
+        "role = \"host\"\n{}[kernel]\nmode = \"ebpf\"\ncgroup = \"{tag}\"\npin_dir = \"/sys/fs/bpf/{tag}\"\ncapture_listen = \"{}\"\n\
+         [[workloads]]\nname = \"cart\"\nservice_account = \"cart\"\n{routes}\
+         [dpu]\nhost_channel = \"{}\"\nkey_file = \"{}\"\n[dpu.control]\naddr = \"{}\"\npeer_id = \"{}\"\ninterval_secs = 1\n",
+        node_config(&mesh.dir.path().join("ca"), "host", &Opts::new("off")),
+        free_addr(),
+        dpu_node.channel,
+        key_file(mesh.dir.path()).display(),
+        dpu_node.control,
+        id("dpu"),
+    );
+    Node::start(weir_config::parse(&host_cfg, "host.toml").expect("host config")).await.expect("host plane")
+}
+
 /// Removes pins and cgroups if the test fails before the host plane's clean stop.
 struct Cleanup(String);
 
@@ -122,19 +172,8 @@ async fn the_host_plane_reaches_the_mesh_through_its_dpu_and_shares_its_health()
 
     let tag = format!("weir-planes-{}", std::process::id());
     let _cleanup = Cleanup(tag.clone());
-    let host_cfg = format!(
-        "role = \"host\"\n{}[kernel]\nmode = \"ebpf\"\ncgroup = \"{tag}\"\npin_dir = \"/sys/fs/bpf/{tag}\"\ncapture_listen = \"{}\"\n\
-         [[workloads]]\nname = \"cart\"\nservice_account = \"cart\"\n\
-         [[outbound]]\nservice = \"echo\"\ncapture = [\"127.0.0.77:7\"]\n\
-         [dpu]\nhost_channel = \"{}\"\nkey_file = \"{}\"\n[dpu.control]\naddr = \"{}\"\npeer_id = \"{}\"\ninterval_secs = 1\n",
-        node_config(&ca, "host", &Opts::new("off")),
-        free_addr(),
-        dpu_node.channel,
-        key_file(mesh.dir.path()).display(),
-        dpu_node.control,
-        id("dpu"),
-    );
-    let host = Node::start(weir_config::parse(&host_cfg, "host.toml").expect("host config")).await.expect("host plane");
+    let route = "[[outbound]]\nservice = \"echo\"\ncapture = [\"127.0.0.77:7\"]\n";
+    let host = host_plane(&mesh, &tag, &dpu_node, route).await;
     let ready = |s: u16, _: &str| s == 200;
     wait_readyz(host.admin_addr(), Duration::from_secs(10), "host plane", ready).await;
     wait_readyz(dpu_node.node.admin_addr(), Duration::from_secs(10), "dpu", ready).await;
@@ -170,6 +209,60 @@ async fn the_host_plane_reaches_the_mesh_through_its_dpu_and_shares_its_health()
     dpu_node = dpu(&mesh, &dpu_ca, &dpu_opts, addrs).await;
     wait_readyz(host.admin_addr(), Duration::from_secs(10), "dpu restarted", ready).await;
     assert_eq!(workload_echo(&cgroup, "after the restart"), "after the restart");
+
+    host.shutdown(Duration::from_millis(100)).await;
+    dpu_node.node.shutdown(Duration::from_millis(100)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l7_runs_once_in_the_plane_its_config_places_it() {
+    let mut opts = Opts::new("off");
+    opts.allow = vec![id("cart")];
+    opts.backend = Some(http_backend().await);
+    let mesh = Mesh::start(opts).await;
+    let ca = mesh.dir.path().join("ca");
+    let addrs = (free_addr(), free_addr());
+    let mut dpu_node = dpu(&mesh, &ca, &Opts::new("off"), addrs).await;
+    let tag = format!("weir-l7-{}", std::process::id());
+    let _cleanup = Cleanup(tag.clone());
+    // L7 placed on the host: `/v2` goes to service echo; the DPU carries it as L4.
+    let routes = "[[outbound]]\nservice = \"web\"\ncapture = [\"127.0.0.78:80\"]\nprotocol = \"http\"\n\
+                  [[outbound.http.routes]]\npath_prefix = \"/v2\"\nsplit = [{ service = \"echo\" }]\n\
+                  [[outbound]]\nservice = \"echo\"\n";
+    let host = host_plane(&mesh, &tag, &dpu_node, routes).await;
+    let ready = |s: u16, _: &str| s == 200;
+    wait_readyz(host.admin_addr(), Duration::from_secs(10), "host plane", ready).await;
+    wait_readyz(dpu_node.node.admin_addr(), Duration::from_secs(10), "dpu", ready).await;
+
+    let cgroup = weir_ebpf::cgroup::v2_root().unwrap().join(&tag).join("cart");
+    let answer = workload_curl(&cgroup, "http://127.0.0.78/v2/items");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("/v2/items traceparent=00-"), "routed, with trace context from the host: {answer}");
+    let unrouted = workload_curl(&cgroup, "http://127.0.0.78/other");
+    assert!(unrouted.starts_with("HTTP/1.1 503"), "no route to service web on the DPU: {unrouted}");
+
+    let host_metrics = host.metrics_text();
+    let requests =
+        |text: &str, class: &str| metric(text, "weir_http_requests_total", &[&format!("status_class=\"{class}\"")]);
+    assert_eq!(requests(&host_metrics, "2xx"), 1.0, "the host ran L7: {host_metrics}");
+    assert_eq!(metric(&host_metrics, "weir_connections_opened_total", &["mode=\"host_channel\""]), 1.0);
+    let dpu_metrics = dpu_node.node.metrics_text();
+    assert_eq!(requests(&dpu_metrics, "2xx"), 0.0, "and the DPU did not: {dpu_metrics}");
+    assert!(mesh.server.metrics_text().contains(&format!("peer=\"{}\"", id("cart"))), "the peer saw the workload");
+
+    // The DPU is given L7 for echo too: one rule set in two places, reported by both planes.
+    dpu_node.node.shutdown(Duration::from_millis(100)).await;
+    dpu_node = dpu_with(&mesh, &ca, &Opts::new("off"), addrs, "protocol = \"http\"").await;
+    let conflict = "L7 for echo is configured on both planes";
+    let body = wait_readyz(host.admin_addr(), Duration::from_secs(10), "double placement", |s, b| {
+        s == 503 && b.contains(conflict)
+    })
+    .await;
+    assert!(body.contains("plane dpu"), "{body}");
+    wait_readyz(dpu_node.node.admin_addr(), Duration::from_secs(10), "double placement, dpu side", |s, b| {
+        s == 503 && b.contains("plane host") && b.contains(conflict)
+    })
+    .await;
 
     host.shutdown(Duration::from_millis(100)).await;
     dpu_node.node.shutdown(Duration::from_millis(100)).await;

@@ -427,6 +427,24 @@ fn a_host_plane_captures_and_sends_everything_to_its_dpu() {
 }
 
 #[test]
+fn a_host_plane_may_run_l7_routing_itself() {
+    let l7 = HOST.replace(
+        "capture = [\"10.96.0.5:80\"]",
+        "capture = [\"10.96.0.5:80\"]\nprotocol = \"http\"\n[[outbound.http.routes]]\npath_prefix = \"/v2\"\n\
+         split = [{ service = \"orders-v2\", weight = 1 }]\n[[outbound]]\nservice = \"orders-v2\"",
+    );
+    let c = parse(&l7, "host.toml").expect("L7 placed on the host plane");
+    let Role::Host(d) = &c.role else { panic!("role host expected: {:?}", c.role) };
+    let http = c.outbound[0].http.as_ref().expect("the host runs this route's L7");
+    assert_eq!(http.routes[0].split, [("orders-v2".to_owned(), 1)]);
+    assert_eq!(c.outbound[1].peer, d.host_channel, "a split target is reached through the DPU too");
+    assert!(c.outbound[1].capture.is_empty() && c.outbound[1].http.is_none());
+    let dangling = l7.replace("service = \"orders-v2\"\n", "service = \"other\"\n");
+    let errors = field_errors(&dangling);
+    assert!(errors.iter().any(|(p, _)| p == "outbound[0].http.routes[0].split[0].service"), "{errors:?}");
+}
+
+#[test]
 fn a_host_plane_refuses_what_belongs_to_the_dpu() {
     let paths = |src: &str| {
         let mut p = field_errors(src).into_iter().map(|(p, _)| p).collect::<Vec<_>>();
@@ -437,7 +455,7 @@ fn a_host_plane_refuses_what_belongs_to_the_dpu() {
         "capture = [\"10.96.0.5:80\"]",
         "capture = [\"10.96.0.5:80\"]\npeer = \"10.0.0.9:1\"\npeer_id = \"spiffe://weir.local/ns/a/sa/b\"\nprotocol = \"http\"",
     );
-    assert_eq!(paths(&routed), ["outbound[0].peer", "outbound[0].peer_id", "outbound[0].protocol"]);
+    assert_eq!(paths(&routed), ["outbound[0].peer", "outbound[0].peer_id"], "L7 may be placed on the host");
     let serving = format!("{HOST}[inbound]\nlisten = \"0.0.0.0:15008\"\n");
     assert_eq!(paths(&serving), ["inbound"]);
     assert_eq!(paths(&HOST.replace("mode = \"ebpf\"", "mode = \"off\"")), ["kernel.mode", "workloads"]);

@@ -501,9 +501,10 @@ fn inbound(c: &mut Check<'_>, i: &RawInbound) -> Option<InboundConfig> {
     Some(InboundConfig { listen: listen?, handshake_timeout: Duration::from_millis(timeout? as u64), services })
 }
 
-/// One `[[outbound]]` entry. On a host plane (`dpu`) an entry names a service and the
-/// addresses captured for it, and nothing else: the DPU knows where the service's peer is, and
-/// the route's peer is the DPU's host channel (`Some(None)`: a host plane whose link is bad).
+/// One `[[outbound]]` entry. On a host plane (`dpu`) an entry names a service, the addresses
+/// captured for it and, where L7 is placed on the host, its `protocol`/`http`; nothing else:
+/// the DPU knows where the service's peer is, and the route's peer is the DPU's host channel
+/// (`Some(None)`: a host plane whose link is bad).
 fn outbound(c: &mut Check<'_>, n: usize, o: &RawOutbound, dpu: Option<Option<&DpuLink>>) -> Option<OutboundRoute> {
     let p = |f: &str| format!("outbound[{n}].{f}");
     if let Some(dpu) = dpu {
@@ -511,11 +512,9 @@ fn outbound(c: &mut Check<'_>, n: usize, o: &RawOutbound, dpu: Option<Option<&Dp
         for (field, _) in theirs.iter().filter(|(_, present)| *present) {
             c.error(&p(field), None, "a host plane only captures: the DPU knows each service's peer");
         }
-        if o.protocol.is_some() || o.http.is_some() {
-            c.error(&p("protocol"), None, "L7 runs on the DPU: set protocol and http in the DPU's [[outbound]]");
-        }
         let capture = captured(c, n, o);
         let service = c.required(&o.service, &p("service"), service_name);
+        let http = crate::http::outbound(c, &p(""), o);
         let dpu = dpu?;
         return Some(OutboundRoute {
             listen: None,
@@ -523,7 +522,7 @@ fn outbound(c: &mut Check<'_>, n: usize, o: &RawOutbound, dpu: Option<Option<&Dp
             service: service?,
             peer: dpu.host_channel,
             peer_id: dpu.control.peer_id.clone(),
-            http: None,
+            http: http?,
             rdma_bootstrap: o.rdma_bootstrap.unwrap_or(false),
         });
     }
