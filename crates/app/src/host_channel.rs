@@ -3,7 +3,8 @@
 //! mesh service it wants. A connection whose preamble is malformed, forged, stale or replayed,
 //! or names a workload this DPU does not act for, is refused (counted by reason, closed with a
 //! RST); otherwise the DPU answers `Ok` and carries it like an outbound connection, presenting
-//! that workload's own SVID on the wire.
+//! that workload's own SVID on the wire. Also the DPU's end of inbound connections to services
+//! on the host ([`to_host`]) and the preamble check both planes' listeners share.
 use crate::conn::{Refusal, Shared};
 use crate::outbound;
 use std::collections::HashMap;
@@ -13,8 +14,9 @@ use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use weir_identity::SpiffeId;
-use weir_tls::host_channel::{self as wire, Error as PreambleError, Verifier};
-use weir_tls::preamble::Status;
+use weir_telemetry::Direction;
+use weir_tls::host_channel::{self as wire, Error as PreambleError, HostKey, HostRequest, Verifier};
+use weir_tls::preamble::{Protocol, Request, Status, RESPONSE_LEN};
 use weir_tls::TlsConfigs;
 
 /// How long the host plane has to send its preamble.
@@ -46,34 +48,9 @@ pub(crate) async fn serve(listener: TcpListener, channel: Arc<HostChannel>, shar
 async fn handle(mut host: TcpStream, from: SocketAddr, channel: &HostChannel, shared: &Arc<Shared>) {
     let id = shared.next_id();
     let _ = host.set_nodelay(true);
-    let bytes = match tokio::time::timeout(PREAMBLE_TIMEOUT, read_preamble(&mut host)).await {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(Read::Bad(e))) => {
-            return outbound::refuse_app(host, shared, id, refusal(&e), &format_args!("from {from}: {e}"))
-        }
-        Ok(Err(Read::Io(e))) => {
-            return outbound::refuse_app(
-                host,
-                shared,
-                id,
-                Refusal::HostPreambleMalformed,
-                &format_args!("from {from}: {e}"),
-            )
-        }
-        Err(_) => {
-            return outbound::refuse_app(
-                host,
-                shared,
-                id,
-                Refusal::HandshakeTimeout,
-                &format_args!("from {from}: no host-channel preamble in 5 s"),
-            )
-        }
-    };
-    let checked = channel.verifier.lock().unwrap_or_else(|p| p.into_inner()).check(&bytes, SystemTime::now());
-    let asked = match checked {
-        Ok(asked) => asked,
-        Err(e) => return outbound::refuse_app(host, shared, id, refusal(&e), &format_args!("from {from}: {e}")),
+    let Some(asked) = accept_preamble(&mut host, from, &channel.verifier, shared, (id, Direction::Outbound)).await
+    else {
+        return outbound::reset(host);
     };
     let Some(tls) = channel.workloads.get(&asked.workload) else {
         return outbound::refuse_app(
@@ -98,6 +75,53 @@ async fn handle(mut host: TcpStream, from: SocketAddr, channel: &HostChannel, sh
     outbound::handle(host, &route, &outbound::Via::Tls(tls.clone()), shared, Some(captured)).await;
 }
 
+/// Reads and verifies a host-channel preamble (either direction: `direction` is the
+/// connection's, for its refusal record). `None`: refused, counted and logged; the caller
+/// resets the connection.
+pub(crate) async fn accept_preamble(
+    leg: &mut TcpStream,
+    from: SocketAddr,
+    verifier: &Mutex<Verifier>,
+    shared: &Shared,
+    (id, direction): (u64, Direction),
+) -> Option<HostRequest> {
+    let refuse = |reason, detail: &dyn std::fmt::Display| {
+        shared.refuse(id, direction, reason, &format_args!("from {from}: {detail}"));
+        None
+    };
+    let bytes = match tokio::time::timeout(PREAMBLE_TIMEOUT, read_preamble(leg)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(Read::Bad(e))) => return refuse(refusal(&e), &e),
+        Ok(Err(Read::Io(e))) => return refuse(Refusal::HostPreambleMalformed, &e),
+        Err(_) => return refuse(Refusal::HandshakeTimeout, &"no host-channel preamble in 5 s"),
+    };
+    let checked = verifier.lock().unwrap_or_else(|p| p.into_inner()).check(&bytes, SystemTime::now());
+    match checked {
+        Ok(asked) => Some(asked),
+        Err(e) => refuse(refusal(&e), &e),
+    }
+}
+
+/// The DPU's side of an inbound connection to a service on its host: the preamble naming the
+/// remote `caller`, then the host plane's answer.
+pub(crate) async fn to_host(
+    leg: &mut TcpStream,
+    key: &HostKey,
+    caller: &SpiffeId,
+    service: &str,
+) -> Result<(), String> {
+    let request = Request { service: service.to_owned(), protocol: Protocol::Tcp };
+    let preamble = key.seal_now(caller, &request).map_err(|e| e.to_string())?;
+    leg.write_all(&preamble).await.map_err(|e| format!("host plane: {e}"))?;
+    let mut answer = [0u8; RESPONSE_LEN];
+    leg.read_exact(&mut answer).await.map_err(|e| format!("no answer from the host plane: {e}"))?;
+    match Status::decode(&answer) {
+        Ok(Status::Ok) => Ok(()),
+        Ok(status) => Err(format!("the host plane answered {status:?}")),
+        Err(e) => Err(format!("host plane: {e}")),
+    }
+}
+
 enum Read {
     Bad(PreambleError),
     Io(std::io::Error),
@@ -105,7 +129,7 @@ enum Read {
 
 /// Reads exactly the preamble, field by field as far as the codec says: not one byte after it
 /// leaves the socket.
-async fn read_preamble(host: &mut TcpStream) -> Result<Vec<u8>, Read> {
+async fn read_preamble(leg: &mut TcpStream) -> Result<Vec<u8>, Read> {
     let mut buf = Vec::new();
     loop {
         let known = wire::read_to(&buf).map_err(Read::Bad)?;
@@ -114,7 +138,7 @@ async fn read_preamble(host: &mut TcpStream) -> Result<Vec<u8>, Read> {
         }
         let from = buf.len();
         buf.resize(known.len, 0);
-        host.read_exact(&mut buf[from..]).await.map_err(Read::Io)?;
+        leg.read_exact(&mut buf[from..]).await.map_err(Read::Io)?;
     }
 }
 

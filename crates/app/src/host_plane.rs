@@ -3,17 +3,27 @@
 //! service (`weir_tls::host_channel`); once the DPU answers `Ok`, the connection is the mesh
 //! leg (`outbound::Upstream::Plain`), plaintext spliced by the kernel, whether L4 or with L7
 //! routing run here. The DPU presents the workload's SVID on the wire; no TLS runs on the host.
-use crate::conn::{Refusal, Shared};
+//!
+//! Inbound, the mirror ([`serve_inbound`]): the DPU terminates the wire's mTLS and admits the
+//! caller, then opens a connection to this plane's inbound listener with a preamble naming the
+//! caller (under the inbound key); this plane checks it, its own allow-list for the service
+//! (defence in depth), runs the service's L7 policy if it is placed here, and splices to the
+//! local backend.
+use crate::conn::{MeshLeg, Refusal, Shared, Tracked};
+use crate::inbound::Backends;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use weir_config::OutboundRoute;
 use weir_identity::SpiffeId;
+use weir_policy::{Decision, DenyReason};
 use weir_telemetry::Direction;
-use weir_tls::host_channel::HostKey;
+use weir_tls::host_channel::{HostKey, Verifier};
 use weir_tls::preamble::{Protocol, Request, Status, RESPONSE_LEN};
+use weir_tls::{Mode, SessionFacts};
 
 /// Where the DPU is and how to speak to it.
 pub(crate) struct ToDpu {
@@ -69,4 +79,73 @@ pub(crate) async fn open(
             None
         }
     }
+}
+
+/// What the host plane's inbound listener needs: the verifier of the DPU's preambles (its
+/// replay cache shared by every connection) and the local backends.
+pub(crate) struct FromDpu {
+    pub verifier: Mutex<Verifier>,
+    pub backends: Backends,
+}
+
+/// Accepts the DPU's inbound connections until the task is aborted.
+pub(crate) async fn serve_inbound(listener: TcpListener, from_dpu: Arc<FromDpu>, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((dpu, from)) => {
+                let (from_dpu, shared) = (from_dpu.clone(), shared.clone());
+                tokio::spawn(async move { inbound(dpu, from, &from_dpu, &shared).await });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "host plane inbound accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn inbound(mut dpu: TcpStream, from: SocketAddr, from_dpu: &FromDpu, shared: &Arc<Shared>) {
+    let id = shared.next_id();
+    let _ = dpu.set_nodelay(true);
+    let checked = (id, Direction::Inbound);
+    let Some(asked) = crate::host_channel::accept_preamble(&mut dpu, from, &from_dpu.verifier, shared, checked).await
+    else {
+        return crate::outbound::reset(dpu);
+    };
+    let (caller, service) = (asked.workload, asked.request.service);
+    let refuse = |reason, detail: &dyn std::fmt::Display| {
+        shared.refuse(id, Direction::Inbound, reason, &format_args!("{caller} -> {service} via {from}: {detail}"));
+    };
+    let decision = shared.policy.read().unwrap_or_else(|p| p.into_inner()).authorize(&service, &caller);
+    let backend = match (decision, from_dpu.backends.get(&service)) {
+        (Decision::Allow, Some(b)) => TcpStream::connect(b.addr).await.map_err(|e| (Status::Unavailable, e)),
+        (Decision::Deny(DenyReason::NotAllowed), _) => {
+            let _ = dpu.write_all(&Status::Denied.encode()).await;
+            return refuse(Refusal::NotAllowed, &"not in this plane's allow-list");
+        }
+        _ => {
+            let _ = dpu.write_all(&Status::UnknownService.encode()).await;
+            return refuse(Refusal::UnknownService, &"no such service on this host");
+        }
+    };
+    let backend = match backend {
+        Ok(b) => b,
+        Err((status, e)) => {
+            let _ = dpu.write_all(&status.encode()).await;
+            return refuse(Refusal::BackendUnavailable, &e);
+        }
+    };
+    let _ = backend.set_nodelay(true);
+    if dpu.write_all(&Status::Ok.encode()).await.is_err() {
+        return;
+    }
+    let http = shared.http.read().unwrap_or_else(|p| p.into_inner()).get(&service).cloned();
+    let leg = MeshLeg::of(&dpu, SessionFacts { version: "none", cipher: "none" })
+        .copy(http.as_ref().is_some_and(|h| h.config.copy));
+    let t = Tracked::open(shared, id, Direction::Inbound, Mode::HostChannel, (caller, service), leg);
+    let outcome = match http {
+        Some(svc) => crate::http::inbound_socket(shared, &svc, &t, backend, (dpu, false)).await,
+        None => weir_forward::splice_plain(backend, dpu, &t.tally, shared.limits.pipe_size).await,
+    };
+    t.close(outcome);
 }

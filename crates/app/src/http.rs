@@ -41,15 +41,16 @@ impl HttpService {
     }
 }
 
-/// Serves HTTP from a peer node (kTLS socket) to the backend until the connection ends:
-/// HTTP/1.1 head-only (an upgraded connection continues as L4 splice), or HTTP/2 in copy mode
-/// when the peer opens with its preface.
-pub(crate) async fn inbound_ktls(
+/// Serves HTTP from a peer node to the backend until the connection ends: HTTP/1.1 head-only
+/// (an upgraded connection continues as L4 splice), or HTTP/2 in copy mode when the peer opens
+/// with its preface. The peer leg is a socket: kTLS (`peer_ktls`), or a host plane's plaintext
+/// host channel from its DPU.
+pub(crate) async fn inbound_socket(
     shared: &Arc<Shared>,
     svc: &Arc<HttpService>,
     t: &Tracked<'_>,
     backend: TcpStream,
-    peer: TcpStream,
+    (peer, peer_ktls): (TcpStream, bool),
 ) -> Outcome {
     match tokio::time::timeout(svc.config.request_head_timeout, crate::h2::preface_on_socket(&peer)).await {
         Ok(Ok(true)) => {
@@ -60,14 +61,14 @@ pub(crate) async fn inbound_ktls(
         Ok(Err(e)) => return Outcome::Failed(Side::Peer, e),
         Err(_) => {
             // Idle from the start: end it as cleanly as an idle connection between requests.
-            let _ = http1::finish(&mut Leg::socket(&peer, true, false)).await;
+            let _ = http1::finish(&mut Leg::socket(&peer, peer_ktls, false)).await;
             let _ = http1::finish(&mut Leg::socket(&backend, false, false)).await;
             return Outcome::Closed;
         }
     }
     let copy = svc.config.copy;
     let result = {
-        let mut down = Leg::socket(&peer, true, copy);
+        let mut down = Leg::socket(&peer, peer_ktls, copy);
         let mut up = Leg::socket(&backend, false, copy);
         let mut hooks = InboundHooks::new(shared, svc, t, copy);
         http1::serve(&mut down, &mut up, (Side::Peer, Side::Local), &mut hooks, &svc.limits(), &t.tally).await
@@ -77,7 +78,10 @@ pub(crate) async fn inbound_ktls(
     }
     match result {
         Ok(End::Closed) => Outcome::Closed,
-        Ok(End::Upgraded) => weir_forward::splice_ktls(backend, peer, Vec::new(), &t.tally, shared.limits).await,
+        Ok(End::Upgraded) if peer_ktls => {
+            weir_forward::splice_ktls(backend, peer, Vec::new(), &t.tally, shared.limits).await
+        }
+        Ok(End::Upgraded) => weir_forward::splice_plain(backend, peer, &t.tally, shared.limits.pipe_size).await,
         Err(outcome) => {
             weir_forward::abort_both(&backend, &peer);
             outcome
@@ -85,7 +89,7 @@ pub(crate) async fn inbound_ktls(
     }
 }
 
-/// As [`inbound_ktls`], with the peer leg in userspace TLS (every body byte is decrypted here
+/// As [`inbound_socket`], with the peer leg in userspace TLS (every body byte is decrypted here
 /// anyway, and counted so).
 pub(crate) async fn inbound_tls<S>(
     shared: &Arc<Shared>,

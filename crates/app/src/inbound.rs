@@ -17,8 +17,17 @@ use weir_tls::ktls::{self, CorkStream};
 use weir_tls::preamble::{Request, Status, REQUEST_HEADER_LEN};
 use weir_tls::Mode;
 
-/// Local service name -> backend address.
-pub(crate) type Backends = HashMap<String, SocketAddr>;
+/// Where a local service's bytes go.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Backend {
+    pub addr: SocketAddr,
+    /// A DPU's service whose backend is on its host: `addr` is the host plane's inbound
+    /// listener, and the connection opens with the preamble naming the caller.
+    pub on_host: bool,
+}
+
+/// Local service name -> backend.
+pub(crate) type Backends = HashMap<String, Backend>;
 
 /// Accepts peer nodes until the task is aborted.
 pub(crate) async fn serve(listener: TcpListener, backends: Arc<Backends>, shared: Arc<Shared>) {
@@ -64,7 +73,7 @@ async fn handle(socket: TcpStream, from: SocketAddr, backends: &Backends, shared
         let mode = crate::conn::ktls_mode(&switched.socket);
         let t = Tracked::open(shared, id, Direction::Inbound, mode, (a.peer, a.service), leg);
         let outcome = match http {
-            Some(svc) => crate::http::inbound_ktls(shared, &svc, &t, a.backend, switched.socket).await,
+            Some(svc) => crate::http::inbound_socket(shared, &svc, &t, a.backend, (switched.socket, true)).await,
             None => {
                 weir_forward::splice_ktls(a.backend, switched.socket, switched.drained, &t.tally, shared.limits).await
             }
@@ -113,11 +122,11 @@ where
             Decision::Deny(DenyReason::NotAllowed) => (Status::Denied, Some(Refusal::NotAllowed)),
         };
         let backend = match (refusal, backends.get(&request.service)) {
-            (None, Some(addr)) => match TcpStream::connect(addr).await {
+            (None, Some(b)) => match connect_backend(b, &peer, &request.service, shared).await {
                 Ok(b) => Some(b),
                 Err(e) => {
                     let _ = answer(&mut tls, Status::Unavailable).await;
-                    return Err((Refusal::BackendUnavailable, format!("{}: {addr}: {e}", request.service)));
+                    return Err((Refusal::BackendUnavailable, format!("{}: {}: {e}", request.service, b.addr)));
                 }
             },
             _ => None,
@@ -143,6 +152,17 @@ where
             None
         }
     }
+}
+
+/// Connects to `service`'s backend for `caller`; on a DPU, a backend on the host is reached
+/// through the host plane, which is told who the caller is.
+async fn connect_backend(b: &Backend, caller: &SpiffeId, service: &str, shared: &Shared) -> Result<TcpStream, String> {
+    let mut backend = TcpStream::connect(b.addr).await.map_err(|e| e.to_string())?;
+    if b.on_host {
+        let key = shared.to_host.as_ref().ok_or("no host channel key on this plane")?;
+        crate::host_channel::to_host(&mut backend, key, caller, service).await?;
+    }
+    Ok(backend)
 }
 
 async fn read_request<S: AsyncRead + Unpin>(tls: &mut S) -> Result<Request, String> {

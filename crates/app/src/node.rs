@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use weir_config::{Config, KernelMode, KtlsMode, Role};
 use weir_identity::{Ca, IdentitySource, SvidStore};
 use weir_policy::InboundPolicy;
+use weir_tls::host_channel::{HostKey, Verifier};
 use weir_tls::ktls::{self, Support};
 use weir_tls::TlsConfigs;
 
@@ -96,7 +97,7 @@ impl Node {
         let mut backends = inbound::Backends::new();
         let handshake_timeout = config.inbound.as_ref().map_or(Duration::from_secs(10), |i| i.handshake_timeout);
         for s in config.inbound.iter().flat_map(|i| &i.services) {
-            backends.insert(s.name.clone(), s.backend);
+            backends.insert(s.name.clone(), inbound::Backend { addr: s.backend, on_host: s.on_host });
         }
         let limits = weir_forward::Limits { max_session_bytes: config.ktls.max_session_bytes, ..Default::default() };
         let suites: Option<Vec<_>> = suites.map(<[_]>::to_vec);
@@ -155,11 +156,14 @@ impl Node {
             shared.kernel = std::sync::Mutex::new(Some(kernel));
         }
         let mut channel = None;
+        let mut from_dpu = None;
         match &config.role {
             Role::Node => {}
             Role::Dpu(h) => {
                 shared.role = "dpu";
-                let key = host_key(&h.key_file)?;
+                let bytes = host_key(&h.key_file)?;
+                let key = key_of(&h.key_file, HostKey::new(&bytes))?;
+                shared.to_host = Some(key_of(&h.key_file, HostKey::inbound(&bytes))?);
                 let mut workloads = std::collections::HashMap::new();
                 for id in &h.workloads {
                     let (svid, rotating) = svid_for(&source, id, config.identity.svid_ttl, suites)?;
@@ -167,7 +171,7 @@ impl Node {
                     workloads.insert(id.clone(), svid.tls);
                     shared.acting_for.push((id.to_string(), svid.store));
                 }
-                let verifier = std::sync::Mutex::new(weir_tls::host_channel::Verifier::new(key, h.window));
+                let verifier = std::sync::Mutex::new(Verifier::new(key, h.window));
                 channel = Some((h, Arc::new(crate::host_channel::HostChannel { verifier, workloads })));
                 shared.wire_outbox = Some(Default::default());
                 shared.other_plane =
@@ -175,7 +179,13 @@ impl Node {
             }
             Role::Host(d) => {
                 shared.role = "host";
-                shared.to_dpu = Some(crate::host_plane::ToDpu { addr: d.host_channel, key: host_key(&d.key_file)? });
+                let bytes = host_key(&d.key_file)?;
+                let key = key_of(&d.key_file, HostKey::new(&bytes))?;
+                shared.to_dpu = Some(crate::host_plane::ToDpu { addr: d.host_channel, key });
+                // Inbound preambles are made by the DPU a moment before: its default window.
+                let verifier = Verifier::new(key_of(&d.key_file, HostKey::inbound(&bytes))?, Duration::from_secs(30));
+                let backends = std::mem::take(&mut backends);
+                from_dpu = Some(Arc::new(crate::host_plane::FromDpu { verifier: verifier.into(), backends }));
                 shared.other_plane =
                     Some(Arc::new(OtherPlane::new("dpu", d.control.interval, l7_placed_here(&config))));
             }
@@ -224,7 +234,12 @@ impl Node {
         if let Some(i) = &config.inbound {
             let l = bind("inbound", i.listen).await?;
             inbound_addr = Some(local_addr(&l, i.listen));
-            tasks.push(tokio::spawn(inbound::serve(l, Arc::new(backends), shared.clone())));
+            match from_dpu {
+                Some(from_dpu) => {
+                    tasks.push(tokio::spawn(crate::host_plane::serve_inbound(l, from_dpu, shared.clone())))
+                }
+                None => tasks.push(tokio::spawn(inbound::serve(l, Arc::new(backends), shared.clone()))),
+            }
         }
         let mut outbound_addrs = Vec::new();
         for route in &config.outbound {
@@ -281,7 +296,9 @@ impl Node {
         let old = &self.config;
         let names = |c: &Config| c.workloads.iter().map(|w| w.name.clone()).collect::<Vec<_>>();
         let services = |c: &Config| {
-            c.inbound.as_ref().map(|i| i.services.iter().map(|s| (s.name.clone(), s.backend)).collect::<Vec<_>>())
+            c.inbound
+                .as_ref()
+                .map(|i| i.services.iter().map(|s| (s.name.clone(), s.backend, s.on_host)).collect::<Vec<_>>())
         };
         let routes = |c: &Config| {
             c.outbound
@@ -377,8 +394,10 @@ fn svid_for(
     Ok((WorkloadSvid { tls, store }, tasks))
 }
 
-/// The services whose HTTP heads this plane handles on the host-channel path: a host plane's
-/// L7 routing sends to its splits' services; a DPU runs L7 on its `protocol = "http"` routes.
+/// The services whose HTTP heads this plane handles on the host-channel path. Outbound: a
+/// host plane's L7 routing sends to its splits' services; a DPU runs L7 on its `protocol =
+/// "http"` routes. Inbound (`inbound NAME`): a service with `protocol = "http"` on the host
+/// plane, or on the DPU when its backend is on the host.
 fn l7_placed_here(config: &Config) -> Vec<String> {
     let http = config.outbound.iter().filter_map(|r| Some((r, r.http.as_ref()?)));
     let mut services: Vec<String> = match config.role {
@@ -387,13 +406,16 @@ fn l7_placed_here(config: &Config) -> Vec<String> {
         }
         _ => http.map(|(r, _)| r.service.clone()).collect(),
     };
+    let host = matches!(config.role, Role::Host(_));
+    let inbound = config.inbound.iter().flat_map(|i| &i.services).filter(|s| s.http.is_some() && (host || s.on_host));
+    services.extend(inbound.map(|s| format!("inbound {}", s.name)));
     services.sort();
     services.dedup();
     services
 }
 
-/// The host channel's key: the file's hex digits (whitespace ignored), at least 32 bytes.
-fn host_key(path: &std::path::Path) -> Result<weir_tls::host_channel::HostKey, StartError> {
+/// The host channel's key bytes: the file's hex digits (whitespace ignored).
+fn host_key(path: &std::path::Path) -> Result<Vec<u8>, StartError> {
     let err = |reason: String| StartError::HostKey { path: path.to_owned(), reason };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
     let hex: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
@@ -401,8 +423,12 @@ fn host_key(path: &std::path::Path) -> Result<weir_tls::host_channel::HostKey, S
         return Err(err("not hex digits (make one with `openssl rand -hex 32`)".into()));
     }
     let digit = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
-    let bytes: Vec<u8> = hex.chunks(2).map(|p| digit(p[0]) << 4 | digit(p[1])).collect();
-    weir_tls::host_channel::HostKey::new(&bytes).map_err(|e| err(e.to_string()))
+    Ok(hex.chunks(2).map(|p| digit(p[0]) << 4 | digit(p[1])).collect())
+}
+
+/// A key made from the bytes of `path` (at least 32 of them), or the error naming the file.
+fn key_of(path: &std::path::Path, key: Result<HostKey, weir_tls::host_channel::Error>) -> Result<HostKey, StartError> {
+    key.map_err(|e| StartError::HostKey { path: path.to_owned(), reason: e.to_string() })
 }
 
 /// What the kernel path enforces for `config`: workloads (ids from 1, in config order), their

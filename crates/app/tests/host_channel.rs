@@ -140,6 +140,21 @@ async fn host_plane(mesh: &Mesh, tag: &str, dpu_node: &common::dpu::Dpu, routes:
     Node::start(weir_config::parse(&host_cfg, "host.toml").expect("host config")).await.expect("host plane")
 }
 
+/// `weir_http_requests_total` of status class `class` (`2xx`, …) in a metrics text.
+fn http_requests(text: &str, class: &str) -> f64 {
+    metric(text, "weir_http_requests_total", &[&format!("status_class=\"{class}\"")])
+}
+
+/// `GET path` on a fresh connection to `to`; the whole response.
+async fn get(to: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(to).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
 /// Removes pins and cgroups if the test fails before the host plane's clean stop.
 struct Cleanup(String);
 
@@ -242,12 +257,10 @@ async fn l7_runs_once_in_the_plane_its_config_places_it() {
     assert!(unrouted.starts_with("HTTP/1.1 503"), "no route to service web on the DPU: {unrouted}");
 
     let host_metrics = host.metrics_text();
-    let requests =
-        |text: &str, class: &str| metric(text, "weir_http_requests_total", &[&format!("status_class=\"{class}\"")]);
-    assert_eq!(requests(&host_metrics, "2xx"), 1.0, "the host ran L7: {host_metrics}");
+    assert_eq!(http_requests(&host_metrics, "2xx"), 1.0, "the host ran L7: {host_metrics}");
     assert_eq!(metric(&host_metrics, "weir_connections_opened_total", &["mode=\"host_channel\""]), 1.0);
     let dpu_metrics = dpu_node.node.metrics_text();
-    assert_eq!(requests(&dpu_metrics, "2xx"), 0.0, "and the DPU did not: {dpu_metrics}");
+    assert_eq!(http_requests(&dpu_metrics, "2xx"), 0.0, "and the DPU did not: {dpu_metrics}");
     assert!(mesh.server.metrics_text().contains(&format!("peer=\"{}\"", id("cart"))), "the peer saw the workload");
 
     // The DPU is given L7 for echo too: one rule set in two places, reported by both planes.
@@ -264,6 +277,68 @@ async fn l7_runs_once_in_the_plane_its_config_places_it() {
     })
     .await;
 
+    host.shutdown(Duration::from_millis(100)).await;
+    dpu_node.node.shutdown(Duration::from_millis(100)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_on_the_host_is_reached_through_the_dpu_with_its_l7_policy_on_the_host() {
+    let mesh = Mesh::start(Opts::new("off")).await;
+    let ca = mesh.dir.path().join("ca");
+    let (backend, host_in, dpu_in) = (http_backend().await, free_addr(), free_addr());
+    let client_id = id("client");
+    // The DPU terminates the wire and admits the client; the service lives on the host.
+    let on_host = format!(
+        "[inbound]\nlisten = \"{dpu_in}\"\n[[inbound.services]]\nname = \"echo\"\nbackend = \"{host_in}\"\n\
+         allow = [\"{client_id}\"]\non_host = true\n"
+    );
+    let addrs = (free_addr(), free_addr());
+    let dpu_node = dpu_with(&mesh, &ca, &Opts::new("off"), addrs, &on_host).await;
+    let tag = format!("weir-in-{}", std::process::id());
+    let _cleanup = Cleanup(tag.clone());
+    // The host plane serves it, with its L7 policy placed here.
+    let serving = format!(
+        "[[outbound]]\nservice = \"echo\"\ncapture = [\"127.0.0.79:7\"]\n[inbound]\nlisten = \"{host_in}\"\n\
+         [[inbound.services]]\nname = \"echo\"\nbackend = \"{backend}\"\nallow = [\"{client_id}\"]\nprotocol = \"http\"\n\
+         [[inbound.services.http.rules]]\naction = \"deny\"\npath_prefix = \"/admin\"\n"
+    );
+    let host = host_plane(&mesh, &tag, &dpu_node, &serving).await;
+    wait_readyz(host.admin_addr(), Duration::from_secs(10), "host plane", |s, _| s == 200).await;
+    let client = common::client_node(&node_config(&ca, "client", &Opts::new("off")), dpu_in, &id("dpu")).await;
+
+    let out = client.outbound_addrs()[0];
+    let ok = get(out, "/items").await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert!(ok.contains("/items traceparent=00-"), "the host's L7 added trace context: {ok}");
+    let denied = get(out, "/admin/keys").await;
+    assert!(denied.starts_with("HTTP/1.1 403"), "the host's rule: {denied}");
+
+    let host_metrics = host.metrics_text();
+    assert_eq!(
+        (http_requests(&host_metrics, "2xx"), http_requests(&host_metrics, "4xx")),
+        (1.0, 1.0),
+        "{host_metrics}"
+    );
+    let opened =
+        metric(&host_metrics, "weir_connections_opened_total", &["direction=\"Inbound\"", "mode=\"host_channel\""]);
+    assert_eq!(opened, 2.0, "{host_metrics}");
+    assert!(host_metrics.contains(&format!("peer=\"{client_id}\"")), "the host knows the caller: {host_metrics}");
+    let dpu_metrics = dpu_node.node.metrics_text();
+    assert_eq!(http_requests(&dpu_metrics, "2xx") + http_requests(&dpu_metrics, "4xx"), 0.0, "no L7 on the DPU");
+
+    // Only the DPU can open the host's inbound listener: a forged preamble, and an outbound
+    // one (the wrong direction's key), are refused.
+    let refused = |reason: &str| metric(&host.metrics_text(), "weir_connections_refused_total", &[reason]);
+    for preamble in [sealed(&[0x11; 32], "client"), sealed(&KEY, "client")] {
+        let mut s = TcpStream::connect(host_in).await.unwrap();
+        s.write_all(&preamble).await.unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest).await;
+        assert!(rest.is_empty(), "no answer to a refused preamble");
+    }
+    assert_eq!(refused("host_preamble_forged"), 2.0);
+
+    drop(client);
     host.shutdown(Duration::from_millis(100)).await;
     dpu_node.node.shutdown(Duration::from_millis(100)).await;
 }

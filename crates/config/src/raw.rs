@@ -143,6 +143,7 @@ pub(crate) struct RawService {
     pub http: Option<RawHttp>,
     pub rdma_bootstrap: Option<bool>,
     pub workload: Option<Spanned<String>>,
+    pub on_host: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

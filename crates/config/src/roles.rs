@@ -91,6 +91,14 @@ pub(crate) fn role(c: &mut Check<'_>, raw: &RawConfig, trust_domain: Option<&str
             c.error(section, None, format!("[{section}] belongs to role = \"{owner}\""));
         }
     };
+    if name != "dpu" {
+        for (n, s) in raw.inbound.iter().flat_map(|i| i.services.iter()).enumerate() {
+            if let Some(on_host) = s.on_host.as_ref().filter(|o| *o.get_ref()) {
+                let why = "only a DPU reaches backends on its host (through the host plane)";
+                c.error(&format!("inbound.services[{n}].on_host"), Some(on_host.span().start), why);
+            }
+        }
+    }
     match name.as_str() {
         "dpu" => {
             foreign(c, raw.dpu.is_some(), "dpu", "host");
@@ -148,9 +156,6 @@ fn host(c: &mut Check<'_>, raw: &RawConfig, trust_domain: Option<&str>) -> Optio
         c.error("dpu", None, "role = \"host\" needs a [dpu] section");
         return None;
     };
-    if raw.inbound.is_some() {
-        c.error("inbound", None, "a host plane has no inbound listener: the DPU terminates the wire's mTLS");
-    }
     if raw.kernel.as_ref().and_then(|k| k.mode.as_ref()).is_none_or(|m| m.get_ref() != "ebpf") {
         c.error("kernel.mode", None, "a host plane captures its workloads' connections: set \"ebpf\"");
     }

@@ -427,6 +427,20 @@ fn a_host_plane_captures_and_sends_everything_to_its_dpu() {
 }
 
 #[test]
+fn a_dpu_service_may_live_on_its_host() {
+    let service = "[[inbound.services]]\nname = \"cart\"\n\
+                   backend = \"10.0.0.2:15012\"\nallow = [\"spiffe://weir.local/ns/a/sa/b\"]\non_host = true\n";
+    let c = parse(&format!("role = \"dpu\"\n{GOOD}{DPU}{service}"), "dpu.toml").expect("valid dpu config");
+    let services = c.inbound.expect("inbound").services;
+    let (direct, cart) = (&services[0], services.last().expect("cart"));
+    assert!(cart.on_host && !direct.on_host, "reached through the host plane's inbound listener");
+    let n = services.len() - 1;
+    let errors = field_errors(&format!("{GOOD}{service}"));
+    let path = format!("inbound.services[{n}].on_host");
+    assert!(errors.iter().any(|(p, _)| *p == path), "a node has no host: {errors:?}");
+}
+
+#[test]
 fn a_host_plane_may_run_l7_routing_itself() {
     let l7 = HOST.replace(
         "capture = [\"10.96.0.5:80\"]",
@@ -456,8 +470,11 @@ fn a_host_plane_refuses_what_belongs_to_the_dpu() {
         "capture = [\"10.96.0.5:80\"]\npeer = \"10.0.0.9:1\"\npeer_id = \"spiffe://weir.local/ns/a/sa/b\"\nprotocol = \"http\"",
     );
     assert_eq!(paths(&routed), ["outbound[0].peer", "outbound[0].peer_id"], "L7 may be placed on the host");
-    let serving = format!("{HOST}[inbound]\nlisten = \"0.0.0.0:15008\"\n");
-    assert_eq!(paths(&serving), ["inbound"]);
+    let reached = "[[inbound.services]]\nname = \"cart\"\nbackend = \"127.0.0.1:8080\"\nallow = [\"spiffe://weir.local/ns/a/sa/b\"]\n";
+    let serving = format!("{HOST}[inbound]\nlisten = \"10.0.0.2:15012\"\n{reached}");
+    let c = parse(&serving, "host.toml").expect("a host plane serves what the DPU brings it");
+    assert_eq!(c.inbound.expect("inbound").services[0].name, "cart");
+    assert_eq!(paths(&format!("{serving}on_host = true\n")), ["inbound.services[0].on_host"], "the host is the host");
     assert_eq!(paths(&HOST.replace("mode = \"ebpf\"", "mode = \"off\"")), ["kernel.mode", "workloads"]);
     let no_control = &HOST[..HOST.find("[dpu.control]").expect("control section")];
     assert_eq!(paths(no_control), ["dpu.control"]);

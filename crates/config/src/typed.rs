@@ -142,7 +142,8 @@ pub enum KtlsMode {
 /// The inbound listener.
 #[derive(Debug, Clone)]
 pub struct InboundConfig {
-    /// Listen address for peer nodes.
+    /// Listen address for peer nodes (mTLS). On a host plane: for the DPU, which brings each
+    /// inbound connection over the host channel, plaintext after its preamble.
     pub listen: SocketAddr,
     /// Time allowed for TLS handshake plus preamble.
     pub handshake_timeout: Duration,
@@ -165,6 +166,9 @@ pub struct ServiceConfig {
     pub rdma_bootstrap: bool,
     /// The workload of this node that serves it (RDMA intents name it).
     pub workload: Option<String>,
+    /// A DPU's service whose backend runs on the host: `backend` is then the host plane's
+    /// inbound listener, reached through the host channel (preamble naming the caller).
+    pub on_host: bool,
 }
 
 /// A local port mapped to a mesh service.
@@ -495,7 +499,8 @@ fn inbound(c: &mut Check<'_>, i: &RawInbound) -> Option<InboundConfig> {
         {
             let (rdma_bootstrap, workload) = (s.rdma_bootstrap.unwrap_or(false), s.workload.as_ref());
             let workload = workload.map(|w| w.get_ref().clone());
-            services.push(ServiceConfig { name, backend, allow, http, rdma_bootstrap, workload });
+            let on_host = s.on_host.as_ref().is_some_and(|o| *o.get_ref());
+            services.push(ServiceConfig { name, backend, allow, http, rdma_bootstrap, workload, on_host });
         }
     }
     Some(InboundConfig { listen: listen?, handshake_timeout: Duration::from_millis(timeout? as u64), services })

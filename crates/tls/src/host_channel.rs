@@ -10,6 +10,11 @@
 //! weir-request mac(32)`, where `weir-request` is the mesh preamble's request
 //! ([`crate::preamble`]: service and protocol) and `mac` is HMAC-SHA256 over everything before
 //! it. DPU → host: the mesh preamble's status.
+//!
+//! Inbound (a DPU's service whose backend is on the host): the same preamble from the DPU to
+//! the host plane, naming the remote caller instead of a workload, under a key derived from
+//! the shared one for that direction ([`HostKey::inbound`]), so a preamble recorded in one
+//! direction never verifies in the other.
 use crate::preamble::{self, Request, REQUEST_HEADER_LEN};
 use aws_lc_rs::hmac;
 use std::collections::HashMap;
@@ -111,6 +116,16 @@ impl HostKey {
             return Err(Error::KeyLength(bytes.len()));
         }
         Ok(Self(hmac::Key::new(hmac::HMAC_SHA256, bytes)))
+    }
+
+    /// The key for the DPU → host direction (inbound connections, naming the remote caller),
+    /// derived from the same shared bytes.
+    pub fn inbound(bytes: &[u8]) -> Result<Self, Error> {
+        if bytes.len() < MIN_KEY_LEN {
+            return Err(Error::KeyLength(bytes.len()));
+        }
+        let derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, bytes), b"weir host channel: dpu to host");
+        Ok(Self(hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref())))
     }
 
     /// The host side: the preamble for a connection of `workload` to `request`, made now with
@@ -307,6 +322,18 @@ mod tests {
         spliced.extend_from_slice(&other.unwrap()[bytes.len() - MAC_LEN..]);
         assert_eq!(v.check(&spliced, t(5_000)), Err(Error::Mac));
         assert!(v.check(&bytes, t(5_000)).is_ok(), "the genuine one still passes: failures are not remembered");
+    }
+
+    #[test]
+    fn a_preamble_of_one_direction_never_verifies_in_the_other() {
+        let outbound = key(1).seal(&workload(), &request(), t(5_000), [4; 16]).unwrap();
+        let inbound = HostKey::inbound(&[1; 32]).unwrap().seal(&workload(), &request(), t(5_000), [5; 16]).unwrap();
+        let mut at_dpu = Verifier::new(key(1), Duration::from_secs(30));
+        let mut at_host = Verifier::new(HostKey::inbound(&[1; 32]).unwrap(), Duration::from_secs(30));
+        assert_eq!(at_host.check(&outbound, t(5_000)), Err(Error::Mac), "host -> DPU bytes sent to the host");
+        assert_eq!(at_dpu.check(&inbound, t(5_000)), Err(Error::Mac), "DPU -> host bytes sent to the DPU");
+        assert!(at_host.check(&inbound, t(5_000)).is_ok() && at_dpu.check(&outbound, t(5_000)).is_ok());
+        assert!(matches!(HostKey::inbound(&[1; 8]), Err(Error::KeyLength(8))));
     }
 
     #[test]
