@@ -9,6 +9,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::net::TcpListener;
+use weir_telemetry::records::RecordView;
 use weir_telemetry::{Metrics, PlaneLabels, ResultLabels, TlsStatLabels};
 use weir_tls::ktls::Support;
 
@@ -56,15 +57,21 @@ fn route(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Full
 
 /// Every open mesh connection's record, as a JSON array (what `weir top` shows).
 fn connections_json(shared: &Shared) -> String {
+    serde_json::to_string(&connections(shared)).unwrap_or_else(|_| "[]".into())
+}
+
+/// Every open mesh connection's record by id, a host plane's joined with the DPU's record of
+/// the same connection.
+pub(crate) fn connections(shared: &Shared) -> Vec<RecordView> {
     let now = SystemTime::now();
     let mut views: Vec<_> = shared.records.all().iter().map(|r| r.view(now)).collect();
     if shared.role == "host" {
         for v in &mut views {
-            v.wire = shared.wire_facts.of(v.local).map(Box::new);
+            v.wire = shared.wire_facts.of(crate::wire_facts::leg_key(v)).map(Box::new);
         }
     }
     views.sort_by_key(|v| v.id);
-    serde_json::to_string(&views).unwrap_or_else(|_| "[]".into())
+    views
 }
 
 /// Ready when this plane is ready by its own checks and, for a host plane or a DPU, the

@@ -342,7 +342,7 @@ impl<'a> Tracked<'a> {
             };
         }
         if self.shared.role == "host" {
-            if let Some(w) = self.shared.wire_facts.take(r.local) {
+            if let Some(w) = self.shared.wire_facts.take(crate::wire_facts::leg_key(&r)) {
                 let wire_tcp = w.tcp.unwrap_or_default();
                 tracing::info!(
                     target: "weir::access",

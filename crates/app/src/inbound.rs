@@ -12,6 +12,7 @@ use tokio::time::timeout;
 use tokio_rustls::{server::TlsStream, TlsAcceptor};
 use weir_identity::SpiffeId;
 use weir_policy::{Decision, DenyReason};
+use weir_telemetry::records::Captured;
 use weir_telemetry::Direction;
 use weir_tls::ktls::{self, CorkStream};
 use weir_tls::preamble::{Request, Status, REQUEST_HEADER_LEN};
@@ -50,6 +51,9 @@ struct Accepted<IO> {
     peer: SpiffeId,
     service: String,
     backend: TcpStream,
+    /// For a service on the host: the caller and this DPU's end of the host-channel leg, which
+    /// the host plane joins the record by.
+    to_host: Option<Captured>,
 }
 
 async fn handle(socket: TcpStream, from: SocketAddr, backends: &Backends, shared: &Arc<Shared>) {
@@ -69,7 +73,9 @@ async fn handle(socket: TcpStream, from: SocketAddr, backends: &Backends, shared
             let detail = format_args!("{}: data before the preamble answer", a.peer);
             return shared.refuse(id, Direction::Inbound, Refusal::PreambleMalformed, &detail);
         }
-        let leg = MeshLeg::of(&switched.socket, switched.session).copy(http.as_ref().is_some_and(|h| h.config.copy));
+        let leg = MeshLeg::of(&switched.socket, switched.session)
+            .copy(http.as_ref().is_some_and(|h| h.config.copy))
+            .captured(a.to_host);
         let mode = crate::conn::ktls_mode(&switched.socket);
         let t = Tracked::open(shared, id, Direction::Inbound, mode, (a.peer, a.service), leg);
         let outcome = match http {
@@ -83,7 +89,7 @@ async fn handle(socket: TcpStream, from: SocketAddr, backends: &Backends, shared
         let Some(a) = accept(acceptor, socket, from, backends, shared, id).await else { return };
         let http = http_service(shared, &a.service);
         let (tcp, session) = (a.tls.get_ref().0, weir_tls::SessionFacts::of(a.tls.get_ref().1));
-        let leg = MeshLeg::of(tcp, session).copy(http.as_ref().is_some_and(|h| h.config.copy));
+        let leg = MeshLeg::of(tcp, session).copy(http.as_ref().is_some_and(|h| h.config.copy)).captured(a.to_host);
         let t = Tracked::open(shared, id, Direction::Inbound, Mode::Userspace, (a.peer, a.service), leg);
         let outcome = match http {
             Some(svc) => crate::http::inbound_tls(shared, &svc, &t, a.backend, a.tls).await,
@@ -139,7 +145,10 @@ where
         let _ = backend.set_nodelay(true);
         answer(&mut tls, Status::Ok).await.map_err(|e| (Refusal::TlsHandshake, e.to_string()))?;
         crate::rdma::note_inbound(shared, &peer, &request.service);
-        Ok(Accepted { tls, peer, service: request.service, backend })
+        let on_host = backends.get(&request.service).is_some_and(|b| b.on_host);
+        let to_host = on_host.then(|| backend.local_addr().ok()).flatten();
+        let to_host = to_host.map(|app| Captured { workload: peer.to_string(), app });
+        Ok(Accepted { tls, peer, service: request.service, backend, to_host })
     };
     match timeout(shared.handshake_timeout, exchange).await {
         Ok(Ok(a)) => Some(a),

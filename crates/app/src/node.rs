@@ -279,8 +279,7 @@ impl Node {
 
     /// The records of the mesh connections open now (what `/connections` lists).
     pub fn connections(&self) -> Vec<weir_telemetry::records::RecordView> {
-        let now = std::time::SystemTime::now();
-        self.shared.records.all().iter().map(|r| r.view(now)).collect()
+        admin::connections(&self.shared)
     }
 
     /// Mesh connections open now.

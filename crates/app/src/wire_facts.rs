@@ -3,9 +3,11 @@
 //! On the DPU: records of host-channel connections that closed wait in an outbox until the
 //! next control line carries them to the host plane (bounded; overflow is counted, not
 //! silent). On the host plane: the records the DPU streams are joined to the host's own record
-//! of the same connection. The join key is the host's end of the host-channel leg: the host
-//! knows it as its local address, the DPU as the connection's `captured.app`. Wire
-//! retransmits are counted per workload and service as they arrive.
+//! of the same connection. The join key is the host-channel leg's ephemeral end, which the DPU
+//! records as the connection's `captured.app`: outbound the host's end (the host plane's local
+//! address), inbound the DPU's (the host plane's remote address); see [`leg_key`]. Wire
+//! retransmits are counted per workload (outbound: the host's workload; inbound: the remote
+//! caller) and service as they arrive.
 use crate::conn::Shared;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -64,12 +66,24 @@ impl WireFacts {
     }
 }
 
+/// The host plane's key of one of its own records for the join: the host-channel leg's end
+/// that is unique per connection (the other end is a listener).
+pub(crate) fn leg_key(view: &RecordView) -> SocketAddr {
+    match view.direction.as_str() {
+        "inbound" => view.remote,
+        _ => view.local,
+    }
+}
+
 /// Takes one batch from the DPU: counts new wire retransmits, and keeps the latest record of
 /// each connection while the host's own record of it is open (its close takes it).
 pub(crate) fn merge(shared: &Shared, open: Vec<RecordView>, closed: Vec<RecordView>) {
     let host_open: std::collections::HashSet<SocketAddr> = match closed.is_empty() {
         true => Default::default(),
-        false => shared.records.all().iter().map(|r| r.start().local).collect(),
+        false => {
+            let now = std::time::SystemTime::now();
+            shared.records.all().iter().map(|r| leg_key(&r.view(now))).collect()
+        }
     };
     let mut joined = shared.wire_facts.0.lock().unwrap_or_else(|p| p.into_inner());
     let Joined { views, counted } = &mut *joined;

@@ -326,6 +326,25 @@ async fn a_service_on_the_host_is_reached_through_the_dpu_with_its_l7_policy_on_
     let dpu_metrics = dpu_node.node.metrics_text();
     assert_eq!(http_requests(&dpu_metrics, "2xx") + http_requests(&dpu_metrics, "4xx"), 0.0, "no L7 on the DPU");
 
+    // A connection kept open: the host's record of it carries the DPU's wire leg.
+    let mut kept = TcpStream::connect(out).await.unwrap();
+    kept.write_all(b"GET /kept HTTP/1.1\r\nHost: echo\r\n\r\n").await.unwrap();
+    let mut head = [0u8; 12];
+    kept.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let wire = loop {
+        let inbound = host.connections().into_iter().find(|c| c.direction == "inbound");
+        if let Some(wire) = inbound.and_then(|c| c.wire) {
+            break wire;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no wire leg joined: {:?}", host.connections());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((wire.role.as_str(), wire.direction.as_str()), ("dpu", "inbound"));
+    assert_eq!(wire.peer, client_id.to_string(), "the wire leg's peer is the caller");
+    drop(kept);
+
     // Only the DPU can open the host's inbound listener: a forged preamble, and an outbound
     // one (the wrong direction's key), are refused.
     let refused = |reason: &str| metric(&host.metrics_text(), "weir_connections_refused_total", &[reason]);
