@@ -61,8 +61,8 @@ pub(crate) struct Shared {
     pub wire_outbox: Option<crate::wire_facts::Outbox>,
     /// A host plane's way to its DPU (captured connections go there).
     pub to_dpu: Option<crate::host_plane::ToDpu>,
-    /// A DPU's key for inbound connections to services on its host (`on_host`).
-    pub to_host: Option<weir_tls::host_channel::HostKey>,
+    /// The host channel's keys (roles `host` and `dpu`).
+    pub channel_keys: Option<Arc<crate::channel_key::ChannelKeys>>,
     /// RDMA intents and queue-pair watch, when the config asks for RDMA control.
     pub rdma: Option<crate::rdma::Rdma>,
     /// A host plane's view of the DPU's wire-side records.
@@ -120,7 +120,7 @@ impl Shared {
             other_plane: None,
             wire_outbox: None,
             to_dpu: None,
-            to_host: None,
+            channel_keys: None,
             rdma: None,
             wire_facts: Default::default(),
         }

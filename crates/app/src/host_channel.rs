@@ -9,23 +9,22 @@ use crate::conn::{Refusal, Shared};
 use crate::outbound;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use weir_identity::SpiffeId;
 use weir_telemetry::Direction;
-use weir_tls::host_channel::{self as wire, Error as PreambleError, HostKey, HostRequest, Verifier};
+use weir_tls::host_channel::{self as wire, Error as PreambleError, HostRequest};
 use weir_tls::preamble::{Protocol, Request, Status, RESPONSE_LEN};
 use weir_tls::TlsConfigs;
 
 /// How long the host plane has to send its preamble.
 const PREAMBLE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What the listener needs: the verifier (its replay cache is shared by every connection) and
-/// the TLS configurations of the workloads this DPU acts for.
+/// What the listener needs besides the channel keys: the TLS configurations of the workloads
+/// this DPU acts for.
 pub(crate) struct HostChannel {
-    pub verifier: Mutex<Verifier>,
     pub workloads: HashMap<SpiffeId, Arc<TlsConfigs>>,
 }
 
@@ -48,8 +47,7 @@ pub(crate) async fn serve(listener: TcpListener, channel: Arc<HostChannel>, shar
 async fn handle(mut host: TcpStream, from: SocketAddr, channel: &HostChannel, shared: &Arc<Shared>) {
     let id = shared.next_id();
     let _ = host.set_nodelay(true);
-    let Some(asked) = accept_preamble(&mut host, from, &channel.verifier, shared, (id, Direction::Outbound)).await
-    else {
+    let Some(asked) = accept_preamble(&mut host, from, shared, (id, Direction::Outbound)).await else {
         return outbound::reset(host);
     };
     let Some(tls) = channel.workloads.get(&asked.workload) else {
@@ -81,7 +79,6 @@ async fn handle(mut host: TcpStream, from: SocketAddr, channel: &HostChannel, sh
 pub(crate) async fn accept_preamble(
     leg: &mut TcpStream,
     from: SocketAddr,
-    verifier: &Mutex<Verifier>,
     shared: &Shared,
     (id, direction): (u64, Direction),
 ) -> Option<HostRequest> {
@@ -95,8 +92,10 @@ pub(crate) async fn accept_preamble(
         Ok(Err(Read::Io(e))) => return refuse(Refusal::HostPreambleMalformed, &e),
         Err(_) => return refuse(Refusal::HandshakeTimeout, &"no host-channel preamble in 5 s"),
     };
-    let checked = verifier.lock().unwrap_or_else(|p| p.into_inner()).check(&bytes, SystemTime::now());
-    match checked {
+    let Some(keys) = &shared.channel_keys else {
+        return refuse(Refusal::HostPreambleForged, &"no host channel key on this plane");
+    };
+    match keys.check(&bytes, SystemTime::now()) {
         Ok(asked) => Some(asked),
         Err(e) => refuse(refusal(&e), &e),
     }
@@ -106,12 +105,13 @@ pub(crate) async fn accept_preamble(
 /// remote `caller`, then the host plane's answer.
 pub(crate) async fn to_host(
     leg: &mut TcpStream,
-    key: &HostKey,
+    shared: &Shared,
     caller: &SpiffeId,
     service: &str,
 ) -> Result<(), String> {
     let request = Request { service: service.to_owned(), protocol: Protocol::Tcp };
-    let preamble = key.seal_now(caller, &request).map_err(|e| e.to_string())?;
+    let keys = shared.channel_keys.as_ref().ok_or("no host channel key on this plane")?;
+    let preamble = keys.seal(caller, &request).map_err(|e| e.to_string())?;
     leg.write_all(&preamble).await.map_err(|e| format!("host plane: {e}"))?;
     let mut answer = [0u8; RESPONSE_LEN];
     leg.read_exact(&mut answer).await.map_err(|e| format!("no answer from the host plane: {e}"))?;

@@ -12,7 +12,7 @@
 use crate::conn::{MeshLeg, Refusal, Shared, Tracked};
 use crate::inbound::Backends;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -21,16 +21,13 @@ use weir_config::OutboundRoute;
 use weir_identity::SpiffeId;
 use weir_policy::{Decision, DenyReason};
 use weir_telemetry::Direction;
-use weir_tls::host_channel::{HostKey, Verifier};
 use weir_tls::preamble::{Protocol, Request, Status, RESPONSE_LEN};
 use weir_tls::{Mode, SessionFacts};
 
-/// Where the DPU is and how to speak to it.
+/// Where the DPU is (the preambles are sealed with `Shared::channel_keys`).
 pub(crate) struct ToDpu {
     /// The DPU's host-channel listener.
     pub addr: SocketAddr,
-    /// The key the preambles are sealed with.
-    pub key: HostKey,
 }
 
 /// Connects to the DPU within `connect_timeout` and exchanges the preamble asking for
@@ -45,7 +42,8 @@ pub(crate) async fn open(
 ) -> Option<TcpStream> {
     let refuse = |reason, detail: &dyn std::fmt::Display| shared.refuse(id, Direction::Outbound, reason, detail);
     let request = Request { service: route.service.clone(), protocol: Protocol::Tcp };
-    let preamble = match dpu.key.seal_now(workload, &request) {
+    let sealed = shared.channel_keys.as_ref().map(|k| k.seal(workload, &request));
+    let preamble = match sealed.unwrap_or(Err(weir_tls::host_channel::Error::KeyLength(0))) {
         Ok(p) => p,
         Err(e) => {
             refuse(Refusal::HostPreambleMalformed, &format_args!("{workload}: {e}"));
@@ -81,10 +79,8 @@ pub(crate) async fn open(
     }
 }
 
-/// What the host plane's inbound listener needs: the verifier of the DPU's preambles (its
-/// replay cache shared by every connection) and the local backends.
+/// What the host plane's inbound listener needs besides the channel keys: the local backends.
 pub(crate) struct FromDpu {
-    pub verifier: Mutex<Verifier>,
     pub backends: Backends,
 }
 
@@ -108,8 +104,7 @@ async fn inbound(mut dpu: TcpStream, from: SocketAddr, from_dpu: &FromDpu, share
     let id = shared.next_id();
     let _ = dpu.set_nodelay(true);
     let checked = (id, Direction::Inbound);
-    let Some(asked) = crate::host_channel::accept_preamble(&mut dpu, from, &from_dpu.verifier, shared, checked).await
-    else {
+    let Some(asked) = crate::host_channel::accept_preamble(&mut dpu, from, shared, checked).await else {
         return crate::outbound::reset(dpu);
     };
     let (caller, service) = (asked.workload, asked.request.service);

@@ -168,8 +168,7 @@ where
 async fn connect_backend(b: &Backend, caller: &SpiffeId, service: &str, shared: &Shared) -> Result<TcpStream, String> {
     let mut backend = TcpStream::connect(b.addr).await.map_err(|e| e.to_string())?;
     if b.on_host {
-        let key = shared.to_host.as_ref().ok_or("no host channel key on this plane")?;
-        crate::host_channel::to_host(&mut backend, key, caller, service).await?;
+        crate::host_channel::to_host(&mut backend, shared, caller, service).await?;
     }
     Ok(backend)
 }

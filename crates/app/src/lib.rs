@@ -9,6 +9,7 @@
 
 mod admin;
 mod capture;
+mod channel_key;
 mod conn;
 mod h2;
 mod host_channel;

@@ -1,5 +1,6 @@
 //! Start-up and shutdown of Weir in any role (node, dpu, host): identity, kTLS detection, TLS
 //! configurations, listeners, the planes' control connection and the admin endpoint.
+use crate::channel_key::{ChannelKeys, Plane};
 use crate::conn::{Shared, Workload, WorkloadSvid};
 use crate::planes::OtherPlane;
 use crate::{admin, capture, inbound, outbound};
@@ -12,7 +13,6 @@ use tokio::task::JoinHandle;
 use weir_config::{Config, KernelMode, KtlsMode, Role};
 use weir_identity::{Ca, IdentitySource, SvidStore};
 use weir_policy::InboundPolicy;
-use weir_tls::host_channel::{HostKey, Verifier};
 use weir_tls::ktls::{self, Support};
 use weir_tls::TlsConfigs;
 
@@ -161,9 +161,11 @@ impl Node {
             Role::Node => {}
             Role::Dpu(h) => {
                 shared.role = "dpu";
-                let bytes = host_key(&h.key_file)?;
-                let key = key_of(&h.key_file, HostKey::new(&bytes))?;
-                shared.to_host = Some(key_of(&h.key_file, HostKey::inbound(&bytes))?);
+                let keys = ChannelKeys::new(Plane::Dpu, host_key(&h.key_file)?, h.window);
+                let keys = Arc::new(keys.map_err(|e| key_error(&h.key_file, e))?);
+                let rotations = shared.metrics.channel_key_rotations.clone();
+                tasks.push(tokio::spawn(crate::channel_key::run_rotation(keys.clone(), h.key_rotation, rotations)));
+                shared.channel_keys = Some(keys);
                 let mut workloads = std::collections::HashMap::new();
                 for id in &h.workloads {
                     let (svid, rotating) = svid_for(&source, id, config.identity.svid_ttl, suites)?;
@@ -171,21 +173,19 @@ impl Node {
                     workloads.insert(id.clone(), svid.tls);
                     shared.acting_for.push((id.to_string(), svid.store));
                 }
-                let verifier = std::sync::Mutex::new(Verifier::new(key, h.window));
-                channel = Some((h, Arc::new(crate::host_channel::HostChannel { verifier, workloads })));
+                channel = Some((h, Arc::new(crate::host_channel::HostChannel { workloads })));
                 shared.wire_outbox = Some(Default::default());
                 shared.other_plane =
                     Some(Arc::new(OtherPlane::new("host", h.control.interval, l7_placed_here(&config))));
             }
             Role::Host(d) => {
                 shared.role = "host";
-                let bytes = host_key(&d.key_file)?;
-                let key = key_of(&d.key_file, HostKey::new(&bytes))?;
-                shared.to_dpu = Some(crate::host_plane::ToDpu { addr: d.host_channel, key });
                 // Inbound preambles are made by the DPU a moment before: its default window.
-                let verifier = Verifier::new(key_of(&d.key_file, HostKey::inbound(&bytes))?, Duration::from_secs(30));
+                let keys = ChannelKeys::new(Plane::Host, host_key(&d.key_file)?, Duration::from_secs(30));
+                shared.channel_keys = Some(Arc::new(keys.map_err(|e| key_error(&d.key_file, e))?));
+                shared.to_dpu = Some(crate::host_plane::ToDpu { addr: d.host_channel });
                 let backends = std::mem::take(&mut backends);
-                from_dpu = Some(Arc::new(crate::host_plane::FromDpu { verifier: verifier.into(), backends }));
+                from_dpu = Some(Arc::new(crate::host_plane::FromDpu { backends }));
                 shared.other_plane =
                     Some(Arc::new(OtherPlane::new("dpu", d.control.interval, l7_placed_here(&config))));
             }
@@ -413,21 +413,16 @@ fn l7_placed_here(config: &Config) -> Vec<String> {
     services
 }
 
-/// The host channel's key bytes: the file's hex digits (whitespace ignored).
+/// The host channel's first key: the file's hex digits (whitespace ignored).
 fn host_key(path: &std::path::Path) -> Result<Vec<u8>, StartError> {
-    let err = |reason: String| StartError::HostKey { path: path.to_owned(), reason };
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let hex: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if !hex.len().is_multiple_of(2) || !hex.iter().all(u8::is_ascii_hexdigit) {
-        return Err(err("not hex digits (make one with `openssl rand -hex 32`)".into()));
-    }
-    let digit = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
-    Ok(hex.chunks(2).map(|p| digit(p[0]) << 4 | digit(p[1])).collect())
+    let text = std::fs::read_to_string(path).map_err(|e| key_error(path, e))?;
+    let hex: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    crate::channel_key::from_hex(&hex)
+        .ok_or_else(|| key_error(path, "not hex digits (make one with `openssl rand -hex 32`)"))
 }
 
-/// A key made from the bytes of `path` (at least 32 of them), or the error naming the file.
-fn key_of(path: &std::path::Path, key: Result<HostKey, weir_tls::host_channel::Error>) -> Result<HostKey, StartError> {
-    key.map_err(|e| StartError::HostKey { path: path.to_owned(), reason: e.to_string() })
+fn key_error(path: &std::path::Path, reason: impl std::fmt::Display) -> StartError {
+    StartError::HostKey { path: path.to_owned(), reason: reason.to_string() }
 }
 
 /// What the kernel path enforces for `config`: workloads (ids from 1, in config order), their

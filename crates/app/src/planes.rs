@@ -45,13 +45,21 @@ pub(crate) struct PlaneState {
     /// `protocol = "http"`. Both planes naming one is a conflict: a rule set runs once.
     #[serde(default)]
     pub l7_services: Vec<String>,
+    /// The fingerprint of the newest host channel key this plane has: on the host, the one it
+    /// installed (the DPU seals inbound preambles with a new key once the host names it here).
+    #[serde(default)]
+    pub channel_key: Option<String>,
 }
 
-/// One line on the control connection.
-#[derive(Debug, Serialize, Deserialize)]
+/// One line on the control connection. (No `Debug`: a key line holds a secret.)
+#[derive(Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Line {
     State(PlaneState),
+    /// The DPU's newest host channel key, hex (see `channel_key`).
+    Key {
+        key: String,
+    },
     /// The DPU's records of host-channel connections: open now, and closed since the last line.
     Records {
         open: Vec<RecordView>,
@@ -158,6 +166,7 @@ fn own_state(shared: &Shared, plane: &str, own_l7: &[String]) -> PlaneState {
         last_rotation_error: rotation.last_error,
         problem: crate::admin::own_readiness(shared, SystemTime::now()).err(),
         l7_services: own_l7.to_vec(),
+        channel_key: shared.channel_keys.as_ref().map(|k| k.fingerprint()),
     }
 }
 
@@ -239,9 +248,17 @@ where
     let (read, mut write) = tokio::io::split(tls);
     let send = async {
         let mut tick = tokio::time::interval(link.interval);
+        let mut key_sent = None;
         loop {
             tick.tick().await;
             let mut out = line(&Line::State(own_state(shared, plane, &other.own_l7)));
+            if let (Some(keys), "dpu") = (&shared.channel_keys, plane) {
+                let (key, fingerprint) = keys.newest();
+                if key_sent.as_ref() != Some(&fingerprint) {
+                    out.extend_from_slice(&line(&Line::Key { key }));
+                    key_sent = Some(fingerprint);
+                }
+            }
             if let Some(outbox) = &shared.wire_outbox {
                 let now = SystemTime::now();
                 let open: Vec<_> =
@@ -271,7 +288,24 @@ where
                 Ok(Ok(_)) => {}
             }
             match serde_json::from_slice::<Line>(&buf) {
-                Ok(Line::State(state)) => other.heard(state),
+                Ok(Line::State(state)) => {
+                    if let (Some(keys), Some(fingerprint), "dpu") = (&shared.channel_keys, &state.channel_key, plane) {
+                        if let Err(e) = keys.installed_on_host(fingerprint) {
+                            return format!("host channel key: {e}");
+                        }
+                    }
+                    other.heard(state)
+                }
+                Ok(Line::Key { key }) if plane == "host" => {
+                    match shared.channel_keys.as_ref().map_or(Ok(false), |k| k.install(&key)) {
+                        Ok(true) => {
+                            shared.metrics.channel_key_rotations.inc();
+                        }
+                        Ok(false) => {}
+                        Err(e) => return format!("host channel key from the DPU: {e}"),
+                    }
+                }
+                Ok(Line::Key { .. }) => return "the host plane sent a channel key: only the DPU makes them".to_owned(),
                 Ok(Line::Records { open, closed }) => crate::wire_facts::merge(shared, open, closed),
                 Err(e) => return format!("malformed line from the {} plane: {e}", other.name),
             }
@@ -305,6 +339,7 @@ mod tests {
             last_rotation_error: None,
             problem: problem.map(str::to_owned),
             l7_services: Vec::new(),
+            channel_key: None,
         }
     }
 

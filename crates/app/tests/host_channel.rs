@@ -10,7 +10,9 @@
 //! `/readyz` follows the DPU's certificate state (a failed rotation on the DPU alone, then its
 //! repair) and the DPU process (killed, restarted), while open connections survive. L7 placed on
 //! the host plane runs there (routing, request records, trace context) and not on the DPU; L7
-//! configured on both planes turns both red, naming the service.
+//! configured on both planes turns both red, naming the service. A DPU service on the host is
+//! reached through the host plane, which knows the caller and runs the service's L7 policy; the
+//! channel key rotates over the control connection without refusing either direction.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 mod common;
@@ -82,8 +84,13 @@ async fn wait_readyz(admin: SocketAddr, within: Duration, what: &str, want: impl
 /// A process in the workload cgroup `cgroup` sends `text` to the captured echo address and
 /// prints what comes back.
 fn workload_echo(cgroup: &Path, text: &str) -> String {
+    workload_echo_to(cgroup, "127.0.0.77", text)
+}
+
+/// [`workload_echo`] to port 7 of `ip`.
+fn workload_echo_to(cgroup: &Path, ip: &str, text: &str) -> String {
     let script = format!(
-        "echo $$ > {}/cgroup.procs && exec 3<>/dev/tcp/127.0.0.77/7 && printf '{text}' >&3 && head -c {} <&3",
+        "echo $$ > {}/cgroup.procs && exec 3<>/dev/tcp/{ip}/7 && printf '{text}' >&3 && head -c {} <&3",
         cgroup.display(),
         text.len()
     );
@@ -265,7 +272,7 @@ async fn l7_runs_once_in_the_plane_its_config_places_it() {
 
     // The DPU is given L7 for echo too: one rule set in two places, reported by both planes.
     dpu_node.node.shutdown(Duration::from_millis(100)).await;
-    dpu_node = dpu_with(&mesh, &ca, &Opts::new("off"), addrs, "protocol = \"http\"").await;
+    dpu_node = dpu_with(&mesh, &ca, &Opts::new("off"), addrs, ("protocol = \"http\"", "")).await;
     let conflict = "L7 for echo is configured on both planes";
     let body = wait_readyz(host.admin_addr(), Duration::from_secs(10), "double placement", |s, b| {
         s == 503 && b.contains(conflict)
@@ -283,7 +290,9 @@ async fn l7_runs_once_in_the_plane_its_config_places_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_on_the_host_is_reached_through_the_dpu_with_its_l7_policy_on_the_host() {
-    let mesh = Mesh::start(Opts::new("off")).await;
+    let mut opts = Opts::new("off");
+    opts.allow = vec![id("client"), id("cart")];
+    let mesh = Mesh::start(opts).await;
     let ca = mesh.dir.path().join("ca");
     let (backend, host_in, dpu_in) = (http_backend().await, free_addr(), free_addr());
     let client_id = id("client");
@@ -293,7 +302,7 @@ async fn a_service_on_the_host_is_reached_through_the_dpu_with_its_l7_policy_on_
          allow = [\"{client_id}\"]\non_host = true\n"
     );
     let addrs = (free_addr(), free_addr());
-    let dpu_node = dpu_with(&mesh, &ca, &Opts::new("off"), addrs, &on_host).await;
+    let dpu_node = dpu_with(&mesh, &ca, &Opts::new("off"), addrs, (&on_host, "key_rotation_secs = 2")).await;
     let tag = format!("weir-in-{}", std::process::id());
     let _cleanup = Cleanup(tag.clone());
     // The host plane serves it, with its L7 policy placed here.
@@ -356,6 +365,19 @@ async fn a_service_on_the_host_is_reached_through_the_dpu_with_its_l7_policy_on_
         assert!(rest.is_empty(), "no answer to a refused preamble");
     }
     assert_eq!(refused("host_preamble_forged"), 2.0);
+
+    // The channel key rotates every 2 s over the control connection: both directions keep
+    // working, and the key file's key is refused two rotations on.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while metric(&host.metrics_text(), "weir_channel_key_rotations_total", &[]) < 2.0 {
+        assert!(tokio::time::Instant::now() < deadline, "no two key rotations reached the host plane");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(get(out, "/items").await.starts_with("HTTP/1.1 200"), "inbound under a rotated key");
+    let cgroup = weir_ebpf::cgroup::v2_root().unwrap().join(&tag).join("cart");
+    assert_eq!(workload_echo_to(&cgroup, "127.0.0.79", "rotated"), "rotated", "outbound under a rotated key");
+    assert_eq!(through(&dpu_node, &sealed(&KEY, "cart"), 10).await, (None, false), "the key file's key");
+    assert!(metric(&dpu_node.node.metrics_text(), "weir_channel_key_rotations_total", &[]) >= 2.0);
 
     drop(client);
     host.shutdown(Duration::from_millis(100)).await;

@@ -29,6 +29,7 @@ pub(crate) struct RawHostChannel {
     pub listen: Option<Spanned<String>>,
     pub key_file: Option<Spanned<String>>,
     pub window_secs: Option<Spanned<i64>>,
+    pub key_rotation_secs: Option<Spanned<i64>>,
     #[serde(default)]
     pub workloads: Vec<Spanned<String>>,
     pub control: Option<RawControl>,

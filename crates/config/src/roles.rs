@@ -50,6 +50,9 @@ pub struct HostChannelConfig {
     pub key_file: PathBuf,
     /// How far a preamble's time may be from this plane's clock.
     pub window: Duration,
+    /// How often the DPU makes a fresh channel key and sends it to the host plane over the
+    /// control connection (the key file's key is the first).
+    pub key_rotation: Duration,
     /// The host's workloads this DPU acts for.
     pub workloads: Vec<SpiffeId>,
     /// The control connection: where the DPU listens for the host plane, and its identity.
@@ -131,6 +134,7 @@ fn dpu(c: &mut Check<'_>, raw: &RawConfig, trust_domain: Option<&str>) -> Option
     let listen = c.required(&h.listen, "host_channel.listen", addr);
     let key_file = c.required(&h.key_file, "host_channel.key_file", path);
     let window = c.optional(&h.window_secs, "host_channel.window_secs", 30, ranged(1, 300));
+    let rotation = c.optional(&h.key_rotation_secs, "host_channel.key_rotation_secs", 3600, ranged(2, 86_400));
     if h.workloads.is_empty() {
         c.error("host_channel.workloads", None, "empty: a dpu acts only for registered workloads");
     }
@@ -146,6 +150,7 @@ fn dpu(c: &mut Check<'_>, raw: &RawConfig, trust_domain: Option<&str>) -> Option
         listen: listen?,
         key_file: key_file?,
         window: Duration::from_secs(window? as u64),
+        key_rotation: Duration::from_secs(rotation? as u64),
         workloads,
         control: control?,
     })

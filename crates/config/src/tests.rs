@@ -373,6 +373,7 @@ fn a_dpu_role_has_its_host_channel() {
     let Role::Dpu(h) = c.role else { panic!("role dpu expected: {:?}", c.role) };
     assert_eq!(h.listen, "10.0.0.1:15010".parse().expect("address"));
     assert_eq!(h.window, std::time::Duration::from_secs(30));
+    assert_eq!(h.key_rotation, std::time::Duration::from_secs(3600), "a fresh channel key every hour");
     assert_eq!(h.workloads[0].as_str(), "spiffe://weir.local/ns/shop/sa/cart");
     assert_eq!(h.control.peer_id.as_str(), "spiffe://weir.local/ns/weir/sa/host");
     assert_eq!(h.control.interval, std::time::Duration::from_secs(5), "default state interval");
@@ -395,6 +396,7 @@ fn roles_and_their_sections_are_checked() {
 [host_channel]
 listen = "nowhere"
 window_secs = 0
+key_rotation_secs = 1
 workloads = ["spiffe://other.domain/ns/a/sa/b", "not a uri"]
 "#;
     let mut got = paths(&format!("role = \"dpu\"\n{GOOD}{bad}"));
@@ -404,6 +406,7 @@ workloads = ["spiffe://other.domain/ns/a/sa/b", "not a uri"]
         [
             "host_channel.control",
             "host_channel.key_file",
+            "host_channel.key_rotation_secs",
             "host_channel.listen",
             "host_channel.window_secs",
             "host_channel.workloads[0]",

@@ -245,6 +245,8 @@ pub struct Metrics {
     pub plane_svid_expiry_seconds: Family<PlaneLabels, Gauge>,
     /// Connection records the DPU could not stream to the host plane (its queue was full).
     pub plane_records_dropped: Counter,
+    /// New host channel keys: made (the DPU) or installed (the host plane).
+    pub channel_key_rotations: Counter,
     /// Retransmitted segments on the DPU's wire leg of a host workload's connections.
     pub wire_tcp_retransmits: Family<WireLabels, Counter>,
 }
@@ -272,6 +274,7 @@ impl Default for Metrics {
             plane_ready: Family::default(),
             plane_svid_expiry_seconds: Family::default(),
             plane_records_dropped: Counter::default(),
+            channel_key_rotations: Counter::default(),
             wire_tcp_retransmits: Family::default(),
         }
     }
@@ -344,6 +347,11 @@ impl Metrics {
             "plane_records_dropped",
             "Connection records the DPU could not stream to the host plane (queue full)",
             self.plane_records_dropped.clone(),
+        );
+        r.register(
+            "channel_key_rotations",
+            "New host channel keys: made on the DPU, installed on the host plane",
+            self.channel_key_rotations.clone(),
         );
         r.register(
             "wire_tcp_retransmits",

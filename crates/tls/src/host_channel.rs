@@ -128,6 +128,20 @@ impl HostKey {
         Ok(Self(hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref())))
     }
 
+    /// Fresh key bytes from the system's CSPRNG (a DPU's key rotation).
+    pub fn fresh_bytes() -> Result<Vec<u8>, Error> {
+        let mut bytes = vec![0u8; MIN_KEY_LEN];
+        aws_lc_rs::rand::fill(&mut bytes).map_err(|_| Error::Random)?;
+        Ok(bytes)
+    }
+
+    /// A short name of the key, the same on both planes, that reveals nothing of it: which key
+    /// the other plane installed.
+    pub fn fingerprint(&self) -> String {
+        let tag = hmac::sign(&self.0, b"weir host channel: key fingerprint");
+        tag.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// The host side: the preamble for a connection of `workload` to `request`, made now with
     /// a random nonce from the system's CSPRNG.
     pub fn seal_now(&self, workload: &SpiffeId, request: &Request) -> Result<Vec<u8>, Error> {
@@ -213,9 +227,12 @@ fn check_magic(buf: &[u8]) -> Result<(), Error> {
     }
 }
 
-/// The DPU side: verifies preambles and remembers their nonces for the freshness window.
+/// The receiving side: verifies preambles and remembers their nonces for the freshness
+/// window. After a [`Verifier::rekey`] the previous key still verifies, so preambles sealed
+/// just before the other plane learnt of the new key are not refused.
 pub struct Verifier {
     key: HostKey,
+    previous: Option<HostKey>,
     window: Duration,
     /// Nonce → its preamble's time (ms); forgotten once outside the window.
     seen: HashMap<[u8; 16], u64>,
@@ -224,7 +241,12 @@ pub struct Verifier {
 impl Verifier {
     /// Accepts preambles whose time is within `window` of this plane's clock.
     pub fn new(key: HostKey, window: Duration) -> Self {
-        Self { key, window, seen: HashMap::new() }
+        Self { key, previous: None, window, seen: HashMap::new() }
+    }
+
+    /// Verifies under `key` from now on, and under the current key until the next rekey.
+    pub fn rekey(&mut self, key: HostKey) {
+        self.previous = Some(std::mem::replace(&mut self.key, key));
     }
 
     /// Checks the whole preamble `buf` (exactly [`needed`] bytes) at `now`: form, MAC,
@@ -235,7 +257,10 @@ impl Verifier {
             return Err(Error::Length { got: buf.len(), want: total });
         }
         let (signed, tag) = buf.split_at(total - MAC_LEN);
-        hmac::verify(&self.key.0, signed, tag).map_err(|_| Error::Mac)?;
+        let under = |k: &HostKey| hmac::verify(&k.0, signed, tag).is_ok();
+        if !under(&self.key) && !self.previous.as_ref().is_some_and(under) {
+            return Err(Error::Mac);
+        }
         let sent = u64::from_be_bytes(buf[4..12].try_into().map_err(|_| Error::Magic)?);
         let now = millis(now);
         let skew = now.abs_diff(sent);
@@ -334,6 +359,20 @@ mod tests {
         assert_eq!(at_dpu.check(&inbound, t(5_000)), Err(Error::Mac), "DPU -> host bytes sent to the DPU");
         assert!(at_host.check(&inbound, t(5_000)).is_ok() && at_dpu.check(&outbound, t(5_000)).is_ok());
         assert!(matches!(HostKey::inbound(&[1; 8]), Err(Error::KeyLength(8))));
+    }
+
+    #[test]
+    fn after_a_rekey_the_new_and_the_previous_key_verify_and_the_one_before_does_not() {
+        let mut v = Verifier::new(key(1), Duration::from_secs(30));
+        v.rekey(key(2));
+        v.rekey(key(3));
+        let sealed = |k: u8, n: u8| key(k).seal(&workload(), &request(), t(5_000), [n; 16]).unwrap();
+        assert!(v.check(&sealed(3, 1), t(5_000)).is_ok(), "the new key");
+        assert!(v.check(&sealed(2, 2), t(5_000)).is_ok(), "the previous key");
+        assert_eq!(v.check(&sealed(1, 3), t(5_000)), Err(Error::Mac), "two generations old");
+        assert_eq!(key(3).fingerprint(), key(3).fingerprint());
+        assert_ne!(key(3).fingerprint(), key(2).fingerprint());
+        assert_eq!(key(3).fingerprint().len(), 16);
     }
 
     #[test]

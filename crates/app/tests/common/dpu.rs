@@ -33,21 +33,22 @@ pub fn key_file(dir: &Path) -> std::path::PathBuf {
 /// A DPU node acting for workload `cart` (and no other), with the route to `echo` on the mesh,
 /// its SVIDs from the CA in `ca_dir`, its host channel and control listener at `addrs`.
 pub async fn dpu(mesh: &Mesh, ca_dir: &Path, opts: &Opts, addrs: (SocketAddr, SocketAddr)) -> Dpu {
-    dpu_with(mesh, ca_dir, opts, addrs, "").await
+    dpu_with(mesh, ca_dir, opts, addrs, ("", "")).await
 }
 
-/// [`dpu`], with `route_extra` appended to the `echo` route (e.g. `protocol = "http"`).
+/// [`dpu`], with `route_extra` appended to the `echo` route (e.g. `protocol = "http"`, or
+/// more tables) and `channel_extra` to `[host_channel]`.
 pub async fn dpu_with(
     mesh: &Mesh,
     ca_dir: &Path,
     opts: &Opts,
     (channel, control): (SocketAddr, SocketAddr),
-    route_extra: &str,
+    (route_extra, channel_extra): (&str, &str),
 ) -> Dpu {
     let common = node_config(ca_dir, "dpu", opts);
     let cfg = format!(
         "role = \"dpu\"\n{common}[[outbound]]\nlisten = \"127.0.0.1:0\"\nservice = \"echo\"\npeer = \"{}\"\npeer_id = \"{}\"\n{route_extra}\n\
-         [host_channel]\nlisten = \"{channel}\"\nkey_file = \"{}\"\nworkloads = [\"{}\"]\n\
+         [host_channel]\nlisten = \"{channel}\"\nkey_file = \"{}\"\nworkloads = [\"{}\"]\n{channel_extra}\n\
          [host_channel.control]\naddr = \"{control}\"\npeer_id = \"{}\"\ninterval_secs = 1\n",
         mesh.inbound(),
         id("server"),
