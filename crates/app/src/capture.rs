@@ -10,18 +10,11 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// Accepts captured connections until the task is aborted.
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    loop {
-        match listener.accept().await {
-            Ok((app, from)) => {
-                let shared = shared.clone();
-                tokio::spawn(async move { handle(app, from, &shared).await });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "capture accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+    crate::conn::accept_each(listener, "capture", |app, from| {
+        let shared = shared.clone();
+        async move { handle(app, from, &shared).await }
+    })
+    .await
 }
 
 async fn handle(app: TcpStream, from: SocketAddr, shared: &Arc<Shared>) {

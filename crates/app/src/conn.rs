@@ -394,6 +394,26 @@ pub(crate) fn rustls_error(e: &std::io::Error) -> Option<&rustls::Error> {
     e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
 }
 
+/// Accepts on `listener` until the task is aborted, each connection in a task of its own. A
+/// failed accept (EMFILE and friends) backs off instead of spinning.
+pub(crate) async fn accept_each<F, Fut>(listener: tokio::net::TcpListener, what: &str, handle: F)
+where
+    F: Fn(tokio::net::TcpStream, std::net::SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match listener.accept().await {
+            Ok((stream, from)) => {
+                tokio::spawn(handle(stream, from));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, listener = what, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -30,18 +30,11 @@ pub(crate) struct HostChannel {
 
 /// Accepts host-channel connections until the task is aborted.
 pub(crate) async fn serve(listener: TcpListener, channel: Arc<HostChannel>, shared: Arc<Shared>) {
-    loop {
-        match listener.accept().await {
-            Ok((host, from)) => {
-                let (channel, shared) = (channel.clone(), shared.clone());
-                tokio::spawn(async move { handle(host, from, &channel, &shared).await });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "host channel accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    crate::conn::accept_each(listener, "host channel", |host, from| {
+        let (channel, shared) = (channel.clone(), shared.clone());
+        async move { handle(host, from, &channel, &shared).await }
+    })
+    .await
 }
 
 async fn handle(mut host: TcpStream, from: SocketAddr, channel: &HostChannel, shared: &Arc<Shared>) {

@@ -86,18 +86,11 @@ pub(crate) struct FromDpu {
 
 /// Accepts the DPU's inbound connections until the task is aborted.
 pub(crate) async fn serve_inbound(listener: TcpListener, from_dpu: Arc<FromDpu>, shared: Arc<Shared>) {
-    loop {
-        match listener.accept().await {
-            Ok((dpu, from)) => {
-                let (from_dpu, shared) = (from_dpu.clone(), shared.clone());
-                tokio::spawn(async move { inbound(dpu, from, &from_dpu, &shared).await });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "host plane inbound accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    crate::conn::accept_each(listener, "host plane inbound", |dpu, from| {
+        let (from_dpu, shared) = (from_dpu.clone(), shared.clone());
+        async move { inbound(dpu, from, &from_dpu, &shared).await }
+    })
+    .await
 }
 
 async fn inbound(mut dpu: TcpStream, from: SocketAddr, from_dpu: &FromDpu, shared: &Arc<Shared>) {

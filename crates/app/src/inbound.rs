@@ -32,18 +32,11 @@ pub(crate) type Backends = HashMap<String, Backend>;
 
 /// Accepts peer nodes until the task is aborted.
 pub(crate) async fn serve(listener: TcpListener, backends: Arc<Backends>, shared: Arc<Shared>) {
-    loop {
-        match listener.accept().await {
-            Ok((socket, from)) => {
-                let (backends, shared) = (backends.clone(), shared.clone());
-                tokio::spawn(async move { handle(socket, from, &backends, &shared).await });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "inbound accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+    crate::conn::accept_each(listener, "inbound", |socket, from| {
+        let (backends, shared) = (backends.clone(), shared.clone());
+        async move { handle(socket, from, &backends, &shared).await }
+    })
+    .await
 }
 
 struct Accepted<IO> {

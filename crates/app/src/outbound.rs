@@ -21,20 +21,13 @@ use weir_tls::{Mode, TlsConfigs};
 
 /// Accepts local apps on one route's port until the task is aborted.
 pub(crate) async fn serve(listener: TcpListener, route: Arc<OutboundRoute>, shared: Arc<Shared>) {
-    loop {
-        match listener.accept().await {
-            Ok((app, _)) => {
-                let (route, shared) = (route.clone(), shared.clone());
-                let via = Via::Tls(shared.tls.clone());
-                tokio::spawn(async move { handle(app, &route, &via, &shared, None).await });
-            }
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, service = route.service, "outbound accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+    let what = format!("outbound {}", route.service);
+    crate::conn::accept_each(listener, &what, |app, _| {
+        let (route, shared) = (route.clone(), shared.clone());
+        let via = Via::Tls(shared.tls.clone());
+        async move { handle(app, &route, &via, &shared, None).await }
+    })
+    .await
 }
 
 /// Whose identity an outbound connection carries, and which plane does its mTLS.
