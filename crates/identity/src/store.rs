@@ -116,15 +116,35 @@ impl SvidStore {
         }
     }
 
+    /// Fetches the first SVID and bundle on a blocking thread: for async callers, since a
+    /// source may wait on the network (a remote CA) and must not hold a runtime worker.
+    pub async fn new_blocking(
+        source: Arc<dyn IdentitySource>,
+        id: SpiffeId,
+        ttl: Duration,
+    ) -> Result<Arc<Self>, crate::Error> {
+        let what = id.to_string();
+        tokio::task::spawn_blocking(move || Self::new(source, id, ttl))
+            .await
+            .map_err(|e| crate::Error::Parse { what, reason: format!("SVID fetch task: {e}") })?
+    }
+
     /// Rotates at each SVID's half-life, forever; after a failure retries with backoff (1 s
-    /// doubling to 30 s) until it succeeds.
+    /// doubling to 30 s) until it succeeds. Each attempt runs on a blocking thread, so a slow
+    /// or unreachable CA never holds a runtime worker.
     pub async fn run_rotation(self: Arc<Self>) {
         let mut backoff = Duration::from_secs(1);
         loop {
             let due = self.current().rotation_due();
             let wait = due.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
             tokio::time::sleep(wait).await;
-            while self.rotate().is_err() {
+            loop {
+                let me = self.clone();
+                match tokio::task::spawn_blocking(move || me.rotate()).await {
+                    Ok(Ok(())) => break,
+                    Ok(Err(_)) => {} // recorded and logged by `rotate`
+                    Err(e) => tracing::error!(error = %e, "SVID rotation task failed"),
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
