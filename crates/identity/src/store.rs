@@ -84,13 +84,13 @@ impl SvidStore {
     /// `Ok` when the SVID is valid now and the last rotation attempt did not fail.
     pub fn readiness(&self, now: SystemTime) -> Result<(), String> {
         let svid = self.current();
+        let failed = self.rotation_state().last_error.map(|e| format!("last SVID rotation failed: {e}"));
         if svid.is_expired(now) {
-            return Err(format!("SVID {} (serial {}) is outside its validity window", svid.id, svid.serial));
+            // An SVID expires because rotation kept failing: say why, not only that.
+            let expired = format!("SVID {} (serial {}) is outside its validity window", svid.id, svid.serial);
+            return Err(failed.map_or(expired.clone(), |f| format!("{expired}; {f}")));
         }
-        if let Some(err) = self.rotation_state().last_error {
-            return Err(format!("last SVID rotation failed: {err}"));
-        }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// Fetches a new SVID and bundle now.
@@ -193,6 +193,9 @@ mod tests {
         let err = store.readiness(SystemTime::now()).expect_err("unready after a failed rotation");
         assert!(err.contains("rotation failed") && err.contains("unreachable"), "{err}");
         assert_eq!(store.current().serial, first, "the old SVID stays in use");
+        let later = SystemTime::now() + Duration::from_secs(3600);
+        let err = store.readiness(later).expect_err("expired after failed rotations");
+        assert!(err.contains("outside its validity window") && err.contains("unreachable"), "expiry and why: {err}");
         assert_eq!(store.rotation_state().failures, 1);
 
         source.broken.store(false, Ordering::SeqCst);
