@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use weir_config::{Config, KernelMode, KtlsMode, Role};
+use weir_config::{CaSource, Config, KernelMode, KtlsMode, Role};
 use weir_identity::{Ca, IdentitySource, SvidStore};
 use weir_policy::InboundPolicy;
+use weir_tls::ca_api::RemoteCa;
 use weir_tls::ktls::{self, Support};
 use weir_tls::TlsConfigs;
 
@@ -65,15 +66,9 @@ pub enum StartError {
 impl Node {
     /// Brings a node up: every listener is bound when this returns.
     pub async fn start(config: Config) -> Result<Self, StartError> {
-        let ca = match Ca::load(&config.identity.ca_dir) {
-            Err(weir_identity::Error::Io { .. }) if config.identity.create_ca_if_missing => {
-                tracing::info!(dir = %config.identity.ca_dir.display(), trust_domain = config.trust_domain, "creating the built-in CA");
-                Ca::init(&config.identity.ca_dir, &config.trust_domain)?
-            }
-            other => other?,
-        };
-        let source: Arc<dyn IdentitySource> = Arc::new(ca);
-        let store = SvidStore::new(source.clone(), config.identity.id.clone(), config.identity.svid_ttl)?;
+        let source = identity_source(&config)?;
+        let store =
+            SvidStore::new_blocking(source.clone(), config.identity.id.clone(), config.identity.svid_ttl).await?;
         let svid = store.current();
         tracing::info!(id = %svid.id, serial = %svid.serial, "SVID issued");
 
@@ -118,7 +113,7 @@ impl Node {
                 let svid = if matches!(config.role, Role::Host(_)) {
                     None
                 } else {
-                    let (svid, rotating) = svid_for(&source, &w.id, config.identity.svid_ttl, suites)?;
+                    let (svid, rotating) = svid_for(&source, &w.id, config.identity.svid_ttl, suites).await?;
                     tasks.extend(rotating);
                     Some(svid)
                 };
@@ -168,7 +163,7 @@ impl Node {
                 shared.channel_keys = Some(keys);
                 let mut workloads = std::collections::HashMap::new();
                 for id in &h.workloads {
-                    let (svid, rotating) = svid_for(&source, id, config.identity.svid_ttl, suites)?;
+                    let (svid, rotating) = svid_for(&source, id, config.identity.svid_ttl, suites).await?;
                     tasks.extend(rotating);
                     workloads.insert(id.clone(), svid.tls);
                     shared.acting_for.push((id.to_string(), svid.store));
@@ -380,14 +375,35 @@ impl Drop for Node {
 /// The tasks that keep an SVID fresh: rotation, and the TLS configurations following it.
 type Rotating = [JoinHandle<()>; 2];
 
+/// The CA this node's SVIDs come from: the built-in one in a directory (created when the
+/// config says so), or a `weir ca serve` over the network.
+fn identity_source(config: &Config) -> Result<Arc<dyn IdentitySource>, StartError> {
+    match &config.identity.ca {
+        CaSource::Local { dir, create_if_missing } => {
+            let ca = match Ca::load(dir) {
+                Err(weir_identity::Error::Io { .. }) if *create_if_missing => {
+                    tracing::info!(dir = %dir.display(), trust_domain = config.trust_domain, "creating the built-in CA");
+                    Ca::init(dir, &config.trust_domain)?
+                }
+                other => other?,
+            };
+            Ok(Arc::new(ca))
+        }
+        CaSource::Remote { addr, bundle, token_file } => {
+            tracing::info!(ca = addr, bundle = %bundle.display(), "SVIDs from a remote CA");
+            Ok(Arc::new(RemoteCa::from_files(addr, &config.trust_domain, bundle, token_file)?))
+        }
+    }
+}
+
 /// An SVID store for `id` and the TLS configurations that present it, with their tasks.
-fn svid_for(
+async fn svid_for(
     source: &Arc<dyn IdentitySource>,
     id: &weir_identity::SpiffeId,
     ttl: Duration,
     suites: Option<&[rustls::SupportedCipherSuite]>,
 ) -> Result<(WorkloadSvid, Rotating), StartError> {
-    let store = SvidStore::new(source.clone(), id.clone(), ttl)?;
+    let store = SvidStore::new_blocking(source.clone(), id.clone(), ttl).await?;
     let tls = Arc::new(TlsConfigs::new(store.current(), &store.bundle(), suites, suites.is_some())?);
     let tasks = [tokio::spawn(store.clone().run_rotation()), tokio::spawn(tls.clone().follow(store.clone()))];
     Ok((WorkloadSvid { tls, store }, tasks))

@@ -16,8 +16,8 @@ pub use http::{HttpConfig, HttpRoute, OutboundHttp};
 pub use rdma::RdmaAllowance;
 pub use roles::{DpuLink, HostChannelConfig, PlaneLink, Role};
 pub use typed::{
-    Config, IdentityConfig, InboundConfig, KernelConfig, KernelMode, KtlsConfig, KtlsMode, LogConfig, LogFormat,
-    OutboundRoute, ServiceConfig, TelemetryConfig, WorkloadConfig,
+    CaSource, Config, IdentityConfig, InboundConfig, KernelConfig, KernelMode, KtlsConfig, KtlsMode, LogConfig,
+    LogFormat, OutboundRoute, ServiceConfig, TelemetryConfig, WorkloadConfig,
 };
 
 /// The embedded default configuration.

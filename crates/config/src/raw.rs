@@ -91,7 +91,10 @@ pub(crate) struct RawIdentity {
     pub namespace: Option<Spanned<String>>,
     pub service_account: Option<Spanned<String>>,
     pub ca_dir: Option<Spanned<String>>,
-    pub create_ca_if_missing: Option<bool>,
+    pub create_ca_if_missing: Option<Spanned<bool>>,
+    pub ca_url: Option<Spanned<String>>,
+    pub ca_bundle: Option<Spanned<String>>,
+    pub token_file: Option<Spanned<String>>,
     pub svid_ttl_secs: Option<Spanned<i64>>,
 }
 

@@ -28,7 +28,7 @@ peer_id = "spiffe://weir.local/ns/default/sa/server"
 fn default_config_is_valid() {
     let c = default_config();
     assert_eq!(c.trust_domain, "weir.local");
-    assert!(c.identity.create_ca_if_missing);
+    assert!(matches!(c.identity.ca, CaSource::Local { create_if_missing: true, .. }), "the demo creates its CA");
     assert!(c.inbound.as_ref().is_some_and(|i| i.services.is_empty()), "default admits nobody");
 }
 
@@ -532,4 +532,77 @@ rdma_bootstrap = true
     let mut paths: Vec<_> = field_errors(&bad).into_iter().map(|(p, _)| p).collect();
     paths.sort();
     assert_eq!(paths, ["inbound.services[0].workload", "workloads[0].rdma.max_handles"]);
+}
+
+#[test]
+fn identity_takes_a_local_ca_dir() {
+    let c = parse(GOOD, "good.toml").expect("valid config");
+    assert_eq!(c.identity.ca, CaSource::Local { dir: "/tmp/ca".into(), create_if_missing: false });
+}
+
+#[test]
+fn identity_takes_a_remote_ca() {
+    let remote = GOOD.replace(
+        "ca_dir = \"/tmp/ca\"",
+        "ca_url = \"10.77.3.1:8450\"\nca_bundle = \"/etc/weir/ca.pem\"\ntoken_file = \"/etc/weir/ca.token\"",
+    );
+    let c = parse(&remote, "remote.toml").expect("valid config");
+    assert_eq!(
+        c.identity.ca,
+        CaSource::Remote {
+            addr: "10.77.3.1:8450".into(),
+            bundle: "/etc/weir/ca.pem".into(),
+            token_file: "/etc/weir/ca.token".into()
+        }
+    );
+    let named = remote.replace("10.77.3.1:8450", "ca.weir.internal:8450");
+    assert!(parse(&named, "named.toml").is_ok(), "a host name and a port");
+}
+
+#[test]
+fn identity_needs_exactly_one_ca_form_and_names_the_field() {
+    let fields = |source: &str| -> Vec<(String, Option<usize>, String)> {
+        let err = parse(source, "bad.toml").expect_err("invalid config");
+        err.fields.into_iter().map(|f| (f.path, f.line, f.reason)).collect()
+    };
+    let both = GOOD.replace("ca_dir = \"/tmp/ca\"", "ca_dir = \"/tmp/ca\"\nca_url = \"10.0.0.1:8450\"");
+    let got = fields(&both);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].0.as_str(), got[0].1), ("identity.ca_url", Some(8)));
+    assert!(got[0].2.contains("not both"), "{got:?}");
+
+    let neither = GOOD.replace("ca_dir = \"/tmp/ca\"\n", "");
+    let got = fields(&neither);
+    assert_eq!(got[0].0, "identity.ca_dir");
+    assert!(got[0].2.contains("identity.ca_url"), "the message names the other form: {got:?}");
+
+    let half = GOOD.replace("ca_dir = \"/tmp/ca\"", "ca_url = \"10.0.0.1:8450\"");
+    let got: Vec<_> = fields(&half).into_iter().map(|f| f.0).collect();
+    assert_eq!(got, ["identity.ca_bundle", "identity.token_file"]);
+
+    for bad in ["http://10.0.0.1:8450", "10.0.0.1", "10.0.0.1:0", ":8450", "ca/x:8450"] {
+        let source =
+            GOOD.replace("ca_dir = \"/tmp/ca\"", &format!("ca_url = \"{bad}\"\nca_bundle = \"b\"\ntoken_file = \"t\""));
+        let got = fields(&source);
+        assert_eq!(got.len(), 1, "{bad}: {got:?}");
+        assert_eq!((got[0].0.as_str(), got[0].1), ("identity.ca_url", Some(7)), "{bad}");
+        assert!(got[0].2.contains("is not host:port"), "{bad}: {got:?}");
+    }
+
+    let mixed = GOOD.replace("ca_dir = \"/tmp/ca\"", "ca_dir = \"/tmp/ca\"\ntoken_file = \"t\"");
+    let got = fields(&mixed);
+    assert_eq!((got[0].0.as_str(), got[0].1), ("identity.token_file", Some(8)));
+    assert!(got[0].2.contains("only with identity.ca_url"), "{got:?}");
+
+    let create = GOOD.replace(
+        "ca_dir = \"/tmp/ca\"",
+        "ca_url = \"10.0.0.1:8450\"\nca_bundle = \"b\"\ntoken_file = \"t\"\ncreate_ca_if_missing = true",
+    );
+    let got = fields(&create);
+    assert_eq!(got[0].0, "identity.create_ca_if_missing");
+
+    let empty =
+        GOOD.replace("ca_dir = \"/tmp/ca\"", "ca_url = \"10.0.0.1:8450\"\nca_bundle = \"\"\ntoken_file = \"t\"");
+    let got = fields(&empty);
+    assert_eq!((got[0].0.as_str(), got[0].2.as_str()), ("identity.ca_bundle", "empty"));
 }

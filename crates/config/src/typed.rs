@@ -81,12 +81,31 @@ pub struct WorkloadConfig {
 pub struct IdentityConfig {
     /// The node's SPIFFE ID.
     pub id: SpiffeId,
-    /// The built-in CA's directory.
-    pub ca_dir: PathBuf,
-    /// Create the CA when the directory has none (embedded default).
-    pub create_ca_if_missing: bool,
+    /// The CA that issues this node's SVIDs (and its workloads').
+    pub ca: CaSource,
     /// SVID lifetime; rotation at half of it.
     pub svid_ttl: Duration,
+}
+
+/// Where the CA is: `identity.ca_dir`, or `identity.ca_url` with its bundle and token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaSource {
+    /// The built-in CA in a directory on this machine.
+    Local {
+        /// The CA's directory.
+        dir: PathBuf,
+        /// Create the CA when the directory has none (embedded default).
+        create_if_missing: bool,
+    },
+    /// A `weir ca serve` reached over the network.
+    Remote {
+        /// `host:port`.
+        addr: String,
+        /// The root (PEM) the server's certificate must chain to.
+        bundle: PathBuf,
+        /// This plane's token for the server.
+        token_file: PathBuf,
+    },
 }
 
 /// Log output.
@@ -299,23 +318,12 @@ impl Config {
                 };
                 let ns = c.required(&i.namespace, "identity.namespace", segment);
                 let sa = c.required(&i.service_account, "identity.service_account", segment);
-                let ca_dir = c.required(&i.ca_dir, "identity.ca_dir", |s| {
-                    if s.is_empty() {
-                        Err("empty".into())
-                    } else {
-                        Ok(PathBuf::from(s))
-                    }
-                });
+                let ca = ca_source(&mut c, i);
                 let ttl = c.optional(&i.svid_ttl_secs, "identity.svid_ttl_secs", 3600, ranged(2, 30 * 24 * 3600));
-                match (&trust_domain, ns, sa, ca_dir, ttl) {
-                    (Some(td), Some(ns), Some(sa), Some(ca_dir), Some(ttl)) => {
-                        SpiffeId::workload(td, &ns, &sa).ok().map(|id| IdentityConfig {
-                            id,
-                            ca_dir,
-                            create_ca_if_missing: i.create_ca_if_missing.unwrap_or(false),
-                            svid_ttl: Duration::from_secs(ttl as u64),
-                        })
-                    }
+                match (&trust_domain, ns, sa, ca, ttl) {
+                    (Some(td), Some(ns), Some(sa), Some(ca), Some(ttl)) => SpiffeId::workload(td, &ns, &sa)
+                        .ok()
+                        .map(|id| IdentityConfig { id, ca, svid_ttl: Duration::from_secs(ttl as u64) }),
                     _ => None,
                 }
             }
@@ -464,6 +472,65 @@ impl Config {
             workloads: workloads.into_iter().map(|w| w.ok_or_else(incomplete)).collect::<Result<_, _>>()?,
             role: role.ok_or_else(incomplete)?,
         })
+    }
+}
+
+/// `[identity]`'s CA: exactly one of `ca_dir` (with `create_ca_if_missing`) and `ca_url`
+/// (with `ca_bundle` and `token_file`).
+fn ca_source(c: &mut Check<'_>, i: &crate::raw::RawIdentity) -> Option<CaSource> {
+    let path = |s: &String| if s.is_empty() { Err("empty".to_owned()) } else { Ok(PathBuf::from(s)) };
+    let at = |v: &Option<Spanned<String>>| v.as_ref().map(|v| v.span().start);
+    match (&i.ca_dir, &i.ca_url) {
+        (Some(_), Some(url)) => {
+            let why = "set either identity.ca_dir (the built-in CA on this machine) or identity.ca_url (a `weir ca serve`), not both";
+            c.error("identity.ca_url", Some(url.span().start), why);
+            None
+        }
+        (None, None) => {
+            let why =
+                "missing: set identity.ca_dir (the built-in CA on this machine) or identity.ca_url (a `weir ca serve`)";
+            c.error("identity.ca_dir", None, why);
+            None
+        }
+        (Some(dir), None) => {
+            for (field, v) in [("identity.ca_bundle", &i.ca_bundle), ("identity.token_file", &i.token_file)] {
+                if v.is_some() {
+                    c.error(field, at(v), "only with identity.ca_url (a remote CA); identity.ca_dir is set");
+                }
+            }
+            let dir = c.value(dir, "identity.ca_dir", path)?;
+            let create_if_missing = i.create_ca_if_missing.as_ref().is_some_and(|v| *v.get_ref());
+            Some(CaSource::Local { dir, create_if_missing })
+        }
+        (None, Some(url)) => {
+            if let Some(v) = &i.create_ca_if_missing {
+                c.error(
+                    "identity.create_ca_if_missing",
+                    Some(v.span().start),
+                    "only with identity.ca_dir: a remote CA is created where it runs",
+                );
+            }
+            let addr = c.value(url, "identity.ca_url", host_port);
+            let bundle = c.required(&i.ca_bundle, "identity.ca_bundle", path);
+            let token_file = c.required(&i.token_file, "identity.token_file", path);
+            Some(CaSource::Remote { addr: addr?, bundle: bundle?, token_file: token_file? })
+        }
+    }
+}
+
+/// `host:port` (a name or an address; `[v6]:port`), without a scheme or a path.
+fn host_port(s: &String) -> Result<String, String> {
+    let bad = || format!("{s:?} is not host:port (e.g. \"10.0.0.1:8450\" or \"ca.example:8450\")");
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return if a.port() != 0 { Ok(s.clone()) } else { Err(bad()) };
+    }
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'));
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 && host_ok => Ok(s.clone()),
+        _ => Err(bad()),
     }
 }
 

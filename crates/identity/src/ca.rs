@@ -121,8 +121,39 @@ impl Ca {
         &self.cert_pem
     }
 
+    /// The trust bundle as PEM, read from the directory each time (a `weir ca rotate` adds
+    /// roots to it).
+    pub fn bundle_pem(&self) -> Result<String, Error> {
+        let path = self.dir.join(BUNDLE_FILE);
+        std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))
+    }
+
     /// Issues an SVID for `id` valid over `validity`. The ID must be in this CA's trust domain.
     pub fn issue(&self, id: &SpiffeId, validity: Validity) -> Result<Svid, Error> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let cert = self.leaf(id, validity, &key)?;
+        Svid::from_pem(cert.as_bytes(), key.serialize_pem().as_bytes())
+    }
+
+    /// Issues a certificate for `id` over the public key of a PEM certificate signing request,
+    /// with the same profile as [`Ca::issue`]: the private key stays with whoever made the
+    /// request. The request's signature must verify (proof that its maker holds the key) and
+    /// its key must be ECDSA P-256; anything else it asks for (names, SANs, extensions) is
+    /// ignored, so the certificate carries exactly `id`. Returns the certificate as PEM.
+    pub fn issue_for_csr(&self, id: &SpiffeId, csr_pem: &str, validity: Validity) -> Result<String, Error> {
+        let bad = |reason: String| Error::Parse { what: "certificate signing request".into(), reason };
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| bad(e.to_string()))?;
+        crate::request::check_p256(csr_pem).map_err(bad)?;
+        // rcgen names the key's algorithm after the request's signature algorithm: a P-256 key
+        // must have signed with SHA-256, or the certificate would name the wrong curve.
+        if csr.public_key.algorithm() != &PKCS_ECDSA_P256_SHA256 {
+            return Err(bad("not signed with ECDSA P-256 SHA-256".into()));
+        }
+        self.leaf(id, validity, &csr.public_key)
+    }
+
+    /// The SVID profile: one URI SAN, signature and key agreement, client and server auth.
+    fn leaf(&self, id: &SpiffeId, validity: Validity, key: &impl rcgen::PublicKeyData) -> Result<String, Error> {
         if id.trust_domain() != self.trust_domain {
             return Err(Error::Parse {
                 what: id.to_string(),
@@ -130,7 +161,6 @@ impl Ca {
             });
         }
         let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)?;
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         let uri = id.as_str().try_into().map_err(|e: rcgen::Error| Error::Generate(e))?;
@@ -141,8 +171,7 @@ impl Ca {
         params.serial_number = Some(random_serial()?);
         params.not_before = validity.not_before.into();
         params.not_after = validity.not_after.into();
-        let cert = params.signed_by(&key, &issuer)?;
-        Svid::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes())
+        Ok(params.signed_by(key, &issuer)?.pem())
     }
 }
 
@@ -152,9 +181,7 @@ impl IdentitySource for Ca {
     }
 
     fn trust_bundle(&self) -> Result<TrustBundle, Error> {
-        let path = self.dir.join(BUNDLE_FILE);
-        let pem = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        TrustBundle::from_pem(&self.trust_domain, &pem)
+        TrustBundle::from_pem(&self.trust_domain, self.bundle_pem()?.as_bytes())
     }
 }
 

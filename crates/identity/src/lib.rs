@@ -2,16 +2,18 @@
 //!
 //! Owns: [`SpiffeId`] (parsed once, typed), the built-in [`Ca`] that issues short-lived X.509
 //! SVIDs, [`TrustBundle`]s with one or more roots, the [`IdentitySource`] trait (the CA is one
-//! implementation; a SPIFFE Workload API client is the planned other), and [`SvidStore`], which
-//! rotates a node's SVID at half its lifetime. Does not own TLS configuration: see `weir-tls`.
+//! implementation, `weir_tls::ca_api::RemoteCa` another), [`KeyRequest`] (a key made here and a CSR
+//! for a remote CA), and [`SvidStore`], which rotates a node's SVID at half its lifetime. Does not own TLS configuration: see `weir-tls`.
 #![forbid(unsafe_code)]
 
 mod ca;
+mod request;
 mod spiffe;
 mod store;
 mod svid;
 
 pub use ca::{Ca, Validity};
+pub use request::KeyRequest;
 pub use spiffe::{SpiffeId, SpiffeIdError};
 pub use store::{RotationState, SvidStore};
 pub use svid::{spiffe_id_of_der, Svid, TrustBundle};
@@ -53,6 +55,17 @@ pub enum Error {
     /// The CA exists already (refusing to overwrite a root).
     #[error("a CA already exists in {0}")]
     CaExists(std::path::PathBuf),
+    /// A CA reached over the network could not be asked, or refused: the text names the CA's
+    /// address and the step that failed, because it ends up on the other plane's `/readyz`.
+    #[error("CA {ca}: {step}: {reason}")]
+    Remote {
+        /// The CA's address, as configured.
+        ca: String,
+        /// What failed: `connect`, `TLS handshake`, `send`, `receive`, `refused`, `answer`.
+        step: &'static str,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Error {

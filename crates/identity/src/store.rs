@@ -84,13 +84,13 @@ impl SvidStore {
     /// `Ok` when the SVID is valid now and the last rotation attempt did not fail.
     pub fn readiness(&self, now: SystemTime) -> Result<(), String> {
         let svid = self.current();
+        let failed = self.rotation_state().last_error.map(|e| format!("last SVID rotation failed: {e}"));
         if svid.is_expired(now) {
-            return Err(format!("SVID {} (serial {}) is outside its validity window", svid.id, svid.serial));
+            // An SVID expires because rotation kept failing: say why, not only that.
+            let expired = format!("SVID {} (serial {}) is outside its validity window", svid.id, svid.serial);
+            return Err(failed.map_or(expired.clone(), |f| format!("{expired}; {f}")));
         }
-        if let Some(err) = self.rotation_state().last_error {
-            return Err(format!("last SVID rotation failed: {err}"));
-        }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// Fetches a new SVID and bundle now.
@@ -116,15 +116,35 @@ impl SvidStore {
         }
     }
 
+    /// Fetches the first SVID and bundle on a blocking thread: for async callers, since a
+    /// source may wait on the network (a remote CA) and must not hold a runtime worker.
+    pub async fn new_blocking(
+        source: Arc<dyn IdentitySource>,
+        id: SpiffeId,
+        ttl: Duration,
+    ) -> Result<Arc<Self>, crate::Error> {
+        let what = id.to_string();
+        tokio::task::spawn_blocking(move || Self::new(source, id, ttl))
+            .await
+            .map_err(|e| crate::Error::Parse { what, reason: format!("SVID fetch task: {e}") })?
+    }
+
     /// Rotates at each SVID's half-life, forever; after a failure retries with backoff (1 s
-    /// doubling to 30 s) until it succeeds.
+    /// doubling to 30 s) until it succeeds. Each attempt runs on a blocking thread, so a slow
+    /// or unreachable CA never holds a runtime worker.
     pub async fn run_rotation(self: Arc<Self>) {
         let mut backoff = Duration::from_secs(1);
         loop {
             let due = self.current().rotation_due();
             let wait = due.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
             tokio::time::sleep(wait).await;
-            while self.rotate().is_err() {
+            loop {
+                let me = self.clone();
+                match tokio::task::spawn_blocking(move || me.rotate()).await {
+                    Ok(Ok(())) => break,
+                    Ok(Err(_)) => {} // recorded and logged by `rotate`
+                    Err(e) => tracing::error!(error = %e, "SVID rotation task failed"),
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
@@ -173,6 +193,9 @@ mod tests {
         let err = store.readiness(SystemTime::now()).expect_err("unready after a failed rotation");
         assert!(err.contains("rotation failed") && err.contains("unreachable"), "{err}");
         assert_eq!(store.current().serial, first, "the old SVID stays in use");
+        let later = SystemTime::now() + Duration::from_secs(3600);
+        let err = store.readiness(later).expect_err("expired after failed rotations");
+        assert!(err.contains("outside its validity window") && err.contains("unreachable"), "expiry and why: {err}");
         assert_eq!(store.rotation_state().failures, 1);
 
         source.broken.store(false, Ordering::SeqCst);

@@ -3,9 +3,11 @@
 //!
 //! Owns: rustls client/server configurations built from the node's SVID and trust bundle
 //! ([`TlsConfigs`]), the SPIFFE server verifier, the preamble codec ([`preamble`]), the host
-//! channel's authenticated identity preamble ([`host_channel`]) and the kTLS hand-off ([`ktls`]). Does not move bytes after the hand-off: that is `weir-forward`.
+//! channel's authenticated identity preamble ([`host_channel`]), the built-in CA's network API
+//! ([`ca_api`]: server and client) and the kTLS hand-off ([`ktls`]). Does not move bytes after the hand-off: that is `weir-forward`.
 #![forbid(unsafe_code)]
 
+pub mod ca_api;
 mod configs;
 pub mod host_channel;
 pub mod ktls;

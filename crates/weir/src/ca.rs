@@ -1,9 +1,12 @@
-//! `weir ca init|issue|rotate|show`: the built-in CA from the command line.
+//! `weir ca init|issue|rotate|show|serve`: the built-in CA from the command line, and on the
+//! network for planes that do not hold its directory (`serve`; the server is
+//! `weir_tls::ca_api`).
 use anyhow::Context;
 use clap::Subcommand;
 use std::path::PathBuf;
 use std::time::Duration;
 use weir_identity::{Ca, IdentitySource, SpiffeId};
+use weir_tls::ca_api::{CaServer, Clients};
 
 #[derive(Debug, Subcommand)]
 pub enum CaCommand {
@@ -46,6 +49,22 @@ pub enum CaCommand {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Serve the CA over TLS 1.3 to the clients listed in FILE (token + allowed SPIFFE IDs);
+    /// planes use it with `[identity] ca_url`. Runs until SIGTERM or Ctrl-C.
+    Serve {
+        /// CA directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Listen address, e.g. 0.0.0.0:8450.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Clients file (TOML): [[clients]] name, token_file, ids.
+        #[arg(long)]
+        clients: PathBuf,
+        /// Longest SVID lifetime granted, in seconds; longer requests are capped.
+        #[arg(long, default_value_t = 86_400)]
+        max_ttl_secs: u64,
+    },
 }
 
 pub fn run(cmd: CaCommand) -> anyhow::Result<()> {
@@ -86,8 +105,39 @@ pub fn run(cmd: CaCommand) -> anyhow::Result<()> {
             println!("bundle roots: {}", bundle.roots.len());
             print!("{}", ca.root_pem());
         }
+        CaCommand::Serve { dir, listen, clients, max_ttl_secs } => serve(&dir, listen, &clients, max_ttl_secs)?,
     }
     Ok(())
+}
+
+fn serve(
+    dir: &std::path::Path,
+    listen: std::net::SocketAddr,
+    clients: &std::path::Path,
+    max_ttl_secs: u64,
+) -> anyhow::Result<()> {
+    let ca = Ca::load(dir)?;
+    let clients = Clients::load(clients, ca.trust_domain())?;
+    let count = clients.len();
+    let server = CaServer::new(ca, clients, Duration::from_secs(max_ttl_secs.max(1)))?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async {
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let at = listener.local_addr().unwrap_or(listen);
+        tracing::info!(listen = %at, id = %server.id(), clients = count, max_ttl_secs, "CA serving");
+        let serving = tokio::spawn(server.clone().serve(listener));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        serving.abort();
+        let stats = server.stats();
+        let refused: Vec<String> = stats.refused.iter().map(|(r, n)| format!("{}={n}", r.as_label())).collect();
+        tracing::info!(issued = stats.issued, refused = refused.join(","), "CA server stopped");
+        Ok(())
+    })
 }
 
 fn write_private(path: &std::path::Path, data: &[u8]) -> anyhow::Result<()> {

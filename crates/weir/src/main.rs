@@ -86,7 +86,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config, role } => run::run(config, role.as_deref()),
         Command::Ca { command } => {
-            logging::init_cli();
+            if matches!(command, ca::CaCommand::Serve { .. }) {
+                logging::init_service();
+            } else {
+                logging::init_cli();
+            }
             report(ca::run(command))
         }
         Command::CheckConfig { file } => match weir_config::load(&file) {

@@ -148,6 +148,33 @@ fn ca_init_issue_show() {
 }
 
 #[test]
+fn ca_serve_refuses_a_short_token_naming_the_file_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    assert!(weir(&["ca", "init", "--dir", ca.to_str().unwrap()]).status.success());
+    std::fs::write(dir.path().join("dpu.token"), "too-short\n").unwrap();
+    let clients = dir.path().join("clients.toml");
+    std::fs::write(
+        &clients,
+        "[[clients]]\nname = \"dpu0\"\ntoken_file = \"dpu.token\"\nids = [\"spiffe://weir.local/ns/dpu/*\"]\n",
+    )
+    .unwrap();
+    let out = weir(&[
+        "ca",
+        "serve",
+        "--dir",
+        ca.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--clients",
+        clients.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success(), "refused to start");
+    let said = text(&out);
+    assert!(said.contains("clients[0].token_file") && said.contains("dpu.token: the token is 9 characters"), "{said}");
+}
+
+#[test]
 fn demo_runs_end_to_end_and_refuses_the_impostor() {
     let o = weir(&["demo", "--requests", "200", "--connections", "4", "--large-mib", "16"]);
     let t = text(&o);

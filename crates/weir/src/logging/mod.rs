@@ -47,7 +47,17 @@ pub fn init(format: LogFormat, level: &str) -> LogGuard {
 /// Logging for one-shot commands: warnings only unless `RUST_LOG` says otherwise, written
 /// directly (a command that exits right after an error must not lose the line).
 pub fn init_cli() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    init_cli_at("warn");
+}
+
+/// Logging for a long-running command without a config file (`weir ca serve`): what it does
+/// is worth a line, so `info` unless RUST_LOG says otherwise.
+pub fn init_service() {
+    init_cli_at("info");
+}
+
+fn init_cli_at(level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
