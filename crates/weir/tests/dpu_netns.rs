@@ -8,7 +8,8 @@
 //! DPU; retransmits of the DPU's wire leg (loss injected on the wire) reach the host plane's
 //! metrics for that workload and service; and with 6 s SVIDs, cutting the CA off from the DPU
 //! (nft) turns the host's `/readyz` red naming the DPU and the CA, an open connection keeps
-//! echoing, and restoring the CA turns it green.
+//! echoing, and restoring the CA turns it green; the DPU process killed (SIGKILL) turns the
+//! host red (plane down), and started again, both are green and a new transfer is byte-exact.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 use std::path::Path;
@@ -407,7 +408,7 @@ fn a_host_workload_reaches_the_mesh_through_the_dpu_and_the_wire_sees_no_plainte
         id("cart"),
         id("host")
     );
-    let _dpu = weir_run(net.dpu(), dir.path(), "dpu", &dpu_cfg);
+    let dpu = weir_run(net.dpu(), dir.path(), "dpu", &dpu_cfg);
     let host_cfg = format!(
         "role = \"host\"\n{}[kernel]\nmode = \"ebpf\"\ncgroup = \"{tag}\"\npin_dir = \"/sys/fs/bpf/{tag}\"\ncapture_listen = \"127.0.0.1:15006\"\n\
          [[workloads]]\nname = \"cart\"\nservice_account = \"cart\"\n[[outbound]]\nservice = \"echo\"\ncapture = [\"10.96.0.7:7\"]\n\
@@ -495,6 +496,48 @@ fn a_host_workload_reaches_the_mesh_through_the_dpu_and_the_wire_sees_no_plainte
     assert_eq!(metric(&dpu_metrics, "weir_connections_refused_total", &["reason=\"host_preamble_malformed\""]), 1.0);
 
     ca_cut_from_the_dpu(&net, &host_path, &logs);
+    dpu_killed_and_restarted(&net, (dpu, &dpu_cfg), (dir.path(), &host_path), &logs);
+}
+
+/// The DPU process killed (SIGKILL, no goodbye): the host's `/readyz` says the plane is down
+/// and its workloads get nothing through; the DPU started again: both green, and a new transfer
+/// through it is byte-exact.
+fn dpu_killed_and_restarted(
+    net: &Topology,
+    (mut dpu, config): (Proc, &str),
+    (dir, host_path): (&Path, &Path),
+    logs: &dyn Fn() -> String,
+) {
+    let mut live = Live::start(net.host(), host_path);
+    live.echo("before the kill").unwrap_or_else(|e| panic!("{e}\n{}", logs()));
+    dpu.0.kill().unwrap();
+    dpu.0.wait().unwrap();
+    wait_for("the host's /readyz red for the killed DPU", Duration::from_secs(10), || {
+        match admin(net.host(), 15900, "/readyz") {
+            (503, body) if body.contains("plane dpu: control connection down") => Ok(()),
+            (code, body) => Err(format!("{code} {body}")),
+        }
+    });
+    assert!(live.echo("after the kill").is_err(), "nothing passes while the DPU is gone");
+    drop(live);
+
+    let _dpu = weir_run(net.dpu(), dir, "dpu", config);
+    for ns in [net.dpu(), net.host()] {
+        wait_for(&format!("{ns} green after the DPU's restart"), Duration::from_secs(20), || {
+            match admin(ns, 15900, "/readyz") {
+                (200, _) => Ok(()),
+                (code, body) => Err(format!("{code} {body}\n{}", logs())),
+            }
+        });
+    }
+    let out = in_ns(net.host(), env!("CARGO_BIN_EXE_weir"))
+        .args(["exec", "--config", host_path.to_str().unwrap(), "--workload", "cart", "--", "python3", "-c", CLIENT])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(out.status.success(), "workload after the restart: {said}\n{}", logs());
+    let (sent, received) = said.split_once('|').unwrap();
+    assert_eq!(sent, received, "byte-exact through the restarted DPU");
 }
 
 /// The CA made unreachable from the DPU's namespace: the DPU's next rotation fails and the
