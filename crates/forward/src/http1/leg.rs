@@ -5,7 +5,7 @@
 use crate::splice::{control_record, empty, fill, fill_from_ktls, is_control_record, KtlsRead};
 use std::io;
 use std::os::fd::AsFd;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use weir_sys::Pipe;
 
@@ -173,7 +173,8 @@ impl<'a> Leg<'a> {
             Io::Stream(s) => s.read(chunk).await?,
             Io::Socket { tcp, ktls } => loop {
                 tcp.readable().await?;
-                match tcp.try_read(chunk) {
+                let read = if *ktls { tcp.try_read(chunk) } else { try_read_draining(tcp, chunk) };
+                match read {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(e) if *ktls && is_control_record(&e) => match control_record(tcp).await? {
                         None => continue,
@@ -186,6 +187,28 @@ impl<'a> Leg<'a> {
             },
         };
         Ok(chunk[..n].to_vec())
+    }
+}
+
+/// One read from a plaintext socket. A read shorter than the buffer found the receive queue
+/// empty, so the socket's readiness is cleared with it, as tokio's own `poll_read` does:
+/// otherwise the next read trusts stale readiness and pays a `recv` that says EAGAIN, one
+/// wasted syscall per exchange on the backend leg. The readiness cleared is the one seen before
+/// the read (`try_io`), so data that arrives after it is never missed. Not for kTLS, where a
+/// read can stop at a record boundary with more records queued.
+fn try_read_draining(tcp: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let len = buf.len();
+    let mut short = None;
+    let read = tcp.try_io(Interest::READABLE, || match tcp.try_read(buf)? {
+        n if n > 0 && n < len => {
+            short = Some(n);
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+        n => Ok(n),
+    });
+    match read {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => short.ok_or(e),
+        other => other,
     }
 }
 
