@@ -10,7 +10,10 @@
 # kernel at a usable speed (TESTING.md). TCG is 30-100x slower than native: functional only.
 #
 # Env: VM_KERNEL (default: the newest Debian /boot/vmlinuz-*-amd64 that is not the running
-# kernel), VM_MEM (1G), VM_CPUS (2), VM_TIMEOUT seconds (900), VM_MODULES modprobe'd before
+# kernel), VM_MEM (1G), VM_CPUS (2), VM_TIMEOUT seconds for CMD (900: then the guest lists
+# its processes and kernel log tail on stderr, and CMD is killed), VM_BOOT_TIMEOUT seconds
+# from qemu's start to CMD's (120), VM_BOOT_TRIES (3: a guest that did not get to CMD is
+# booted again; CMD itself never runs twice), VM_MODULES modprobe'd before
 # CMD (default "rdma_rxe ib_uverbs"), VM_ENV (variables to forward, default "RUST_LOG
 # RUST_BACKTRACE"), VM_CACHE (vmlinux/initramfs cache, default <project>/target/vm),
 # VM_TIMING=1 (boot and wall times on stderr), VM_KEEP=1 (keep the run dir: console log).
@@ -71,6 +74,8 @@ shares=$(for d in "$project" "$workdir" "$(case "$1" in /*) dirname "$1" ;; esac
   [ -n "$d" ] && [ -d "$d" ] && (cd "$d" && pwd -P)
 done | sort -u | awk 'NR == 1 || index($0, prev "/") != 1 { print; prev = $0 }')
 
+boot_timeout=${VM_BOOT_TIMEOUT:-120}
+cmd_timeout=${VM_TIMEOUT:-900}
 run=$(mktemp -d "${TMPDIR:-/tmp}/weir-vm.XXXXXX") || die "mktemp"
 qpid=
 cleanup() {
@@ -85,6 +90,7 @@ mkdir "$run/ctl"
   printf 'WEIR_VM_WORKDIR=%q\n' "$workdir"
   printf 'WEIR_VM_SHARES=%q\n' "$(echo $shares)"
   printf 'WEIR_VM_MODULES=%q\n' "${VM_MODULES-rdma_rxe ib_uverbs}"
+  printf 'WEIR_VM_CMD_TIMEOUT=%q\n' "${VM_TIMEOUT:-900}"
 } >"$run/ctl/env.sh"
 {
   echo 'export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
@@ -101,38 +107,67 @@ for d in $shares; do
   i=$((i + 1))
 done
 
-# The guest's stdout/stderr: virtio-serial ports written to fifos that we copy out as they come.
-mkfifo "$run/out" "$run/err"
-cat "$run/out" & cout=$!
-cat "$run/err" >&2 & cerr=$!
+# One boot of the guest; the command's output streams through virtio-serial ports written to
+# fifos that we copy out as they come. Sets qrc (qemu's exit status, 124 on the overall limit)
+# and booted (1 once the guest reached the command).
+boot_once() {
+  rm -f "$run"/ctl/t_* "$run/ctl/rc" "$run/out" "$run/err" "$run/console.log"
+  mkfifo "$run/out" "$run/err"
+  cat "$run/out" & cout=$!
+  cat "$run/err" >&2 & cerr=$!
+  # The whole run's limit: the boot, the command's own limit (enforced in the guest, which
+  # reports what hung), and time to report it.
+  timeout -k 5 "$((boot_timeout + cmd_timeout + 60))" qemu-system-x86_64 \
+    -accel tcg,thread=multi,tb-size=256 -cpu max -machine q35 \
+    -m "${VM_MEM:-1G}" -smp "${VM_CPUS:-2}" \
+    -nodefaults -no-user-config -display none -no-reboot \
+    -kernel "$boot" -initrd "$initrd" \
+    -append "console=ttyS0 loglevel=4 panic=-1 rdinit=/init" \
+    -serial "file:$run/console.log" \
+    -fsdev local,id=root,path=/,security_model=none,readonly=on,multidevs=remap \
+    -device virtio-9p-pci,fsdev=root,mount_tag=weirroot \
+    -fsdev "local,id=ctl,path=$run/ctl,security_model=none" \
+    -device virtio-9p-pci,fsdev=ctl,mount_tag=weirctl \
+    "${share_args[@]}" \
+    -device virtio-serial-pci \
+    -chardev "file,id=out,path=$run/out" -device virtserialport,chardev=out,name=weir.stdout \
+    -chardev "file,id=err,path=$run/err" -device virtserialport,chardev=err,name=weir.stderr \
+    -device virtio-rng-pci \
+    </dev/null >"$run/qemu.log" 2>&1 &
+  qpid=$!
+  # Boot watchdog: a guest that has not reached the command in boot_timeout seconds (it
+  # takes 5-10 s) is stuck in the kernel or the init script, never in the test: end it.
+  booted=0
+  local waited=0
+  while kill -0 "$qpid" 2>/dev/null; do
+    [ -e "$run/ctl/t_ready" ] && { booted=1; break; }
+    if [ "$waited" -ge "$((boot_timeout * 5))" ]; then
+      kill "$qpid" 2>/dev/null
+      break
+    fi
+    sleep 0.2
+    waited=$((waited + 1))
+  done
+  wait "$qpid"
+  qrc=$?
+  qpid=
+  [ -e "$run/ctl/t_ready" ] && booted=1
+  # If qemu died before opening the fifos, the readers still wait in open(): a read-write
+  # open never blocks, and closing it gives them their EOF.
+  exec 3<>"$run/out" 4<>"$run/err"
+  exec 3>&- 4>&-
+  wait "$cout" "$cerr" 2>/dev/null
+}
+
+tries=${VM_BOOT_TRIES:-3}
 t0=$(date +%s.%N)
-timeout -k 5 "${VM_TIMEOUT:-900}" qemu-system-x86_64 \
-  -accel tcg,thread=multi,tb-size=256 -cpu max -machine q35 \
-  -m "${VM_MEM:-1G}" -smp "${VM_CPUS:-2}" \
-  -nodefaults -no-user-config -display none -no-reboot \
-  -kernel "$boot" -initrd "$initrd" \
-  -append "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init" \
-  -serial "file:$run/console.log" \
-  -fsdev local,id=root,path=/,security_model=none,readonly=on,multidevs=remap \
-  -device virtio-9p-pci,fsdev=root,mount_tag=weirroot \
-  -fsdev "local,id=ctl,path=$run/ctl,security_model=none" \
-  -device virtio-9p-pci,fsdev=ctl,mount_tag=weirctl \
-  "${share_args[@]}" \
-  -device virtio-serial-pci \
-  -chardev "file,id=out,path=$run/out" -device virtserialport,chardev=out,name=weir.stdout \
-  -chardev "file,id=err,path=$run/err" -device virtserialport,chardev=err,name=weir.stderr \
-  -device virtio-rng-pci \
-  </dev/null >"$run/qemu.log" 2>&1 &
-qpid=$!
-wait "$qpid"
-qrc=$?
-qpid=
+for try in $(seq 1 "$tries"); do
+  boot_once
+  [ "$booted" = 1 ] && break
+  echo "run-in-vm: the guest did not reach the command within ${boot_timeout}s (boot $try of $tries, qemu exited $qrc); console tail:" >&2
+  tail -n 20 "$run/console.log" >&2
+done
 t1=$(date +%s.%N)
-# If qemu died before opening the fifos, the readers still wait in open(): a read-write open
-# never blocks, and closing it gives them their EOF.
-exec 3<>"$run/out" 4<>"$run/err"
-exec 3>&- 4>&-
-wait "$cout" "$cerr" 2>/dev/null
 if [ "${VM_TIMING:-0}" = 1 ]; then
   t() { cat "$run/ctl/t_$1" 2>/dev/null || echo '?'; }
   printf 'run-in-vm: kernel %s, wall %.1fs; guest uptime: initramfs %ss, host root %ss, modules loaded (ready) %ss, command done %ss\n' \
@@ -141,7 +176,7 @@ fi
 if [ -s "$run/ctl/rc" ]; then
   exit "$(cat "$run/ctl/rc")"
 fi
-[ "$qrc" = 124 ] && echo "run-in-vm: timed out after ${VM_TIMEOUT:-900}s" >&2
+[ "$qrc" = 124 ] && echo "run-in-vm: timed out after $((boot_timeout + cmd_timeout + 60))s" >&2
 echo "run-in-vm: no exit status from the guest (qemu exited $qrc); qemu log and console tail:" >&2
 cat "$run/qemu.log" >&2
 tail -n 40 "$run/console.log" >&2

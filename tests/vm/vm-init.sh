@@ -4,8 +4,9 @@
 #     mounts the host's / read-only, the shared directories read-write and the kernel
 #     filesystems under it, brings lo up, switch_roots.
 #   stage 2 ("stage2"): the same file run by the host's /bin/sh from the host root. Loads
-#     VM_MODULES, runs the command with its output on the virtio-serial ports, hands the exit
-#     status back through the control share, powers off.
+#     VM_MODULES, runs the command with its output on the virtio-serial ports (under a
+#     watchdog of VM_TIMEOUT seconds), hands the exit status back through the control share,
+#     powers off.
 # Both stages read the control share's env.sh (written by run-in-vm.sh).
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 ctl=/run/weirvm
@@ -77,8 +78,23 @@ stage2() {
   read -r up _ </proc/uptime
   echo "$up" >$ctl/t_ready
   cd "$WEIR_VM_WORKDIR" || cd /
-  HOME=/root /bin/sh $ctl/cmd.sh </dev/null >"$(port weir.stdout)" 2>"$(port weir.stderr)"
+  # A virtio port opens once: the command and the watchdog share these descriptors.
+  exec 3>"$(port weir.stdout)" 4>"$(port weir.stderr)"
+  HOME=/root /bin/sh $ctl/cmd.sh </dev/null >&3 2>&4 &
+  cmd=$!
+  # The watchdog says what hung before it kills it: a bare timeout would say nothing.
+  (
+    sleep "${WEIR_VM_CMD_TIMEOUT:-900}"
+    echo "weirvm: the command ran past ${WEIR_VM_CMD_TIMEOUT:-900}s; its processes, then the kernel log's tail (kernel threads left out):"
+    ps -L --ppid 2 -p 2 --deselect -o pid,lwp,ppid,stat,wchan:28,etime,args
+    dmesg | tail -n 40
+    kill -KILL "$cmd"
+  ) </dev/null >&4 2>&4 3>&- &
+  watchdog=$!
+  wait "$cmd"
   rc=$?
+  kill "$watchdog" 2>/dev/null
+  exec 3>&- 4>&-
   read -r up _ </proc/uptime
   echo "$up" >$ctl/t_done
   echo "$rc" >$ctl/rc
