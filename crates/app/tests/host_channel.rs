@@ -3,7 +3,8 @@
 //! The DPU's host channel: a host-plane client that holds the planes' key reaches a peer
 //! node's service as its workload (the peer admits only that workload, not the DPU),
 //! byte-exact; a process without the key, a replayed preamble, an unregistered workload and
-//! plain bytes are refused, counted by reason, and never reach the service.
+//! plain bytes are refused, counted by reason, and never reach the service; a control
+//! connection from an identity other than the host plane's hears nothing.
 //!
 //! The two planes (root: the host plane runs the eBPF kernel path): a process in the host's
 //! workload cgroup reaches the service through host plane -> DPU -> mTLS -> peer; the host's
@@ -26,6 +27,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weir_app::Node;
+use weir_identity::Validity;
 use weir_tls::preamble::Status;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,6 +58,24 @@ async fn a_registered_workload_reaches_the_mesh_as_itself_and_nothing_else_does(
 
     // The genuine workload still gets through with a fresh preamble.
     assert_eq!(through(&dpu, &sealed(&KEY, "cart"), 1000).await, (Some(Status::Ok), true));
+
+    // The control connection carries the channel key: a peer of the trust domain that is not
+    // the configured host plane is refused before the DPU says anything.
+    let valid = Validity::starting_now(Duration::from_secs(600));
+    let impostor = mesh.client_tls_to(&mesh.ca, "cart", valid, &id("dpu"));
+    let tcp = TcpStream::connect(dpu.control).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("weir.mesh").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(impostor)
+        .connect(name, tcp)
+        .await
+        .expect("TLS 1.3: the client side completes");
+    let mut heard = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut heard)).await.expect("closed");
+    assert!(heard.is_empty(), "the DPU sent {} bytes to a peer that is not its host plane ({read:?})", heard.len());
+    assert_eq!(refused("peer_id_mismatch"), 1.0);
+    let (status, body) = readyz(dpu.node.admin_addr()).await;
+    assert_eq!(status, 503, "no host plane ever connected: {body}");
+    assert!(body.contains("plane host: control connection down"), "{body}");
 }
 
 /// `/readyz` of a node's admin endpoint: status and body.

@@ -235,12 +235,23 @@ impl Mesh {
     /// A TLS client config holding an SVID for `sa` issued by `ca` over `validity`, expecting
     /// the server node's identity.
     pub fn client_tls(&self, ca: &Ca, sa: &str, validity: Validity) -> Arc<rustls::ClientConfig> {
+        self.client_tls_to(ca, sa, validity, &id("server"))
+    }
+
+    /// [`Mesh::client_tls`], expecting the server to be `expected`.
+    pub fn client_tls_to(
+        &self,
+        ca: &Ca,
+        sa: &str,
+        validity: Validity,
+        expected: &SpiffeId,
+    ) -> Arc<rustls::ClientConfig> {
         let svid = Arc::new(
             ca.issue(&SpiffeId::workload(ca.trust_domain(), "test", sa).expect("id"), validity).expect("issue"),
         );
         let bundle = weir_identity::IdentitySource::trust_bundle(&self.ca).expect("bundle");
         let cfgs = weir_tls::TlsConfigs::new(svid, &bundle, None, false).expect("tls configs");
-        cfgs.client(&id("server")).expect("client config")
+        cfgs.client(expected).expect("client config")
     }
 
     /// Waits until both nodes have no open mesh connection (closing is asynchronous).
