@@ -9,7 +9,8 @@
 //! The two planes (root: the host plane runs the eBPF kernel path): a process in the host's
 //! workload cgroup reaches the service through host plane -> DPU -> mTLS -> peer; the host's
 //! `/readyz` follows the DPU's certificate state (a failed rotation on the DPU alone, then its
-//! repair) and the DPU process (killed, restarted), while open connections survive. L7 placed on
+//! repair) and the DPU process (killed, restarted), while open connections survive; the DPU's
+//! follows the host plane's (its failed rotation, then its repair). L7 placed on
 //! the host plane runs there (routing, request records, trace context) and not on the DPU; L7
 //! configured on both planes turns both red, naming the service. A DPU service on the host is
 //! reached through the host plane, which knows the caller and runs the service's L7 policy; the
@@ -153,11 +154,22 @@ async fn http_backend() -> SocketAddr {
 
 /// A host plane for workload `cart` in cgroup `tag`/cart, with `routes` as its `[[outbound]]`.
 async fn host_plane(mesh: &Mesh, tag: &str, dpu_node: &common::dpu::Dpu, routes: &str) -> Node {
+    host_plane_with(mesh, tag, dpu_node, routes, (&mesh.dir.path().join("ca"), &Opts::new("off"))).await
+}
+
+/// [`host_plane`], its SVIDs from the CA in `ca_dir`, its identity section from `opts`.
+async fn host_plane_with(
+    mesh: &Mesh,
+    tag: &str,
+    dpu_node: &common::dpu::Dpu,
+    routes: &str,
+    (ca_dir, opts): (&Path, &Opts),
+) -> Node {
     let host_cfg = format!(
         "role = \"host\"\n{}[kernel]\nmode = \"ebpf\"\ncgroup = \"{tag}\"\npin_dir = \"/sys/fs/bpf/{tag}\"\ncapture_listen = \"{}\"\n\
          [[workloads]]\nname = \"cart\"\nservice_account = \"cart\"\n{routes}\
          [dpu]\nhost_channel = \"{}\"\nkey_file = \"{}\"\n[dpu.control]\naddr = \"{}\"\npeer_id = \"{}\"\ninterval_secs = 1\n",
-        node_config(&mesh.dir.path().join("ca"), "host", &Opts::new("off")),
+        node_config(ca_dir, "host", opts),
         free_addr(),
         dpu_node.channel,
         key_file(mesh.dir.path()).display(),
@@ -200,22 +212,28 @@ async fn the_host_plane_reaches_the_mesh_through_its_dpu_and_shares_its_health()
     let mut opts = Opts::new("off");
     opts.allow = vec![id("cart")];
     let mesh = Mesh::start(opts).await;
-    // The DPU's own view of the CA, so it alone can lose it; SVIDs of 4 s rotate every 2 s.
-    let (ca, dpu_ca) = (mesh.dir.path().join("ca"), mesh.dir.path().join("dpu-ca"));
-    std::fs::create_dir(&dpu_ca).unwrap();
-    for f in std::fs::read_dir(&ca).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, dpu_ca.join(f.file_name().unwrap())).unwrap();
-    }
-    let mut dpu_opts = Opts::new("off");
-    dpu_opts.svid_ttl_secs = 4;
+    // Each plane its own view of the CA, so that one alone can lose it; SVIDs of 4 s rotate
+    // every 2 s.
+    let ca = mesh.dir.path().join("ca");
+    let copy_of_ca = |name: &str| {
+        let copy = mesh.dir.path().join(name);
+        std::fs::create_dir(&copy).unwrap();
+        for f in std::fs::read_dir(&ca).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, copy.join(f.file_name().unwrap())).unwrap();
+        }
+        copy
+    };
+    let (dpu_ca, host_ca) = (copy_of_ca("dpu-ca"), copy_of_ca("host-ca"));
+    let mut short_svids = Opts::new("off");
+    short_svids.svid_ttl_secs = 4;
     let addrs = (free_addr(), free_addr());
-    let mut dpu_node = dpu(&mesh, &dpu_ca, &dpu_opts, addrs).await;
+    let mut dpu_node = dpu(&mesh, &dpu_ca, &short_svids, addrs).await;
 
     let tag = format!("weir-planes-{}", std::process::id());
     let _cleanup = Cleanup(tag.clone());
     let route = "[[outbound]]\nservice = \"echo\"\ncapture = [\"127.0.0.77:7\"]\n";
-    let host = host_plane(&mesh, &tag, &dpu_node, route).await;
+    let host = host_plane_with(&mesh, &tag, &dpu_node, route, (&host_ca, &short_svids)).await;
     let ready = |s: u16, _: &str| s == 200;
     wait_readyz(host.admin_addr(), Duration::from_secs(10), "host plane", ready).await;
     wait_readyz(dpu_node.node.admin_addr(), Duration::from_secs(10), "dpu", ready).await;
@@ -248,9 +266,23 @@ async fn the_host_plane_reaches_the_mesh_through_its_dpu_and_shares_its_health()
     dpu_node.node.shutdown(Duration::from_millis(100)).await;
     let body = wait_readyz(host.admin_addr(), Duration::from_secs(10), "dpu stopped", |s, _| s == 503).await;
     assert!(body.contains("plane dpu: control connection down"), "{body}");
-    dpu_node = dpu(&mesh, &dpu_ca, &dpu_opts, addrs).await;
+    dpu_node = dpu(&mesh, &dpu_ca, &short_svids, addrs).await;
     wait_readyz(host.admin_addr(), Duration::from_secs(10), "dpu restarted", ready).await;
     assert_eq!(workload_echo(&cgroup, "after the restart"), "after the restart");
+
+    // The other way round: the host plane loses its CA, and the DPU says so, naming the plane.
+    let bundle = host_ca.join("bundle.pem");
+    std::fs::rename(&bundle, host_ca.join("bundle.pem.away")).unwrap();
+    let dpu_admin = dpu_node.node.admin_addr();
+    let body = wait_readyz(dpu_admin, Duration::from_secs(10), "rotation failure on the host", |s, b| {
+        s == 503 && b.contains("plane host") && b.contains("rotation failed")
+    })
+    .await;
+    assert!(body.contains("bundle.pem"), "the reason names what failed: {body}");
+    assert_eq!(metric(&dpu_node.node.metrics_text(), "weir_plane_ready", &["plane=\"host\""]), 0.0);
+    std::fs::rename(host_ca.join("bundle.pem.away"), &bundle).unwrap();
+    wait_readyz(dpu_admin, Duration::from_secs(20), "the host's CA restored", ready).await;
+    assert_eq!(metric(&dpu_node.node.metrics_text(), "weir_plane_ready", &["plane=\"host\""]), 1.0);
 
     host.shutdown(Duration::from_millis(100)).await;
     dpu_node.node.shutdown(Duration::from_millis(100)).await;
