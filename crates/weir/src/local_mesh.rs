@@ -1,9 +1,11 @@
 //! Two `weir run` processes on this machine (client side and server side) built from the
 //! embedded default config with ports and one route filled in: used by `weir demo` and
-//! `weir bench`.
+//! `weir bench`. Or, for the bench's host/DPU path, the client side as two planes: a host
+//! plane (`role = "host"`, the kernel path capturing a workload's connections) and its DPU
+//! (`role = "dpu"`, the wire's mTLS), the host channel between them on loopback.
 use anyhow::{bail, Context};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use weir_identity::SpiffeId;
@@ -17,6 +19,9 @@ pub struct Mesh {
     pub server_admin: SocketAddr,
     pub client_id: SpiffeId,
     pub server_id: SpiffeId,
+    /// With planes: the host plane's config and the workload whose connections it captures
+    /// (apps reach `outbound` from inside it, e.g. with `weir exec`).
+    pub workload: Option<(PathBuf, &'static str)>,
 }
 
 fn free_port() -> anyhow::Result<SocketAddr> {
@@ -47,7 +52,6 @@ impl Mesh {
 
     /// As [`Mesh::start`], with `opts`.
     pub async fn start_with(dir: &Path, ca_dir: &Path, backend: SocketAddr, opts: Options<'_>) -> anyhow::Result<Self> {
-        let pin = opts.pin;
         let (outbound, inbound, client_admin, server_admin) = (free_port()?, free_port()?, free_port()?, free_port()?);
         let client_id = SpiffeId::workload("weir.local", "demo", "client")?;
         let server_id = SpiffeId::workload("weir.local", "demo", "server")?;
@@ -69,37 +73,119 @@ impl Mesh {
             );
         let client = base("client-node", "client", client_admin).replace("listen = \"0.0.0.0:15008\"", &format!("listen = \"{}\"", free_port()?))
             + &format!("\n[[outbound]]\nlisten = \"{outbound}\"\nservice = \"echo\"\npeer = \"{inbound}\"\npeer_id = \"{server_id}\"\n");
-        let mut mesh =
-            Self { children: Vec::new(), outbound, inbound, client_admin, server_admin, client_id, server_id };
+        let mut mesh = Self {
+            children: Vec::new(),
+            outbound,
+            inbound,
+            client_admin,
+            server_admin,
+            client_id,
+            server_id,
+            workload: None,
+        };
         for (name, text) in [("server", server), ("client", client)] {
-            let cfg = dir.join(format!("{name}.toml"));
-            std::fs::write(&cfg, text)?;
-            let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-            let exe = std::env::current_exe()?;
-            let mut cmd = match pin {
-                Some(cpus) => {
-                    let mut c = Command::new("taskset");
-                    c.args(["-c", cpus]).arg(exe);
-                    c
-                }
-                None => Command::new(exe),
-            };
-            if let Some(filter) = opts.rust_log {
-                cmd.env("RUST_LOG", filter);
-            }
-            let child = cmd
-                .args(["run", "--config"])
-                .arg(&cfg)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .with_context(|| format!("start the {name} node"))?;
-            mesh.children.push(child);
+            mesh.spawn(dir, name, &text, &opts)?;
         }
         for admin in [server_admin, client_admin] {
             mesh.wait_ready(admin).await?;
         }
         Ok(mesh)
+    }
+
+    /// As [`Mesh::start_with`], the client side as a host plane and its DPU (root: the host
+    /// plane attaches the kernel path to cgroup `weir-bench-<pid>`). The DPU holds the
+    /// workload's SVID and originates the wire's mTLS as it; the server admits the workload.
+    pub async fn start_planes(
+        dir: &Path,
+        ca_dir: &Path,
+        backend: SocketAddr,
+        opts: Options<'_>,
+    ) -> anyhow::Result<Self> {
+        const WORKLOAD: &str = "bench";
+        let (inbound, server_admin, host_admin, dpu_admin) = (free_port()?, free_port()?, free_port()?, free_port()?);
+        let (channel, control, capture_listen) = (free_port()?, free_port()?, free_port()?);
+        // A loopback address nothing listens on: the kernel path sends its connections to the
+        // host plane's capture listener.
+        let outbound: SocketAddr = format!("127.0.0.77:{}", free_port()?.port()).parse()?;
+        let id = |sa: &str| SpiffeId::workload("weir.local", "demo", sa);
+        let (workload_id, server_id, dpu_id, host_id) = (id(WORKLOAD)?, id("server")?, id("dpu")?, id("host")?);
+        let ktls = if opts.ktls_off { "off" } else { "auto" };
+        let common = |name: &str, admin: SocketAddr| {
+            format!(
+                "trust_domain = \"weir.local\"\n[node]\nname = \"{name}\"\n[identity]\nnamespace = \"demo\"\nservice_account = \"{name}\"\n\
+                 ca_dir = \"{}\"\n[admin]\nlisten = \"{admin}\"\n[ktls]\nmode = \"{ktls}\"\n",
+                ca_dir.display()
+            )
+        };
+        let key_file = dir.join("host-channel.key");
+        let key: String = weir_tls::host_channel::HostKey::fresh_bytes()?.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(&key_file, format!("{key}\n"))?;
+        let tag = format!("weir-bench-{}", std::process::id());
+        let server = common("server", server_admin)
+            + &format!(
+                "[inbound]\nlisten = \"{inbound}\"\n[[inbound.services]]\nname = \"echo\"\nbackend = \"{backend}\"\nallow = [\"{workload_id}\"]\n{}\n",
+                opts.service_toml
+            );
+        let dpu = format!(
+            "role = \"dpu\"\n{}[[outbound]]\nservice = \"echo\"\npeer = \"{inbound}\"\npeer_id = \"{server_id}\"\n\
+             [host_channel]\nlisten = \"{channel}\"\nkey_file = \"{}\"\nworkloads = [\"{workload_id}\"]\n\
+             [host_channel.control]\naddr = \"{control}\"\npeer_id = \"{host_id}\"\n",
+            common("dpu", dpu_admin),
+            key_file.display(),
+        );
+        let host = format!(
+            "role = \"host\"\n{}[kernel]\nmode = \"ebpf\"\ncgroup = \"{tag}\"\npin_dir = \"/sys/fs/bpf/{tag}\"\ncapture_listen = \"{capture_listen}\"\n\
+             [[workloads]]\nname = \"{WORKLOAD}\"\nservice_account = \"{WORKLOAD}\"\n[[outbound]]\nservice = \"echo\"\ncapture = [\"{outbound}\"]\n\
+             [dpu]\nhost_channel = \"{channel}\"\nkey_file = \"{}\"\n[dpu.control]\naddr = \"{control}\"\npeer_id = \"{dpu_id}\"\n",
+            common("host", host_admin),
+            key_file.display(),
+        );
+        let mut mesh = Self {
+            children: Vec::new(),
+            outbound,
+            inbound,
+            client_admin: host_admin,
+            server_admin,
+            client_id: workload_id,
+            server_id,
+            workload: Some((dir.join("host.toml"), WORKLOAD)),
+        };
+        for (name, text) in [("server", server), ("dpu", dpu), ("host", host)] {
+            mesh.spawn(dir, name, &text, &opts)?;
+        }
+        // Each plane is ready only once the other is: the host last.
+        for admin in [server_admin, dpu_admin, host_admin] {
+            mesh.wait_ready(admin).await?;
+        }
+        Ok(mesh)
+    }
+
+    /// Writes `name.toml` in `dir` and starts `weir run` on it, its log in `name.log`.
+    fn spawn(&mut self, dir: &Path, name: &str, config: &str, opts: &Options<'_>) -> anyhow::Result<()> {
+        let cfg = dir.join(format!("{name}.toml"));
+        std::fs::write(&cfg, config)?;
+        let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+        let exe = std::env::current_exe()?;
+        let mut cmd = match opts.pin {
+            Some(cpus) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", cpus]).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
+        if let Some(filter) = opts.rust_log {
+            cmd.env("RUST_LOG", filter);
+        }
+        let child = cmd
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start the {name} node"))?;
+        self.children.push(child);
+        Ok(())
     }
 
     async fn wait_ready(&mut self, admin: SocketAddr) -> anyhow::Result<()> {
@@ -117,7 +203,7 @@ impl Mesh {
         bail!("node with admin {admin} not ready after 30 s")
     }
 
-    /// Process ids of the nodes (server first).
+    /// Process ids of the nodes (server first; with planes, then the DPU, then the host plane).
     pub fn pids(&self) -> Vec<u32> {
         self.children.iter().map(Child::id).collect()
     }

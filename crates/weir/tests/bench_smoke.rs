@@ -1,6 +1,7 @@
 //! `weir bench --quick --out DIR` once, as root on this host: the report it writes is complete
 //! and well-formed (every scenario and path of the run has rows, every row has figures or says
-//! why not, the page has its charts). No assertion on any speed.
+//! why not, the page has its charts; the host/DPU path, which needs root and eBPF, measured).
+//! No assertion on any speed.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 use serde_json::Value;
@@ -9,7 +10,7 @@ use std::time::Instant;
 
 /// Scenarios of `--scenario all` and the paths each must report, by name prefix.
 const EXPECTED: [(&str, &[&str]); 4] = [
-    ("hop", &["direct", "weir (userspace TLS)", "weir (kTLS)", "haproxy", "nginx", "envoy"]),
+    ("hop", &["direct", "weir (userspace TLS)", "weir (kTLS)", "weir host plane + DPU", "haproxy", "nginx", "envoy"]),
     ("http", &["direct", "weir http, splice", "weir http, copy", "haproxy", "nginx", "envoy"]),
     ("connect", &["no programs", "workload"]),
     ("churn", &["direct", "weir", "haproxy", "nginx", "envoy"]),
@@ -79,6 +80,14 @@ fn quick_bench_writes_a_complete_report() {
             of.iter().any(|r| r["role"] == "direct" && r["median"].is_number()),
             "no {scenario} figures for the direct path"
         );
+    }
+    // The host/DPU path needs only root and eBPF, which this host has (unlike kTLS): it must
+    // measure, the host plane's own share too.
+    for metric in ["throughput", "host-side mesh CPU"] {
+        let planes = rows.iter().find(|r| {
+            r["metric"] == metric && r["path"].as_str().is_some_and(|p| p.starts_with("weir host plane + DPU"))
+        });
+        assert!(planes.is_some_and(|r| r["median"].is_number()), "host/DPU path {metric}: {planes:?}");
     }
     let reasons: Vec<&str> = rows.iter().filter_map(|r| r["reason"].as_str()).collect();
     eprintln!("{} rows, {} without figures: {reasons:?}", rows.len(), reasons.len());

@@ -98,6 +98,9 @@ struct Run {
     streams: u32,
     mib_s: f64,
     proxy_cpu_per_gib: f64,
+    /// The mesh processes on the app's host: Weir's client node, or the host plane (whose DPU
+    /// would have cores of its own).
+    host_cpu_per_gib: f64,
     machine_cpu_per_gib: f64,
 }
 
@@ -107,6 +110,11 @@ struct Path {
     role: Role,
     entry: SocketAddr,
     pids: Vec<u32>,
+    /// Of `pids`, those on the app's host (see [`Run::host_cpu_per_gib`]); empty for peers.
+    host_pids: Vec<u32>,
+    /// The host plane's config and the workload iperf3 runs in (`weir exec`), when the path
+    /// is the host plane's capture.
+    workload: Option<(PathBuf, &'static str)>,
     runs: Vec<Run>,
     idle_rss_kib: u64,
     admin: Option<SocketAddr>,
@@ -118,7 +126,20 @@ struct Path {
 
 impl Path {
     fn new(name: &'static str, role: Role, entry: SocketAddr, pids: Vec<u32>) -> Self {
-        Self { name, role, entry, pids, runs: vec![], idle_rss_kib: 0, admin: None, userspace_bytes: 0.0, failed: None }
+        let (host_pids, workload) = (vec![], None);
+        Self {
+            name,
+            role,
+            entry,
+            pids,
+            host_pids,
+            workload,
+            runs: vec![],
+            idle_rss_kib: 0,
+            admin: None,
+            userspace_bytes: 0.0,
+            failed: None,
+        }
     }
 
     /// `f` of the runs with `streams` parallel streams.
@@ -224,8 +245,29 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Section> {
         let mesh = crate::local_mesh::Mesh::start_with(&mesh_dir, ca.dir(), sink, opts).await?;
         let mut weir = Path::new(name, Role::Weir, mesh.outbound, mesh.pids());
         weir.admin = Some(mesh.client_admin);
+        weir.host_pids = mesh.pids().get(1).copied().into_iter().collect();
         paths.push(weir);
         meshes.push(mesh);
+    }
+    // The app's host keeps the kernel path and splices plaintext to its DPU, which does the
+    // TLS: what the host itself pays per byte. Here the DPU shares this machine's CPUs.
+    let planes_dir = dir.path().join("weir-planes");
+    std::fs::create_dir_all(&planes_dir)?;
+    let opts = crate::local_mesh::Options { pin: Some(PROXY_CPU), ktls_off: true, ..Default::default() };
+    match crate::local_mesh::Mesh::start_planes(&planes_dir, ca.dir(), sink, opts).await {
+        Ok(mesh) => {
+            let mut planes = Path::new(PLANES, Role::Weir, mesh.outbound, mesh.pids());
+            planes.admin = Some(mesh.client_admin);
+            planes.host_pids = mesh.pids().last().copied().into_iter().collect();
+            planes.workload = mesh.workload.clone();
+            paths.push(planes);
+            meshes.push(mesh);
+        }
+        Err(e) => {
+            let log = std::fs::read_to_string(planes_dir.join("host.log")).unwrap_or_default();
+            let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+            absent.push((PLANES, Role::Weir, format!("{e:#} {last}").trim().to_owned()));
+        }
     }
     let mut chains = Vec::new();
     for peer in peers::ALL {
@@ -282,6 +324,11 @@ fn rows(args: &BenchArgs, paths: &[Path], idle: &[idle::Idle], absent: &[(&'stat
         rows.extend(
             metric(&bulk, MACHINE_CPU_GIB, "s/GiB", Better::Lower).rows(runs(|r| r.machine_cpu_per_gib, false)),
         );
+        let on_host =
+            paths.iter().filter(|p| !p.host_pids.is_empty()).map(|p| p.figures(streams, |r| r.host_cpu_per_gib));
+        let absent_weir = absent.iter().filter(|(_, role, _)| *role == Role::Weir);
+        let on_host = on_host.chain(absent_weir.map(|(name, role, why)| Figures::none(name, *role, why)));
+        rows.extend(metric(&bulk, HOST_CPU_GIB, "s/GiB", Better::Lower).rows(on_host.collect()));
     }
     let bulk = bulk_load(args.mib, STREAMS[0]);
     let rss = paths.iter().filter(|p| !p.pids.is_empty());
@@ -302,9 +349,12 @@ fn rows(args: &BenchArgs, paths: &[Path], idle: &[idle::Idle], absent: &[(&'stat
     rows
 }
 
+/// The host/DPU path's name.
+const PLANES: &str = "weir host plane + DPU (userspace TLS on the DPU)";
 const THROUGHPUT: &str = "throughput";
 const PROXY_CPU_GIB: &str = "proxy CPU";
 const MACHINE_CPU_GIB: &str = "machine CPU";
+const HOST_CPU_GIB: &str = "host-side mesh CPU";
 const RSS_AT_START: &str = "mesh RSS at start";
 const USERSPACE: &str = "payload through userspace";
 const IDLE_MEMORY: &str = "memory per idle connection";
@@ -350,15 +400,24 @@ fn transient(e: &anyhow::Error) -> bool {
 }
 
 fn bulk_once(p: &Path, mib: u64, streams: u32) -> anyhow::Result<Run> {
-    let cpu0: f64 = p.pids.iter().map(|&pid| cpu_seconds(pid)).sum();
+    let cpu = |pids: &[u32]| pids.iter().map(|&pid| cpu_seconds(pid)).sum::<f64>();
+    let (cpu0, host0) = (cpu(&p.pids), cpu(&p.host_pids));
     let machine0 = machine_busy_seconds();
-    let out = std::process::Command::new("taskset")
+    let mut command = match &p.workload {
+        Some((config, workload)) => {
+            let mut c = std::process::Command::new(std::env::current_exe()?);
+            c.arg("exec").arg("--config").arg(config).args(["--workload", workload, "--", "taskset"]);
+            c
+        }
+        None => std::process::Command::new("taskset"),
+    };
+    let out = command
         .args([
             "-c",
             CLIENT_CPU,
             "iperf3",
             "-c",
-            "127.0.0.1",
+            &p.entry.ip().to_string(),
             "-p",
             &p.entry.port().to_string(),
             "-n",
@@ -369,7 +428,7 @@ fn bulk_once(p: &Path, mib: u64, streams: u32) -> anyhow::Result<Run> {
         ])
         .output()
         .context("run iperf3")?;
-    let cpu = p.pids.iter().map(|&pid| cpu_seconds(pid)).sum::<f64>() - cpu0;
+    let (proxies, host) = (cpu(&p.pids) - cpu0, cpu(&p.host_pids) - host0);
     let machine = machine_busy_seconds() - machine0;
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 JSON")?;
     if let Some(err) = json["error"].as_str() {
@@ -381,7 +440,8 @@ fn bulk_once(p: &Path, mib: u64, streams: u32) -> anyhow::Result<Run> {
     Ok(Run {
         streams,
         mib_s: bytes / (1 << 20) as f64 / secs,
-        proxy_cpu_per_gib: cpu / gib,
+        proxy_cpu_per_gib: proxies / gib,
+        host_cpu_per_gib: host / gib,
         machine_cpu_per_gib: machine / gib,
     })
 }
@@ -428,9 +488,26 @@ fn report(args: &BenchArgs, rows: &[Row], notes: &[String]) -> String {
         }
         let _ = writeln!(t);
     }
+    let _ = writeln!(t, "Host-side mesh CPU: the mesh processes on the app's host (Weir's client node, or the host plane; its DPU shares this machine's CPUs here but is proxy CPU above):\n");
+    let _ = writeln!(t, "| load | path | host-side mesh CPU s/GiB (min–max) | × weir (userspace TLS) |");
+    let _ = writeln!(t, "|---|---|---|---|");
+    for streams in STREAMS {
+        let load = bulk_load(args.mib, streams);
+        let node = find(&load, "weir (userspace TLS)", HOST_CPU_GIB).and_then(|r| r.median);
+        for r in rows.iter().filter(|r| r.load == load && r.metric == HOST_CPU_GIB) {
+            let ratio = r.median.zip(node).map(|(m, n)| m / n);
+            match &r.reason {
+                Some(why) => {
+                    _ = writeln!(t, "| {load} | {} | {} | |", r.path, why.replace('|', "/").replace('\n', " "))
+                }
+                None => _ = writeln!(t, "| {load} | {} | {} | {} |", r.path, range(Some(r), 2), opt(ratio, 2)),
+            }
+        }
+    }
+    let _ = writeln!(t);
     for r in rows.iter().filter(|r| r.metric == USERSPACE && r.median.is_some()) {
         let u = r.median.unwrap_or_default();
-        let _ = writeln!(t, "{}: payload bytes through userspace during the bulk runs (client node): {u:.2} × the bytes moved (userspace TLS must copy; the kTLS path is 0)\n", r.path);
+        let _ = writeln!(t, "{}: payload bytes through userspace during the bulk runs (client node or host plane): {u:.2} × the bytes moved (userspace TLS must copy; the kTLS path and the host plane's splice are 0)\n", r.path);
     }
     let _ = writeln!(t, "| path | memory per idle connection KiB | × best peer |");
     let _ = writeln!(t, "|---|---|---|");
