@@ -90,7 +90,7 @@ mkdir "$run/ctl"
   printf 'WEIR_VM_WORKDIR=%q\n' "$workdir"
   printf 'WEIR_VM_SHARES=%q\n' "$(echo $shares)"
   printf 'WEIR_VM_MODULES=%q\n' "${VM_MODULES-rdma_rxe ib_uverbs}"
-  printf 'WEIR_VM_CMD_TIMEOUT=%q\n' "${VM_TIMEOUT:-900}"
+  printf 'WEIR_VM_CMD_TIMEOUT=%q\n' "$cmd_timeout"
 } >"$run/ctl/env.sh"
 {
   echo 'export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
@@ -137,20 +137,15 @@ boot_once() {
   qpid=$!
   # Boot watchdog: a guest that has not reached the command in boot_timeout seconds (it
   # takes 5-10 s) is stuck in the kernel or the init script, never in the test: end it.
-  booted=0
-  local waited=0
-  while kill -0 "$qpid" 2>/dev/null; do
-    [ -e "$run/ctl/t_ready" ] && { booted=1; break; }
-    if [ "$waited" -ge "$((boot_timeout * 5))" ]; then
-      kill "$qpid" 2>/dev/null
-      break
-    fi
+  local deadline=$((SECONDS + boot_timeout))
+  while kill -0 "$qpid" 2>/dev/null && [ ! -e "$run/ctl/t_ready" ]; do
+    [ "$SECONDS" -ge "$deadline" ] && { kill "$qpid" 2>/dev/null; break; }
     sleep 0.2
-    waited=$((waited + 1))
   done
   wait "$qpid"
   qrc=$?
   qpid=
+  booted=0
   [ -e "$run/ctl/t_ready" ] && booted=1
   # If qemu died before opening the fifos, the readers still wait in open(): a read-write
   # open never blocks, and closing it gives them their EOF.

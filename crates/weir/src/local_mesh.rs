@@ -208,6 +208,11 @@ impl Mesh {
         self.children.iter().map(Child::id).collect()
     }
 
+    /// The process on the app's own host: the client node, or the host plane (started last).
+    pub fn app_side_pid(&self) -> Option<u32> {
+        self.children.last().map(Child::id)
+    }
+
     /// Stops both nodes (SIGTERM, then SIGKILL after 5 s).
     pub fn stop(mut self) {
         self.stop_children();

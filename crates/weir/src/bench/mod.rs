@@ -126,14 +126,13 @@ struct Path {
 
 impl Path {
     fn new(name: &'static str, role: Role, entry: SocketAddr, pids: Vec<u32>) -> Self {
-        let (host_pids, workload) = (vec![], None);
         Self {
             name,
             role,
             entry,
             pids,
-            host_pids,
-            workload,
+            host_pids: vec![],
+            workload: None,
             runs: vec![],
             idle_rss_kib: 0,
             admin: None,
@@ -245,7 +244,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Section> {
         let mesh = crate::local_mesh::Mesh::start_with(&mesh_dir, ca.dir(), sink, opts).await?;
         let mut weir = Path::new(name, Role::Weir, mesh.outbound, mesh.pids());
         weir.admin = Some(mesh.client_admin);
-        weir.host_pids = mesh.pids().get(1).copied().into_iter().collect();
+        weir.host_pids = mesh.app_side_pid().into_iter().collect();
         paths.push(weir);
         meshes.push(mesh);
     }
@@ -258,7 +257,7 @@ async fn bench(args: &BenchArgs) -> anyhow::Result<Section> {
         Ok(mesh) => {
             let mut planes = Path::new(PLANES, Role::Weir, mesh.outbound, mesh.pids());
             planes.admin = Some(mesh.client_admin);
-            planes.host_pids = mesh.pids().last().copied().into_iter().collect();
+            planes.host_pids = mesh.app_side_pid().into_iter().collect();
             planes.workload = mesh.workload.clone();
             paths.push(planes);
             meshes.push(mesh);
