@@ -149,9 +149,18 @@ fn status_json(shared: &Shared) -> String {
     let svid = shared.store.current();
     let state = shared.store.rotation_state();
     let (ktls, reason) = match &shared.ktls {
-        Support::Available(suites) => (true, format!("kernel TLS available ({} TLS 1.3 suites)", suites.len())),
+        Support::Available(k) => (true, format!("kernel TLS available ({} TLS 1.3 suites)", k.suites.len())),
         Support::Unavailable(reason) => (false, reason.clone()),
     };
+    // Whether the kernel rekeys, as the start-up probe found: null without kTLS.
+    let rekey = shared.ktls.kernel().map(|k| match &k.rekey {
+        weir_tls::ktls::Rekey::Supported => {
+            serde_json::json!({ "supported": true, "records_per_key": k.records_per_key })
+        }
+        weir_tls::ktls::Rekey::Unsupported(why) => {
+            serde_json::json!({ "supported": false, "records_per_key": k.records_per_key, "reason": why })
+        }
+    });
     let unix = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     serde_json::json!({
         "spiffe_id": svid.id.as_str(),
@@ -162,6 +171,7 @@ fn status_json(shared: &Shared) -> String {
         "last_rotation_error": state.last_error,
         "ktls": ktls,
         "mode_reason": reason,
+        "ktls_rekey": rekey,
         "ready": readiness(shared).is_ok(),
     })
     .to_string()

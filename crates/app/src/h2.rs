@@ -308,8 +308,10 @@ async fn mesh_sender(
     let (mode, leg) = (up.mode(), up.leg(true));
     let io: Box<dyn weir_forward::http1::ByteStream> = match up {
         // The inbound side speaks only after the client's preface: early bytes cannot be framed.
-        crate::outbound::Upstream::Ktls(_, drained, _, _) if !drained.is_empty() => return None,
-        crate::outbound::Upstream::Ktls(socket, _, _, _) => Box::new(socket),
+        crate::outbound::Upstream::Ktls(s, _) if !s.drained.is_empty() => return None,
+        // Copy mode over kTLS: hyper reads the socket itself, so a KeyUpdate from the peer ends
+        // the connection (a read error), and this side never reaches its record limit's rekey.
+        crate::outbound::Upstream::Ktls(s, _) => Box::new(s.socket),
         crate::outbound::Upstream::Tls(tls) => tls,
         crate::outbound::Upstream::Plain(socket) => Box::new(socket),
     };

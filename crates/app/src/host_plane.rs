@@ -132,7 +132,7 @@ async fn inbound(mut dpu: TcpStream, from: SocketAddr, from_dpu: &FromDpu, share
         .copy(http.as_ref().is_some_and(|h| h.config.copy));
     let t = Tracked::open(shared, id, Direction::Inbound, Mode::HostChannel, (caller, service), leg);
     let outcome = match http {
-        Some(svc) => crate::http::inbound_socket(shared, &svc, &t, backend, (dpu, false)).await,
+        Some(svc) => crate::http::inbound_socket(shared, &svc, &t, backend, (dpu, None)).await,
         None => weir_forward::splice_plain(backend, dpu, &t.tally, shared.limits.pipe_size).await,
     };
     t.close(outcome);

@@ -43,14 +43,14 @@ impl HttpService {
 
 /// Serves HTTP from a peer node to the backend until the connection ends: HTTP/1.1 head-only
 /// (an upgraded connection continues as L4 splice), or HTTP/2 in copy mode when the peer opens
-/// with its preface. The peer leg is a socket: kTLS (`peer_ktls`), or a host plane's plaintext
-/// host channel from its DPU.
+/// with its preface. The peer leg is a socket: kTLS (with its key schedule), or a host plane's
+/// plaintext host channel from its DPU (`None`).
 pub(crate) async fn inbound_socket(
     shared: &Arc<Shared>,
     svc: &Arc<HttpService>,
     t: &Tracked<'_>,
     backend: TcpStream,
-    (peer, peer_ktls): (TcpStream, bool),
+    (peer, keys): (TcpStream, Option<weir_tls::ktls::Keys>),
 ) -> Outcome {
     match tokio::time::timeout(svc.config.request_head_timeout, crate::h2::preface_on_socket(&peer)).await {
         Ok(Ok(true)) => {
@@ -61,28 +61,28 @@ pub(crate) async fn inbound_socket(
         Ok(Err(e)) => return Outcome::Failed(Side::Peer, e),
         Err(_) => {
             // Idle from the start: end it as cleanly as an idle connection between requests.
-            let _ = http1::finish(&mut Leg::socket(&peer, peer_ktls, false)).await;
-            let _ = http1::finish(&mut Leg::socket(&backend, false, false)).await;
+            let _ = http1::finish(&mut Leg::socket(&peer, keys.as_ref(), false)).await;
+            let _ = http1::finish(&mut Leg::socket(&backend, None, false)).await;
             return Outcome::Closed;
         }
     }
     let copy = svc.config.copy;
     let result = {
-        let mut down = Leg::socket(&peer, peer_ktls, copy);
-        let mut up = Leg::socket(&backend, false, copy);
+        let mut down = Leg::socket(&peer, keys.as_ref(), copy);
+        let mut up = Leg::socket(&backend, None, copy);
         let mut hooks = InboundHooks::new(shared, svc, t, copy);
         http1::serve(&mut down, &mut up, (Side::Peer, Side::Local), &mut hooks, &svc.limits(), &t.tally).await
     };
     if !matches!(result, Ok(End::Upgraded)) {
         t.tally.note_close(&peer);
     }
-    match result {
-        Ok(End::Closed) => Outcome::Closed,
-        Ok(End::Upgraded) if peer_ktls => {
-            weir_forward::splice_ktls(backend, peer, Vec::new(), &t.tally, shared.limits).await
+    match (result, keys) {
+        (Ok(End::Closed), _) => Outcome::Closed,
+        (Ok(End::Upgraded), Some(keys)) => {
+            weir_forward::splice_ktls(backend, peer, &keys, Vec::new(), &t.tally, shared.limits).await
         }
-        Ok(End::Upgraded) => weir_forward::splice_plain(backend, peer, &t.tally, shared.limits.pipe_size).await,
-        Err(outcome) => {
+        (Ok(End::Upgraded), None) => weir_forward::splice_plain(backend, peer, &t.tally, shared.limits.pipe_size).await,
+        (Err(outcome), _) => {
             weir_forward::abort_both(&backend, &peer);
             outcome
         }
@@ -113,7 +113,7 @@ where
             Err(_) => {
                 // Idle from the start: end it as cleanly as an idle connection between requests.
                 let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
-                let _ = http1::finish(&mut Leg::socket(&backend, false, false)).await;
+                let _ = http1::finish(&mut Leg::socket(&backend, None, false)).await;
                 return Outcome::Closed;
             }
         };
@@ -121,7 +121,7 @@ where
     let result = {
         let mut down = Leg::stream_with(&mut tls, prefix);
         // Bodies cross userspace for the TLS anyway: the backend leg reads ahead too.
-        let mut up = Leg::socket(&backend, false, true);
+        let mut up = Leg::socket(&backend, None, true);
         let mut hooks = InboundHooks::new(shared, svc, t, copy);
         http1::serve(&mut down, &mut up, (Side::Peer, Side::Local), &mut hooks, &svc.limits(), &t.tally).await
     };

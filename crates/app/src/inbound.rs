@@ -9,14 +9,14 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
-use tokio_rustls::{server::TlsStream, TlsAcceptor};
+use tokio_rustls::TlsAcceptor;
 use weir_identity::SpiffeId;
 use weir_policy::{Decision, DenyReason};
 use weir_telemetry::records::Captured;
 use weir_telemetry::Direction;
-use weir_tls::ktls::{self, CorkStream};
+use weir_tls::ktls;
 use weir_tls::preamble::{Request, Status, REQUEST_HEADER_LEN};
-use weir_tls::Mode;
+use weir_tls::{Mode, Session};
 
 /// Where a local service's bytes go.
 #[derive(Debug, Clone, Copy)]
@@ -39,8 +39,8 @@ pub(crate) async fn serve(listener: TcpListener, backends: Arc<Backends>, shared
     .await
 }
 
-struct Accepted<IO> {
-    tls: TlsStream<IO>,
+struct Accepted<S> {
+    tls: S,
     peer: SpiffeId,
     service: String,
     backend: TcpStream,
@@ -52,10 +52,10 @@ struct Accepted<IO> {
 async fn handle(socket: TcpStream, from: SocketAddr, backends: &Backends, shared: &Arc<Shared>) {
     let id = shared.next_id();
     let _ = socket.set_nodelay(true);
-    let acceptor = TlsAcceptor::from(shared.tls.server());
-    if shared.ktls_available() && kernel_ready(&socket, shared, id) {
-        let Some(a) = accept(acceptor, CorkStream::new(socket), from, backends, shared, id).await else { return };
-        let switched = match ktls::switch_server(a.tls).await {
+    let config = shared.tls.server();
+    if let Some(kernel) = shared.ktls.kernel().filter(|_| kernel_ready(&socket, shared, id)) {
+        let Some(a) = accept(ktls::accept(config, socket), from, backends, shared, id).await else { return };
+        let switched = match a.tls.switch(kernel).await {
             Ok(s) => s,
             Err(e) => return shared.refuse(id, Direction::Inbound, Refusal::KtlsSetupFailed, &e),
         };
@@ -72,14 +72,20 @@ async fn handle(socket: TcpStream, from: SocketAddr, backends: &Backends, shared
         let mode = crate::conn::ktls_mode(&switched.socket);
         let t = Tracked::open(shared, id, Direction::Inbound, mode, (a.peer, a.service), leg);
         let outcome = match http {
-            Some(svc) => crate::http::inbound_socket(shared, &svc, &t, a.backend, (switched.socket, true)).await,
+            Some(svc) => {
+                let peer = (switched.socket, Some(switched.keys));
+                crate::http::inbound_socket(shared, &svc, &t, a.backend, peer).await
+            }
             None => {
-                weir_forward::splice_ktls(a.backend, switched.socket, switched.drained, &t.tally, shared.limits).await
+                let s = switched;
+                weir_forward::splice_ktls(a.backend, s.socket, &s.keys, s.drained, &t.tally, shared.limits).await
             }
         };
         t.close(outcome);
     } else {
-        let Some(a) = accept(acceptor, socket, from, backends, shared, id).await else { return };
+        let Some(a) = accept(TlsAcceptor::from(config).accept(socket), from, backends, shared, id).await else {
+            return;
+        };
         let http = http_service(shared, &a.service);
         let (tcp, session) = (a.tls.get_ref().0, weir_tls::SessionFacts::of(a.tls.get_ref().1));
         let leg = MeshLeg::of(tcp, session).copy(http.as_ref().is_some_and(|h| h.config.copy)).captured(a.to_host);
@@ -96,22 +102,21 @@ fn http_service(shared: &Shared, service: &str) -> Option<Arc<crate::http::HttpS
     shared.http.read().unwrap_or_else(|p| p.into_inner()).get(service).cloned()
 }
 
-/// Handshake, preamble, authorization and backend connect, all within the handshake timeout.
-/// `None`: refused, already counted and logged.
-async fn accept<IO>(
-    acceptor: TlsAcceptor,
-    io: IO,
+/// Handshake (`tls`), preamble, authorization and backend connect, all within the handshake
+/// timeout. `None`: refused, already counted and logged.
+async fn accept<S>(
+    tls: impl std::future::Future<Output = std::io::Result<S>>,
     from: SocketAddr,
     backends: &Backends,
     shared: &Shared,
     id: u64,
-) -> Option<Accepted<IO>>
+) -> Option<Accepted<S>>
 where
-    IO: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Session,
 {
     let exchange = async {
-        let mut tls = acceptor.accept(io).await.map_err(|e| (Refusal::TlsHandshake, e.to_string()))?;
-        let peer = weir_tls::peer_spiffe_id(tls.get_ref().1)
+        let mut tls = tls.await.map_err(|e| (Refusal::TlsHandshake, e.to_string()))?;
+        let peer = weir_tls::peer_spiffe_id(tls.tls_state())
             .ok_or((Refusal::NoSpiffeId, "client certificate has no SPIFFE ID".to_owned()))?;
         let request = read_request(&mut tls).await.map_err(|e| (Refusal::PreambleMalformed, format!("{peer}: {e}")))?;
         let decision = shared.policy.read().unwrap_or_else(|p| p.into_inner()).authorize(&request.service, &peer);

@@ -74,12 +74,19 @@ impl Node {
 
         let support = match config.ktls.mode {
             KtlsMode::Off => Support::Unavailable("kTLS turned off in config (ktls.mode = \"off\")".into()),
-            KtlsMode::Auto => ktls::detect().await,
+            KtlsMode::Auto => match ktls::detect().await {
+                Support::Available(k) => Support::Available(k.with_records_per_key(config.ktls.records_per_key)),
+                unavailable => unavailable,
+            },
         };
         let suites = match &support {
-            Support::Available(suites) => {
-                tracing::info!(suites = ?suites.iter().map(|s| s.suite()).collect::<Vec<_>>(), "kernel TLS available: mesh connections use kTLS + splice");
-                Some(suites.as_slice())
+            Support::Available(k) => {
+                let rekey = match &k.rekey {
+                    ktls::Rekey::Supported => "TLS 1.3 KeyUpdate followed and sent".to_owned(),
+                    ktls::Rekey::Unsupported(why) => format!("{why}: sessions end at the record limit"),
+                };
+                tracing::info!(suites = ?k.suites.iter().map(|s| s.suite()).collect::<Vec<_>>(), %rekey, records_per_key = k.records_per_key, "kernel TLS available: mesh connections use kTLS + splice");
+                Some(k.suites.as_slice())
             }
             Support::Unavailable(reason) => {
                 tracing::warn!(%reason, "kernel TLS unavailable: mesh connections use userspace TLS (never plaintext)");
@@ -94,7 +101,7 @@ impl Node {
         for s in config.inbound.iter().flat_map(|i| &i.services) {
             backends.insert(s.name.clone(), inbound::Backend { addr: s.backend, on_host: s.on_host });
         }
-        let limits = weir_forward::Limits { max_session_bytes: config.ktls.max_session_bytes, ..Default::default() };
+        let limits = weir_forward::Limits::default();
         let suites: Option<Vec<_>> = suites.map(<[_]>::to_vec);
         let suites = suites.as_deref();
         let mut shared = Shared::new(tls.clone(), store.clone(), support.clone(), limits, policy, handshake_timeout);

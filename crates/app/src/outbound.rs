@@ -15,7 +15,7 @@ use weir_config::OutboundRoute;
 use weir_identity::SpiffeId;
 use weir_telemetry::records::Captured;
 use weir_telemetry::Direction;
-use weir_tls::ktls::{self, CorkStream};
+use weir_tls::ktls::{self, Switched};
 use weir_tls::preamble::{Protocol, Request, Status, RESPONSE_LEN};
 use weir_tls::{Mode, TlsConfigs};
 
@@ -72,8 +72,8 @@ pub(crate) async fn handle(
     let who = (route.peer_id.clone(), route.service.clone());
     let t = Tracked::open(shared, id, Direction::Outbound, peer.mode(), who, peer.leg(false).captured(captured));
     let outcome = match peer {
-        Upstream::Ktls(socket, drained, _, _) => {
-            weir_forward::splice_ktls(app, socket, drained, &t.tally, shared.limits).await
+        Upstream::Ktls(s, _) => {
+            weir_forward::splice_ktls(app, s.socket, &s.keys, s.drained, &t.tally, shared.limits).await
         }
         Upstream::Tls(tls) => weir_forward::copy_tls(app, *tls, &t.tally).await,
         Upstream::Plain(dpu) => weir_forward::splice_plain(app, dpu, &t.tally, shared.limits.pipe_size).await,
@@ -83,9 +83,9 @@ pub(crate) async fn handle(
 
 /// A mesh connection to a peer node, past handshake and preamble.
 pub(crate) enum Upstream {
-    /// kTLS installed both ways; plaintext rustls decrypted before the switch; what the
-    /// handshake negotiated; whether the kernel or the NIC encrypts.
-    Ktls(TcpStream, Vec<u8>, weir_tls::SessionFacts, Mode),
+    /// kTLS installed both ways (with plaintext rustls decrypted before the switch, and the
+    /// key schedule); whether the kernel or the NIC encrypts.
+    Ktls(Box<Switched>, Mode),
     /// Userspace TLS.
     Tls(Box<TlsStream<TcpStream>>),
     /// A host plane's host-channel connection to its DPU, past the DPU's `Ok`: plaintext.
@@ -104,7 +104,7 @@ impl Upstream {
     /// The mesh leg for the connection's record (`copy`: served in copy mode).
     pub fn leg(&self, copy: bool) -> MeshLeg {
         match self {
-            Self::Ktls(socket, _, session, _) => MeshLeg::of(socket, *session),
+            Self::Ktls(s, _) => MeshLeg::of(&s.socket, s.session),
             Self::Tls(tls) => MeshLeg::of(tls.get_ref().0, weir_tls::SessionFacts::of(tls.get_ref().1)),
             Self::Plain(dpu) => MeshLeg::of(dpu, weir_tls::SessionFacts { version: "none", cipher: "none" }),
         }
@@ -147,24 +147,34 @@ pub(crate) async fn connect(
         Err(_) => return Err(refuse(Refusal::PeerUnreachable, &format_args!("{}: connect timed out", route.peer))),
     };
     let _ = peer.set_nodelay(true);
-    let connector = match tls.client(&route.peer_id) {
-        Ok(c) => TlsConnector::from(c),
+    let config = match tls.client(&route.peer_id) {
+        Ok(c) => c,
         Err(e) => return Err(refuse(Refusal::TlsHandshake, &e)),
     };
-    if shared.ktls_available() && kernel_ready(&peer, shared, id) {
-        let tls = handshake(connector, CorkStream::new(peer), route, shared, id).await.ok_or(Refused)?;
-        match ktls::switch_client(tls).await {
-            Ok(s) => {
-                let mode = crate::conn::ktls_mode(&s.socket);
-                Ok(Upstream::Ktls(s.socket, s.drained, s.session, mode))
+    let Ok(name) = ServerName::try_from(MESH_SERVER_NAME) else {
+        return Err(refuse(Refusal::TlsHandshake, &format_args!("{MESH_SERVER_NAME:?} is not a server name")));
+    };
+    match shared.ktls.kernel() {
+        Some(kernel) if kernel_ready(&peer, shared, id) => {
+            let staged = handshake(ktls::connect(config, name, peer), route, shared, id).await.ok_or(Refused)?;
+            match staged.switch(kernel).await {
+                Ok(s) => {
+                    let mode = crate::conn::ktls_mode(&s.socket);
+                    Ok(Upstream::Ktls(Box::new(s), mode))
+                }
+                Err(e) => Err(refuse(Refusal::KtlsSetupFailed, &e)),
             }
-            Err(e) => Err(refuse(Refusal::KtlsSetupFailed, &e)),
         }
-    } else {
-        let tls = handshake(connector, peer, route, shared, id).await.ok_or(Refused)?;
-        Ok(Upstream::Tls(Box::new(tls)))
+        _ => {
+            let tls =
+                handshake(TlsConnector::from(config).connect(name, peer), route, shared, id).await.ok_or(Refused)?;
+            Ok(Upstream::Tls(Box::new(tls)))
+        }
     }
 }
+
+/// The server name every mesh handshake carries: the peer is checked by SPIFFE ID, not by name.
+const MESH_SERVER_NAME: &str = "weir.mesh";
 
 /// Attaches the kTLS ULP before the handshake; on failure this connection stays in userspace
 /// TLS, and says so.
@@ -179,21 +189,19 @@ pub(crate) fn kernel_ready(socket: &TcpStream, shared: &Shared, id: u64) -> bool
     }
 }
 
-/// TLS handshake (the verifier checks the peer's SPIFFE ID) and preamble. `None`: refused,
-/// already counted and logged.
-async fn handshake<IO>(
-    connector: TlsConnector,
-    io: IO,
+/// TLS handshake (`tls`: the verifier checks the peer's SPIFFE ID) and preamble. `None`:
+/// refused, already counted and logged.
+async fn handshake<S>(
+    tls: impl std::future::Future<Output = std::io::Result<S>>,
     route: &OutboundRoute,
     shared: &Shared,
     id: u64,
-) -> Option<TlsStream<IO>>
+) -> Option<S>
 where
-    IO: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
-    let name = ServerName::try_from("weir.mesh").ok()?;
     let exchange = async {
-        let mut tls = connector.connect(name, io).await.map_err(|e| {
+        let mut tls = tls.await.map_err(|e| {
             let reason = match rustls_error(&e) {
                 Some(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure)) => {
                     Refusal::PeerIdMismatch

@@ -26,15 +26,16 @@ struct Pooled<'s> {
 impl Pooled<'_> {
     fn leg(&mut self, copy: bool) -> Leg<'_> {
         match &mut self.up {
-            Upstream::Ktls(socket, _, _, _) => Leg::socket(socket, true, copy),
+            Upstream::Ktls(s, _) => Leg::socket(&s.socket, Some(&s.keys), copy),
             Upstream::Tls(tls) => Leg::stream(&mut **tls),
-            Upstream::Plain(socket) => Leg::socket(socket, false, copy),
+            Upstream::Plain(socket) => Leg::socket(socket, None, copy),
         }
     }
 
     async fn close(mut self, outcome: Outcome) {
         let tcp = match &self.up {
-            Upstream::Ktls(socket, _, _, _) | Upstream::Plain(socket) => socket,
+            Upstream::Ktls(s, _) => &s.socket,
+            Upstream::Plain(socket) => socket,
             Upstream::Tls(tls) => tls.get_ref().0,
         };
         self.tracked.tally.note_close(tcp);
@@ -90,7 +91,7 @@ pub(crate) async fn handle(
         },
         current: None,
     };
-    let mut down = Leg::socket(&app, false, http.copy);
+    let mut down = Leg::socket(&app, None, http.copy);
     let mut aborted = false;
     let upgraded = loop {
         let req = match front.read_request(&mut down, &mut log).await {
@@ -209,8 +210,8 @@ pub(crate) async fn handle(
     match upgraded {
         Some(Pooled { up, tracked }) => {
             let outcome = match up {
-                Upstream::Ktls(socket, _, _, _) => {
-                    weir_forward::splice_ktls(app, socket, Vec::new(), &tracked.tally, shared.limits).await
+                Upstream::Ktls(s, _) => {
+                    weir_forward::splice_ktls(app, s.socket, &s.keys, Vec::new(), &tracked.tally, shared.limits).await
                 }
                 Upstream::Tls(tls) => weir_forward::copy_tls(app, *tls, &tracked.tally).await,
                 Upstream::Plain(dpu) => {
@@ -237,8 +238,8 @@ async fn connect<'s>(
 ) -> Option<Pooled<'s>> {
     let id = shared.next_id();
     let up = outbound::connect(target, via, shared, id, timeout).await.ok()?;
-    if let Upstream::Ktls(_, drained, _, _) = &up {
-        if !drained.is_empty() {
+    if let Upstream::Ktls(s, _) = &up {
+        if !s.drained.is_empty() {
             // The inbound side speaks only after a request: bytes this early cannot be framed.
             shared.refuse(id, Direction::Outbound, Refusal::PreambleMalformed, &"data before the first request");
             return None;

@@ -1,6 +1,6 @@
 //! The mesh hop in kernel TLS: both ends `ktls_sw`, bytes moved by splice. Runs in a guest
-//! kernel with CONFIG_TLS (`make test-ktls`, tests/vm/run-in-uml.sh); on a kernel without kTLS
-//! every test fails with the reason.
+//! kernel with CONFIG_TLS (`make test-ktls`, tests/vm/run-in-vm.sh, on Debian's 6.1 and on a
+//! 7.2 that rekeys); on a kernel without kTLS every test fails with the reason.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 mod common;
@@ -12,18 +12,37 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use weir_identity::{IdentitySource, Validity};
-use weir_tls::ktls::{self, CorkStream, Support};
+use weir_tls::ktls::{self, Kernel, Support};
 use weir_tls::preamble::{Request, Status, REQUEST_HEADER_LEN};
 
 const MIB: u64 = 1 << 20;
 
-async fn require_ktls() -> Vec<rustls::SupportedCipherSuite> {
+async fn require_ktls() -> Kernel {
     match ktls::detect().await {
-        Support::Available(suites) => suites,
+        Support::Available(kernel) => kernel,
         Support::Unavailable(reason) => {
             panic!("this suite needs a kernel with kTLS (run it with `make test-ktls`): {reason}")
         }
     }
+}
+
+/// Whether this guest kernel rekeys kTLS, as the runner says (`WEIR_GUEST_KERNEL`, set by
+/// scripts/test.sh: 7.2 can, 6.1 cannot); the start-up probe must agree.
+fn kernel_rekeys(kernel: &Kernel) -> bool {
+    let expected = match std::env::var("WEIR_GUEST_KERNEL").as_deref() {
+        Ok("6.1") => false,
+        Ok("7.2") => true,
+        other => {
+            panic!("WEIR_GUEST_KERNEL must name the guest kernel, 6.1 or 7.2 (scripts/test.sh sets it): {other:?}")
+        }
+    };
+    assert_eq!(kernel.rekey.is_supported(), expected, "the rekey probe on this kernel: {:?}", kernel.rekey);
+    expected
+}
+
+/// How much each `/proc/net/tls_stat` counter rose since `before`.
+fn tls_stat_delta(before: &BTreeMap<String, i64>) -> BTreeMap<String, i64> {
+    tls_stat().into_iter().map(|(k, v)| (k.clone(), v - before.get(&k).copied().unwrap_or(0))).collect()
 }
 
 fn tls_stat() -> BTreeMap<String, i64> {
@@ -74,12 +93,30 @@ async fn no_plaintext_on_the_inter_node_leg_in_ktls_mode() {
     cases::plaintext_never_on_the_wire("auto", "ktls_sw").await;
 }
 
+/// Each node seals at most 64 records under one key: a kernel that rekeys sends a KeyUpdate and
+/// goes on (16 MiB echoed byte-exact, many rekeys each way, no decrypt error); one that cannot
+/// ends the session with a reset before the limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_byte_limit_ends_the_session_with_a_reset() {
-    require_ktls().await;
+async fn the_record_limit_rekeys_or_ends_the_session() {
+    let kernel = require_ktls().await;
+    let rekeys = kernel_rekeys(&kernel);
     let mut opts = Opts::new("auto");
-    opts.max_session_bytes = MIB;
+    opts.records_per_key = 64;
     let mesh = Mesh::start(opts).await;
+    if rekeys {
+        let before = tls_stat();
+        echo_exact(mesh.outbound(), 16 * MIB, 5).await;
+        mesh.settle().await;
+        let delta = tls_stat_delta(&before);
+        eprintln!("own rekeys at 64 records per key, 16 MiB each way: tls_stat deltas {delta:?}");
+        // 16 MiB is at least 1024 records each way: a rekey every 64-80 of them, on both nodes.
+        assert!(delta["TlsTxRekeyOk"] >= 24, "{delta:?}");
+        assert!(delta["TlsRxRekeyOk"] >= 24, "{delta:?}");
+        assert_eq!(delta["TlsDecryptError"], 0, "{delta:?}");
+        let c = mesh.client.metrics_text();
+        assert_eq!(metric(&c, "weir_connections_closed_total", &["outcome=\"closed\""]), 1.0, "{c}");
+        return;
+    }
     let s = TcpStream::connect(mesh.outbound()).await.expect("connect");
     let (mut r, mut w) = s.into_split();
     let writer = tokio::spawn(async move { write_pattern(&mut w, 8 * MIB, 3).await });
@@ -101,33 +138,22 @@ async fn session_byte_limit_ends_the_session_with_a_reset() {
 /// are consumed in userspace, and the kTLS socket carries application data only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_tickets_before_the_switch_are_drained() {
-    let suites = require_ktls().await;
+    let kernel = require_ktls().await;
     let mesh = Mesh::start(Opts::new("auto")).await;
-    let svid = std::sync::Arc::new(
-        mesh.ca.issue(&id("server"), Validity::starting_now(Duration::from_secs(600))).expect("svid"),
-    );
-    let cfgs = weir_tls::TlsConfigs::new(svid, &mesh.ca.trust_bundle().expect("bundle"), Some(&suites), true)
-        .expect("configs");
-    let mut server_cfg = (*cfgs.server()).clone();
+    let mut server_cfg = (*server_configs(&mesh, &kernel).server()).clone();
     server_cfg.send_tls13_tickets = 2;
-    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server_cfg));
+    let server_cfg = std::sync::Arc::new(server_cfg);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let peer_addr = listener.local_addr().expect("addr");
     let backend = mesh.backend.addr;
     let server = tokio::spawn(async move {
         let (sock, _) = listener.accept().await.expect("accept");
         ktls::prepare(&sock).expect("ULP");
-        let mut tls = acceptor.accept(CorkStream::new(sock)).await.expect("handshake");
-        let mut header = [0u8; REQUEST_HEADER_LEN];
-        tls.read_exact(&mut header).await.expect("preamble");
-        let mut body = vec![0u8; Request::decode_header(&header).expect("header")];
-        tls.read_exact(&mut body).await.expect("preamble body");
-        Request::decode_body(&body).expect("request");
-        tls.write_all(&Status::Ok.encode()).await.expect("answer");
-        tls.flush().await.expect("flush");
-        let switched = ktls::switch_server(tls).await.expect("switch");
+        let mut tls = ktls::accept(server_cfg, sock).await.expect("handshake");
+        answer_preamble(&mut tls).await;
+        let s = tls.switch(&kernel).await.expect("switch");
         let b = TcpStream::connect(backend).await.expect("backend");
-        weir_forward::splice_ktls(b, switched.socket, switched.drained, &Default::default(), Default::default()).await
+        weir_forward::splice_ktls(b, s.socket, &s.keys, s.drained, &Default::default(), Default::default()).await
     });
     let mut opts = Opts::new("auto");
     opts.expected_server = id("server");
@@ -138,6 +164,97 @@ async fn session_tickets_before_the_switch_are_drained() {
     assert_eq!(outcome.as_label(), "closed", "ticket-sending peer closed cleanly: {outcome:?}");
     let c = client.metrics_text();
     assert_eq!(metric(&c, "weir_connections_opened_total", &["mode=\"ktls_sw\""]), 1.0, "{c}");
+}
+
+/// The server node's TLS configurations, issued by the mesh's CA, restricted to the kernel's suites.
+fn server_configs(mesh: &Mesh, kernel: &Kernel) -> weir_tls::TlsConfigs {
+    let svid = std::sync::Arc::new(
+        mesh.ca.issue(&id("server"), Validity::starting_now(Duration::from_secs(600))).expect("svid"),
+    );
+    weir_tls::TlsConfigs::new(svid, &mesh.ca.trust_bundle().expect("bundle"), Some(&kernel.suites), true)
+        .expect("configs")
+}
+
+/// Reads the client node's preamble and admits it.
+async fn answer_preamble<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(tls: &mut S) {
+    let mut header = [0u8; REQUEST_HEADER_LEN];
+    tls.read_exact(&mut header).await.expect("preamble");
+    let mut body = vec![0u8; Request::decode_header(&header).expect("header")];
+    tls.read_exact(&mut body).await.expect("preamble body");
+    Request::decode_body(&body).expect("request");
+    tls.write_all(&Status::Ok.encode()).await.expect("answer");
+    tls.flush().await.expect("flush");
+}
+
+/// A peer in userspace rustls that refreshes its keys (asking for ours too) every MiB while it
+/// echoes a transfer through the client node's kTLS splice. On a kernel that rekeys the client
+/// node follows every KeyUpdate both ways and the echo is byte-exact; on one that cannot, the
+/// first KeyUpdate ends the connection with an error, never with wrong bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_key_updates_are_followed_or_close_the_connection() {
+    let kernel = require_ktls().await;
+    let rekeys = kernel_rekeys(&kernel);
+    let mesh = Mesh::start(Opts::new("auto")).await;
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_configs(&mesh, &kernel).server());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let peer_addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        let (sock, _) = listener.accept().await.expect("accept");
+        let mut tls = acceptor.accept(sock).await.expect("handshake");
+        answer_preamble(&mut tls).await;
+        let (mut echoed, mut refreshes, mut buf) = (0u64, 0u32, vec![0u8; 64 * 1024]);
+        loop {
+            let n = match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if tls.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+            let before = echoed;
+            echoed += n as u64;
+            if echoed / MIB > before / MIB {
+                tls.get_mut().1.refresh_traffic_keys().expect("refresh");
+                refreshes += 1;
+            }
+        }
+        let _ = tls.shutdown().await;
+        (echoed, refreshes)
+    });
+    let mut opts = Opts::new("auto");
+    opts.expected_server = id("server");
+    let client =
+        client_node(&node_config(&mesh.dir.path().join("ca"), "client", &opts), peer_addr, &id("server")).await;
+    let before = tls_stat();
+    if rekeys {
+        echo_exact(client.outbound_addrs()[0], 8 * MIB, 9).await;
+        let (echoed, refreshes) = server.await.expect("server task");
+        let delta = tls_stat_delta(&before);
+        eprintln!("peer KeyUpdates: {refreshes} over {echoed} bytes echoed; tls_stat deltas {delta:?}");
+        assert_eq!(echoed, 8 * MIB);
+        assert!(refreshes >= 7, "the peer refreshed its keys {refreshes} times");
+        // Each refresh: the peer's next key installed for receive, ours (it asked) for send.
+        assert!(delta["TlsRxRekeyOk"] >= i64::from(refreshes), "{delta:?}");
+        assert!(delta["TlsTxRekeyOk"] >= i64::from(refreshes), "{delta:?}");
+        assert_eq!(delta["TlsDecryptError"], 0, "{delta:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let c = client.metrics_text();
+        assert_eq!(metric(&c, "weir_connections_closed_total", &["outcome=\"closed\""]), 1.0, "{c}");
+        return;
+    }
+    let s = TcpStream::connect(client.outbound_addrs()[0]).await.expect("connect");
+    let (mut r, mut w) = s.into_split();
+    let writer = tokio::spawn(async move { write_pattern(&mut w, 8 * MIB, 9).await });
+    let got = read_hash(&mut r).await;
+    let wrote = writer.await.expect("writer task");
+    assert!(got.is_err() || wrote.is_err(), "the app must see an error: read {got:?}, write {wrote:?}");
+    assert!(got.as_ref().map_or(true, |(n, _)| *n < 8 * MIB), "the transfer must not look complete: {got:?}");
+    let (_, refreshes) = server.await.expect("server task");
+    assert!(refreshes >= 1, "the peer sent a KeyUpdate");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let c = client.metrics_text();
+    assert_eq!(metric(&c, "weir_connections_closed_total", &["outcome=\"error\""]), 1.0, "{c}");
+    assert_eq!(tls_stat_delta(&before)["TlsDecryptError"], 0, "no record was opened under the wrong key");
 }
 
 /// An HTTP backend: answers `/bytes/N` with N pattern bytes, and reports the SHA-256 and length

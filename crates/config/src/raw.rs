@@ -124,7 +124,7 @@ pub(crate) struct RawTelemetry {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawKtls {
     pub mode: Option<Spanned<String>>,
-    pub max_session_bytes: Option<Spanned<i64>>,
+    pub records_per_key: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

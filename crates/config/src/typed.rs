@@ -145,8 +145,10 @@ pub enum LogFormat {
 pub struct KtlsConfig {
     /// Whether to use kTLS.
     pub mode: KtlsMode,
-    /// Bytes one side may send on one kTLS session (the kernel cannot rekey).
-    pub max_session_bytes: u64,
+    /// TLS records this side seals under one kTLS key before it rekeys (a kernel that can:
+    /// a TLS 1.3 KeyUpdate) or ends the session (one that cannot). Below AES-GCM's
+    /// confidentiality limit of 2^24 records.
+    pub records_per_key: u64,
 }
 
 /// Whether to use kTLS.
@@ -388,13 +390,13 @@ impl Config {
                 "off" => Ok(KtlsMode::Off),
                 o => Err(format!("{o:?} is not one of auto, off")),
             });
-            let max = c.optional(
-                &k.and_then(|k| k.max_session_bytes.clone()),
-                "ktls.max_session_bytes",
-                16 << 30,
-                ranged(1, 1 << 40),
+            let records = c.optional(
+                &k.and_then(|k| k.records_per_key.clone()),
+                "ktls.records_per_key",
+                1 << 23,
+                ranged(1, 1 << 24),
             );
-            mode.zip(max).map(|(mode, max)| KtlsConfig { mode, max_session_bytes: max as u64 })
+            mode.zip(records).map(|(mode, records)| KtlsConfig { mode, records_per_key: records as u64 })
         };
         let inbound = raw.inbound.as_ref().map(|i| inbound(&mut c, i));
         let kernel = kernel(&mut c, raw.kernel.as_ref());

@@ -9,38 +9,35 @@ use std::os::fd::AsFd;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use weir_sys::{Pipe, RecordType, SpliceFlags};
+use weir_tls::ktls::{Keys, Sent};
 
-/// Limits for one kTLS session.
+/// Limits of the pump.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Bytes this side may send on one session before it must end (AES-GCM record limit;
-    /// this kernel path cannot rekey).
-    pub max_session_bytes: u64,
     /// Pipe capacity requested per direction.
     pub pipe_size: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        // 16 GiB: at 1 KiB per record that is 2^24 records, under TLS 1.3's AES-GCM limit of
-        // 2^24.5; splice fills records to 16 KiB, so the real margin is much larger.
-        Self { max_session_bytes: 16 << 30, pipe_size: 256 << 10 }
+        Self { pipe_size: 256 << 10 }
     }
 }
 
-/// Forwards between `local` (plaintext) and `peer` (kTLS TX and RX installed) until both
-/// directions end. `drained` is plaintext rustls decrypted before the switch; it goes to
-/// `local` first.
+/// Forwards between `local` (plaintext) and `peer` (kTLS TX and RX installed, `keys` its key
+/// schedule) until both directions end. `drained` is plaintext rustls decrypted before the
+/// switch; it goes to `local` first.
 pub async fn splice_ktls(
     local: TcpStream,
     peer: TcpStream,
+    keys: &Keys,
     drained: Vec<u8>,
     tally: &Tally,
     limits: Limits,
 ) -> Outcome {
     let result = tokio::try_join!(
-        local_to_peer(&local, &peer, tally, limits),
-        peer_to_local(&peer, &local, drained, tally, limits)
+        local_to_peer(&local, &peer, keys, tally, limits),
+        peer_to_local(&peer, keys, &local, drained, tally, limits)
     );
     tally.note_close(&peer);
     match result {
@@ -52,28 +49,63 @@ pub async fn splice_ktls(
     }
 }
 
-async fn local_to_peer(local: &TcpStream, peer: &TcpStream, tally: &Tally, limits: Limits) -> Result<(), Outcome> {
+async fn local_to_peer(
+    local: &TcpStream,
+    peer: &TcpStream,
+    keys: &Keys,
+    tally: &Tally,
+    limits: Limits,
+) -> Result<(), Outcome> {
     // An idle connection holds no pipe: create it when the first bytes are ready.
     local.readable().await.map_err(|e| Outcome::from_error(Side::Local, e))?;
     let pipe = Pipe::with_capacity(limits.pipe_size).map_err(|e| Outcome::Failed(Side::Local, e.into()))?;
-    let mut sent = 0u64;
     loop {
         let n = fill(local, &pipe, pipe.capacity()).await.map_err(|e| Outcome::from_error(Side::Local, e))?;
         if n == 0 {
             close_notify(peer).await.map_err(|e| Outcome::from_error(Side::Peer, e))?;
             return Ok(());
         }
-        sent += n as u64;
-        if sent > limits.max_session_bytes {
-            return Err(Outcome::SessionLimit);
-        }
         empty(&pipe, peer, n).await.map_err(|e| Outcome::from_error(Side::Peer, e))?;
         tally.to_peer.inc_by(n as u64);
+        if !after_send(peer, keys, n).await.map_err(|e| Outcome::from_error(Side::Peer, e))? {
+            return Err(Outcome::SessionLimit);
+        }
     }
+}
+
+/// After `n` bytes went out on a kTLS socket: at the per-key record limit, sends a KeyUpdate
+/// and installs the next key. `Ok(false)`: the limit is reached and this kernel cannot rekey,
+/// so the session must end.
+pub(crate) async fn after_send(peer: &TcpStream, keys: &Keys, n: usize) -> io::Result<bool> {
+    match keys.sent(peer.as_fd(), n)? {
+        Sent::Continue => Ok(true),
+        Sent::Rekey => {
+            key_update(peer, keys).await?;
+            Ok(true)
+        }
+        Sent::Exhausted => Ok(false),
+    }
+}
+
+/// Sends our KeyUpdate (`update_not_requested`: only our key changes) under the current key,
+/// then installs the next: nothing else is sent in between (no await after the record went out).
+async fn key_update(peer: &TcpStream, keys: &Keys) -> io::Result<()> {
+    let message = [KEY_UPDATE, 0, 0, 1, 0];
+    loop {
+        peer.writable().await?;
+        match peer.try_io(Interest::WRITABLE, || {
+            Ok(weir_sys::send_tls_record(peer.as_fd(), RecordType::Handshake, &message)?)
+        }) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            other => break other?,
+        }
+    }
+    keys.next_tx(peer.as_fd())
 }
 
 async fn peer_to_local(
     peer: &TcpStream,
+    keys: &Keys,
     local: &TcpStream,
     drained: Vec<u8>,
     tally: &Tally,
@@ -87,7 +119,10 @@ async fn peer_to_local(
     peer.readable().await.map_err(|e| Outcome::from_error(Side::Peer, e))?;
     let pipe = Pipe::with_capacity(limits.pipe_size).map_err(|e| Outcome::Failed(Side::Local, e.into()))?;
     loop {
-        match fill_from_ktls(peer, &pipe, pipe.capacity()).await.map_err(|e| Outcome::from_error(Side::Peer, e))? {
+        match fill_from_ktls(peer, keys, &pipe, pipe.capacity())
+            .await
+            .map_err(|e| Outcome::from_error(Side::Peer, e))?
+        {
             KtlsRead::Data(n) => {
                 empty(&pipe, local, n).await.map_err(|e| Outcome::from_error(Side::Local, e))?;
                 tally.from_peer.inc_by(n as u64);
@@ -133,7 +168,7 @@ pub(crate) enum KtlsRead {
 
 /// kTLS socket -> pipe, at most `len` bytes. splice stops at any non-data record (EINVAL, or
 /// EIO on some kernels): such a record is read with recvmsg and acted on here.
-pub(crate) async fn fill_from_ktls(src: &TcpStream, pipe: &Pipe, len: usize) -> io::Result<KtlsRead> {
+pub(crate) async fn fill_from_ktls(src: &TcpStream, keys: &Keys, pipe: &Pipe, len: usize) -> io::Result<KtlsRead> {
     loop {
         src.readable().await?;
         match src.try_io(Interest::READABLE, || {
@@ -143,7 +178,7 @@ pub(crate) async fn fill_from_ktls(src: &TcpStream, pipe: &Pipe, len: usize) -> 
             Ok(n) => return Ok(KtlsRead::Data(n)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) if is_control_record(&e) => {
-                if let Some(read) = control_record(src).await? {
+                if let Some(read) = control_record(src, keys).await? {
                     return Ok(read);
                 }
             }
@@ -153,6 +188,8 @@ pub(crate) async fn fill_from_ktls(src: &TcpStream, pipe: &Pipe, len: usize) -> 
 }
 
 /// Whether a read error on a kTLS socket means "the next record is not application data".
+/// (`EKEYEXPIRED`, a KeyUpdate read but its key not yet installed, cannot reach here: the key is
+/// installed right after the record is read, before any other read of the socket.)
 pub(crate) fn is_control_record(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(EINVAL | EIO))
 }
@@ -162,8 +199,8 @@ const EIO: i32 = 5;
 const NEW_SESSION_TICKET: u8 = 4;
 const KEY_UPDATE: u8 = 24;
 
-/// Reads the record that stopped splice. `None`: ignorable, keep splicing.
-pub(crate) async fn control_record(src: &TcpStream) -> io::Result<Option<KtlsRead>> {
+/// Reads the record that stopped splice. `None`: handled (a ticket, a KeyUpdate), keep splicing.
+pub(crate) async fn control_record(src: &TcpStream, keys: &Keys) -> io::Result<Option<KtlsRead>> {
     let mut buf = vec![0u8; 16 * 1024 + 256];
     let (kind, n) = loop {
         src.readable().await?;
@@ -176,13 +213,38 @@ pub(crate) async fn control_record(src: &TcpStream) -> io::Result<Option<KtlsRea
     match (kind, record) {
         (RecordType::Alert, [_, 0, ..]) => Ok(Some(KtlsRead::CloseNotify)),
         (RecordType::Alert, [_, desc, ..]) => Err(io::Error::other(format!("peer sent TLS alert {desc}"))),
-        (RecordType::Handshake, [NEW_SESSION_TICKET, ..]) => Ok(None),
-        (RecordType::Handshake, [KEY_UPDATE, ..]) => {
-            Err(io::Error::other("peer sent KeyUpdate; kernel TLS cannot rekey: closing"))
+        (RecordType::Handshake, messages) => {
+            handshake_messages(src, keys, messages).await?;
+            Ok(None)
         }
         (RecordType::ApplicationData, _) => Ok(Some(KtlsRead::Record(record.to_vec()))),
         (kind, _) => Err(io::Error::other(format!("unexpected TLS record {kind:?} on a kTLS socket"))),
     }
+}
+
+/// Acts on the post-handshake messages of one record: a ticket is ignored (ours send none), a
+/// KeyUpdate installs the peer's next key and, when it asks, sends ours.
+async fn handshake_messages(src: &TcpStream, keys: &Keys, mut messages: &[u8]) -> io::Result<()> {
+    while let [kind, a, b, c, rest @ ..] = messages {
+        let len = u32::from_be_bytes([0, *a, *b, *c]) as usize;
+        let Some((body, next)) = (rest.len() >= len).then(|| rest.split_at(len)) else {
+            return Err(io::Error::other("truncated TLS handshake message on a kTLS socket"));
+        };
+        match (*kind, body) {
+            (NEW_SESSION_TICKET, _) => {}
+            (KEY_UPDATE, [request @ (0 | 1)]) => {
+                if keys.peer_updated(src.as_fd(), *request == 1)? {
+                    key_update(src, keys).await?;
+                }
+            }
+            (KEY_UPDATE, _) => return Err(io::Error::other("malformed KeyUpdate")),
+            (kind, _) => {
+                return Err(io::Error::other(format!("unexpected TLS handshake message {kind} on a kTLS socket")))
+            }
+        }
+        messages = next;
+    }
+    Ok(())
 }
 
 /// Pipe -> destination socket, exactly `n` bytes.

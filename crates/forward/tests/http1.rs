@@ -59,8 +59,8 @@ async fn harness(copy: bool) -> Harness {
             request_head: Duration::from_secs(1),
             response_head: Duration::from_secs(5),
         };
-        let mut d = Leg::socket(&down, false, copy);
-        let mut u = Leg::socket(&up, false, copy);
+        let mut d = Leg::socket(&down, None, copy);
+        let mut u = Leg::socket(&up, None, copy);
         let mut hooks = TestHooks(hooks_seen);
         http1::serve(&mut d, &mut u, (Side::Peer, Side::Local), &mut hooks, &limits, &t)
             .await

@@ -1,5 +1,5 @@
 //! The probe against live kTLS sockets: in a guest kernel with CONFIG_TLS (scripts/test.sh
-//! `ktls`, tests/vm/run-in-uml.sh as cargo runner) this process opens a TLS 1.3 connection to
+//! `ktls`, tests/vm/run-in-vm.sh as cargo runner) this process opens a TLS 1.3 connection to
 //! itself, hands both ends to kernel TLS, and the probe must list both sockets as software kTLS
 //! owned by this process. On a kernel without kTLS it fails with the reason.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use weir_identity::{Ca, IdentitySource, SpiffeId, Validity};
 use weir_probe::ulp::TlsConf;
-use weir_tls::ktls::{self, CorkStream, Support, Switched};
+use weir_tls::ktls::{self, Support, Switched};
 use weir_tls::TlsConfigs;
 
 fn configs(ca: &Ca, sa: &str, suites: &[rustls::SupportedCipherSuite]) -> TlsConfigs {
@@ -21,38 +21,39 @@ fn configs(ca: &Ca, sa: &str, suites: &[rustls::SupportedCipherSuite]) -> TlsCon
 
 /// A TLS 1.3 connection from this process to itself, both ends switched to kTLS.
 async fn ktls_pair() -> (Switched, Switched) {
-    let suites = match ktls::detect().await {
-        Support::Available(s) => s,
+    let kernel = match ktls::detect().await {
+        Support::Available(k) => k,
         Support::Unavailable(reason) => panic!("this suite needs a kernel with kTLS (scripts/test.sh ktls): {reason}"),
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = Ca::init(&dir.path().join("ca"), "weir.test").expect("ca");
-    let server_cfg = configs(&ca, "server", &suites);
-    let client_cfg = configs(&ca, "client", &suites);
+    let server_cfg = configs(&ca, "server", &kernel.suites);
+    let client_cfg = configs(&ca, "client", &kernel.suites);
     let server_id = server_cfg.id();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let acceptor = tokio_rustls::TlsAcceptor::from(server_cfg.server());
+    let config = server_cfg.server();
+    let server_kernel = kernel.clone();
     let server = tokio::spawn(async move {
         let (sock, _) = listener.accept().await.expect("accept");
         ktls::prepare(&sock).expect("server ULP");
-        let mut tls = acceptor.accept(CorkStream::new(sock)).await.expect("server handshake");
+        let mut tls = ktls::accept(config, sock).await.expect("server handshake");
         let mut ping = [0u8; 4];
         tls.read_exact(&mut ping).await.expect("ping");
         tls.write_all(b"pong").await.expect("pong");
         tls.flush().await.expect("flush");
-        ktls::switch_server(tls).await.expect("server switch")
+        tls.switch(&server_kernel).await.expect("server switch")
     });
     let sock = TcpStream::connect(addr).await.expect("connect");
     ktls::prepare(&sock).expect("client ULP");
-    let connector = tokio_rustls::TlsConnector::from(client_cfg.client(&server_id).expect("client config"));
+    let config = client_cfg.client(&server_id).expect("client config");
     let name = rustls::pki_types::ServerName::try_from("weir.test").expect("name");
-    let mut tls = connector.connect(name, CorkStream::new(sock)).await.expect("client handshake");
+    let mut tls = ktls::connect(config, name, sock).await.expect("client handshake");
     tls.write_all(b"ping").await.expect("ping");
     tls.flush().await.expect("flush");
     let mut pong = [0u8; 4];
     tls.read_exact(&mut pong).await.expect("pong");
-    let client = ktls::switch_client(tls).await.expect("client switch");
+    let client = tls.switch(&kernel).await.expect("client switch");
     let server = server.await.expect("server task");
     (client, server)
 }

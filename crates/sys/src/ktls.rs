@@ -1,7 +1,7 @@
 //! Kernel TLS socket options and TLS record control messages.
 //!
-//! The key material layout (`tls12_crypto_info_*`) comes from the `ktls` crate's `CryptoInfo`;
-//! this module only hands it to the kernel.
+//! Owns the kernel's key layout (`struct tls12_crypto_info_*` of `linux/tls.h`, TLS 1.3 only):
+//! [`CryptoInfo`] is built from raw key bytes, so this crate knows nothing of rustls.
 use crate::SyscallError;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
@@ -74,18 +74,128 @@ pub fn attach_tls_ulp(fd: BorrowedFd<'_>) -> Result<(), SyscallError> {
     Ok(())
 }
 
-/// Installs one direction's traffic key into kTLS.
-pub fn set_tls_crypto(fd: BorrowedFd<'_>, dir: TlsDirection, info: &ktls::CryptoInfo) -> Result<(), SyscallError> {
+/// Installs one direction's traffic key into kTLS. On a kernel that can rekey (Linux ≥ 6.14,
+/// TLS 1.3) a second call for the same direction replaces the key; older kernels answer
+/// `EBUSY`.
+pub fn set_tls_crypto(fd: BorrowedFd<'_>, dir: TlsDirection, info: &CryptoInfo) -> Result<(), SyscallError> {
     let (opt, call) = match dir {
         TlsDirection::Transmit => (TLS_TX, "setsockopt(SOL_TLS, TLS_TX)"),
         TlsDirection::Receive => (TLS_RX, "setsockopt(SOL_TLS, TLS_RX)"),
     };
-    // SAFETY: CryptoInfo::as_ptr/size describe one initialised tls12_crypto_info_* struct.
-    let rc = unsafe { libc::setsockopt(fd.as_raw_fd(), SOL_TLS, opt, info.as_ptr(), info.size() as libc::socklen_t) };
+    let bytes = info.as_bytes();
+    // SAFETY: bytes is one initialised tls12_crypto_info_* struct, valid for its length.
+    let rc = unsafe {
+        libc::setsockopt(fd.as_raw_fd(), SOL_TLS, opt, bytes.as_ptr().cast(), bytes.len() as libc::socklen_t)
+    };
     if rc < 0 {
         return Err(SyscallError::last(call));
     }
     Ok(())
+}
+
+/// The sequence number of the next record this socket will send under its current TX key
+/// (`getsockopt(SOL_TLS, TLS_TX)`): the count of records sealed under that key.
+pub fn tls_tx_record_seq(fd: BorrowedFd<'_>) -> Result<u64, SyscallError> {
+    let mut buf = [0u8; 64];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: buf is writable for len bytes; the kernel writes at most len and updates it.
+    let rc = unsafe { libc::getsockopt(fd.as_raw_fd(), SOL_TLS, TLS_TX, buf.as_mut_ptr().cast(), &mut len) };
+    if rc < 0 {
+        return Err(SyscallError::last("getsockopt(SOL_TLS, TLS_TX)"));
+    }
+    let len = (len as usize).min(buf.len());
+    // rec_seq is the last field of every tls12_crypto_info_* layout.
+    let seq = match buf[..len].last_chunk::<8>() {
+        Some(seq) if len > 4 => u64::from_be_bytes(*seq),
+        _ => {
+            let source = std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{len}-byte crypto info"));
+            return Err(SyscallError { call: "getsockopt(SOL_TLS, TLS_TX)", source });
+        }
+    };
+    // The kernel hands the key back too: do not leave it on the stack.
+    zeroize(&mut buf);
+    Ok(seq)
+}
+
+/// A TLS 1.3 AEAD the kernel can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsCipher {
+    /// `TLS_CIPHER_AES_GCM_128`.
+    Aes128Gcm,
+    /// `TLS_CIPHER_AES_GCM_256`.
+    Aes256Gcm,
+    /// `TLS_CIPHER_CHACHA20_POLY1305`.
+    Chacha20Poly1305,
+}
+
+impl TlsCipher {
+    fn layout(self) -> (u16, usize, usize) {
+        // (cipher_type, key length, salt length): the salt is the head of the 12-byte IV,
+        // the rest goes in `iv`.
+        match self {
+            Self::Aes128Gcm => (51, 16, 4),
+            Self::Aes256Gcm => (52, 32, 4),
+            Self::Chacha20Poly1305 => (54, 32, 0),
+        }
+    }
+}
+
+const TLS_1_3_VERSION: u16 = 0x0304;
+const TLS13_IV_LEN: usize = 12;
+
+/// One direction's TLS 1.3 key material, laid out as the kernel's `tls12_crypto_info_*`
+/// (`{version, cipher_type}`, `iv`, `key`, `salt`, `rec_seq`; all byte arrays, no padding).
+/// Zeroed when dropped.
+pub struct CryptoInfo {
+    bytes: [u8; 56],
+    len: usize,
+}
+
+impl CryptoInfo {
+    /// Key material for `cipher` from the traffic key, the 12-byte IV and the sequence number
+    /// of the next record. `None` when the key length does not fit the cipher.
+    pub fn tls13(cipher: TlsCipher, key: &[u8], iv: &[u8; TLS13_IV_LEN], seq: u64) -> Option<Self> {
+        let (kind, key_len, salt_len) = cipher.layout();
+        if key.len() != key_len {
+            return None;
+        }
+        let mut bytes = [0u8; 56];
+        let mut at = 0;
+        let mut put = |b: &[u8]| {
+            bytes[at..at + b.len()].copy_from_slice(b);
+            at += b.len();
+        };
+        put(&TLS_1_3_VERSION.to_ne_bytes());
+        put(&kind.to_ne_bytes());
+        put(&iv[salt_len..]);
+        put(key);
+        put(&iv[..salt_len]);
+        put(&seq.to_be_bytes());
+        Some(Self { bytes, len: at })
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl Drop for CryptoInfo {
+    fn drop(&mut self) {
+        zeroize(&mut self.bytes);
+    }
+}
+
+impl std::fmt::Debug for CryptoInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CryptoInfo(..)")
+    }
+}
+
+fn zeroize(buf: &mut [u8]) {
+    for b in buf.iter_mut() {
+        // SAFETY: b is a valid, aligned, exclusive reference; a volatile write is not elided.
+        unsafe { std::ptr::write_volatile(b, 0) };
+    }
 }
 
 /// Receives one record from a kTLS RX socket with its content type. Used when splice stops at a

@@ -13,8 +13,8 @@ mod socket;
 mod tcp_info;
 
 pub use ktls::{
-    attach_tls_ulp, kernel_tls_ulp_available, recv_tls_record, send_tls_record, set_tls_crypto, RecordType,
-    TlsDirection,
+    attach_tls_ulp, kernel_tls_ulp_available, recv_tls_record, send_tls_record, set_tls_crypto, tls_tx_record_seq,
+    CryptoInfo, RecordType, TlsCipher, TlsDirection,
 };
 pub use pipe::{splice, Pipe, SpliceFlags};
 pub use socket::{abort_on_close, raise_fd_limit, shutdown_write};

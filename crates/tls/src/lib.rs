@@ -62,6 +62,31 @@ impl SessionFacts {
     }
 }
 
+/// A TLS session past its handshake, whichever stream carries it (tokio-rustls in userspace, or
+/// a [`ktls::Staged`] connection on its way to the kernel).
+pub trait Session {
+    /// The negotiated state: peer certificates, version, suite.
+    fn tls_state(&self) -> &rustls::CommonState;
+}
+
+impl<IO> Session for tokio_rustls::server::TlsStream<IO> {
+    fn tls_state(&self) -> &rustls::CommonState {
+        self.get_ref().1
+    }
+}
+
+impl<IO> Session for tokio_rustls::client::TlsStream<IO> {
+    fn tls_state(&self) -> &rustls::CommonState {
+        self.get_ref().1
+    }
+}
+
+impl<C: ktls::Side> Session for ktls::Staged<C> {
+    fn tls_state(&self) -> &rustls::CommonState {
+        self.state()
+    }
+}
+
 impl std::fmt::Display for Mode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_label())

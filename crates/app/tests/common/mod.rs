@@ -174,7 +174,8 @@ pub struct Opts {
     pub handshake_timeout_ms: u64,
     /// The SPIFFE ID the client expects of the server node.
     pub expected_server: SpiffeId,
-    pub max_session_bytes: u64,
+    /// `ktls.records_per_key`.
+    pub records_per_key: u64,
     /// Where the `echo` service's backend listens: `None` = the scripted [`Backend`].
     pub backend: Option<SocketAddr>,
     /// Identities the `echo` service admits.
@@ -191,7 +192,7 @@ impl Opts {
             svid_ttl_secs: 3600,
             handshake_timeout_ms: 5000,
             expected_server: id("server"),
-            max_session_bytes: 16 << 30,
+            records_per_key: 1 << 23,
             backend: None,
             allow: vec![id("client")],
             service_extra: String::new(),
@@ -273,11 +274,11 @@ impl Mesh {
 /// The config text every test node shares: identity `sa`, admin on an ephemeral port.
 pub fn node_config(ca_dir: &std::path::Path, sa: &str, opts: &Opts) -> String {
     format!(
-        "trust_domain = \"{TD}\"\n[node]\nname = \"{sa}\"\n[identity]\nnamespace = \"test\"\nservice_account = \"{sa}\"\nca_dir = \"{}\"\nsvid_ttl_secs = {}\n[admin]\nlisten = \"127.0.0.1:0\"\n[ktls]\nmode = \"{}\"\nmax_session_bytes = {}\n",
+        "trust_domain = \"{TD}\"\n[node]\nname = \"{sa}\"\n[identity]\nnamespace = \"test\"\nservice_account = \"{sa}\"\nca_dir = \"{}\"\nsvid_ttl_secs = {}\n[admin]\nlisten = \"127.0.0.1:0\"\n[ktls]\nmode = \"{}\"\nrecords_per_key = {}\n",
         ca_dir.display(),
         opts.svid_ttl_secs,
         opts.ktls,
-        opts.max_session_bytes
+        opts.records_per_key
     )
 }
 

@@ -2,12 +2,13 @@
 //! framing, move bodies": over a socket (plain or kTLS) peeking leaves body bytes in the
 //! kernel so they can be spliced; over a userspace TLS stream there is no kernel buffer to peek
 //! into, so read-ahead waits in `carry` and bodies are copied (the crypto copy happens anyway).
-use crate::splice::{control_record, empty, fill, fill_from_ktls, is_control_record, KtlsRead};
+use crate::splice::{after_send, control_record, empty, fill, fill_from_ktls, is_control_record, KtlsRead};
 use std::io;
 use std::os::fd::AsFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use weir_sys::Pipe;
+use weir_tls::ktls::Keys;
 
 /// A userspace byte stream (e.g. rustls over TCP).
 pub trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -17,7 +18,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> ByteStream for T {}
 const STEP: usize = 16 * 1024;
 
 enum Io<'a> {
-    Socket { tcp: &'a TcpStream, ktls: bool },
+    /// `ktls`: the key schedule of a kTLS socket; `None` for plaintext.
+    Socket {
+        tcp: &'a TcpStream,
+        ktls: Option<&'a Keys>,
+    },
     Stream(&'a mut dyn ByteStream),
 }
 
@@ -37,9 +42,10 @@ pub struct Leg<'a> {
 }
 
 impl<'a> Leg<'a> {
-    /// A socket leg: plaintext, or kTLS with both directions installed (`ktls`). `copy`:
-    /// bodies to and from it cross userspace anyway (copy mode, or the other leg is a stream).
-    pub fn socket(tcp: &'a TcpStream, ktls: bool, copy: bool) -> Self {
+    /// A socket leg: plaintext, or kTLS with both directions installed (`ktls`: its key
+    /// schedule). `copy`: bodies to and from it cross userspace anyway (copy mode, or the
+    /// other leg is a stream).
+    pub fn socket(tcp: &'a TcpStream, ktls: Option<&'a Keys>, copy: bool) -> Self {
         Self { io: Io::Socket { tcp, ktls }, buf: Vec::new(), peeked: 0, scratch: Vec::new(), copy }
     }
 
@@ -74,13 +80,13 @@ impl<'a> Leg<'a> {
         let Io::Socket { tcp, ktls } = &self.io else { unreachable!("stream legs are buffered") };
         self.buf.resize(STEP, 0);
         self.peeked = loop {
-            match tcp.peek(&mut self.buf).await {
-                Err(e) if *ktls && is_control_record(&e) => match control_record(tcp).await? {
+            match (tcp.peek(&mut self.buf).await, ktls) {
+                (Err(e), Some(keys)) if is_control_record(&e) => match control_record(tcp, keys).await? {
                     None => continue,
                     Some(KtlsRead::CloseNotify) => break 0,
                     Some(_) => return Err(io::Error::other("unexpected TLS record between messages")),
                 },
-                other => break other?,
+                (other, _) => break other?,
             }
         };
         Ok(&self.buf[..self.peeked])
@@ -111,7 +117,10 @@ impl<'a> Leg<'a> {
     /// Writes all of `bytes` (heads, framing, local answers).
     pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         match &mut self.io {
-            Io::Socket { tcp, .. } => crate::splice::write_all(tcp, bytes).await,
+            Io::Socket { tcp, ktls } => {
+                crate::splice::write_all(tcp, bytes).await?;
+                sent(tcp, *ktls, bytes.len()).await
+            }
             Io::Stream(s) => {
                 s.write_all(bytes).await?;
                 s.flush().await
@@ -119,18 +128,15 @@ impl<'a> Leg<'a> {
         }
     }
 
-    fn splice_source(&self) -> Option<(&'a TcpStream, bool)> {
+    fn splice_source(&self) -> Option<(&'a TcpStream, Option<&'a Keys>)> {
         match self.io {
             Io::Socket { tcp, ktls } if !self.copy => Some((tcp, ktls)),
             _ => None,
         }
     }
 
-    fn splice_sink(&self) -> Option<&'a TcpStream> {
-        match self.io {
-            Io::Socket { tcp, .. } if !self.copy => Some(tcp),
-            _ => None,
-        }
+    fn splice_sink(&self) -> Option<(&'a TcpStream, Option<&'a Keys>)> {
+        self.splice_source()
     }
 
     /// Whether bodies from this leg to `dst` can be spliced (both sockets, no copy mode).
@@ -173,16 +179,16 @@ impl<'a> Leg<'a> {
             Io::Stream(s) => s.read(chunk).await?,
             Io::Socket { tcp, ktls } => loop {
                 tcp.readable().await?;
-                let read = if *ktls { tcp.try_read(chunk) } else { try_read_draining(tcp, chunk) };
-                match read {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) if *ktls && is_control_record(&e) => match control_record(tcp).await? {
+                let read = if ktls.is_some() { tcp.try_read(chunk) } else { try_read_draining(tcp, chunk) };
+                match (read, *ktls) {
+                    (Err(e), _) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    (Err(e), Some(keys)) if is_control_record(&e) => match control_record(tcp, keys).await? {
                         None => continue,
                         Some(KtlsRead::CloseNotify) => break 0,
                         Some(KtlsRead::Record(bytes)) => return Ok(bytes),
                         Some(_) => return Err(io::ErrorKind::UnexpectedEof.into()),
                     },
-                    other => break other?,
+                    (other, _) => break other?,
                 }
             },
         };
@@ -209,6 +215,17 @@ fn try_read_draining(tcp: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     match read {
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => short.ok_or(e),
         other => other,
+    }
+}
+
+/// Counts `n` bytes sent on a kTLS leg towards its key's record limit (rekeying there); a
+/// plaintext leg has none.
+async fn sent(tcp: &TcpStream, ktls: Option<&Keys>, n: usize) -> io::Result<()> {
+    match ktls {
+        Some(keys) if !after_send(tcp, keys, n).await? => {
+            Err(io::Error::other("kTLS session reached its record limit and this kernel cannot rekey"))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -248,20 +265,21 @@ pub async fn move_body(
 ) -> io::Result<Moved> {
     let mut moved = Moved::default();
     let left = |moved: &Moved| len.map_or(usize::MAX, |l| usize::try_from(l - moved.bytes).unwrap_or(usize::MAX));
-    if let (Some((from, ktls)), Some(to)) = (src.splice_source(), dst.splice_sink()) {
+    if let (Some((from, from_keys)), Some((to, to_keys))) = (src.splice_source(), dst.splice_sink()) {
         while left(&moved) > 0 {
             if pipe.is_none() {
                 *pipe = Some(Pipe::with_capacity(256 << 10)?);
             }
             let Some(p) = pipe.as_ref() else { unreachable!("set above") };
             let want = left(&moved).min(p.capacity());
-            let n = if ktls {
-                match fill_from_ktls(from, p, want).await? {
+            let n = if let Some(keys) = from_keys {
+                match fill_from_ktls(from, keys, p, want).await? {
                     KtlsRead::Data(n) => n,
                     KtlsRead::Record(bytes) => {
                         // A record splice could not take: rare, and it did cross userspace.
                         let n = bytes.len().min(want);
                         crate::splice::write_all(to, &bytes[..n]).await?;
+                        sent(to, to_keys, n).await?;
                         moved.bytes += n as u64;
                         moved.userspace += n as u64;
                         if n < bytes.len() {
@@ -278,6 +296,7 @@ pub async fn move_body(
                 break;
             }
             empty(p, to, n).await?;
+            sent(to, to_keys, n).await?;
             moved.bytes += n as u64;
         }
     } else {
@@ -301,8 +320,8 @@ pub async fn move_body(
 /// stream.
 pub async fn finish(leg: &mut Leg<'_>) -> io::Result<()> {
     match &mut leg.io {
-        Io::Socket { tcp, ktls: true } => crate::splice::close_notify(tcp).await,
-        Io::Socket { tcp, ktls: false } => Ok(weir_sys::shutdown_write(tcp.as_fd())?),
+        Io::Socket { tcp, ktls: Some(_) } => crate::splice::close_notify(tcp).await,
+        Io::Socket { tcp, ktls: None } => Ok(weir_sys::shutdown_write(tcp.as_fd())?),
         Io::Stream(s) => s.shutdown().await,
     }
 }
