@@ -121,35 +121,19 @@ pub fn judge_ktls(f: &KtlsFacts) -> Ktls {
     Ktls { available: false, reason }
 }
 
-/// Decides TLS 1.3 rekey support. The kernel's rekey series ("tls: implement rekey for
-/// TLS1.3", net-next December 2024) first shipped in Linux 6.14, together with the
-/// `TlsRxRekeyOk` counter in /proc/net/tls_stat; the counter also catches distribution
-/// kernels that backported the series to an older version number.
-pub fn judge_rekey(release: &str, tls_stat_has_rekey_counters: bool) -> Rekey {
-    if tls_stat_has_rekey_counters {
-        return Rekey {
-            supported: true,
-            rule: "/proc/net/tls_stat has TlsRxRekeyOk (added with kTLS TLS 1.3 rekey)".into(),
-        };
-    }
-    match version(release) {
-        Some(v) if v >= (6, 14) => {
-            Rekey { supported: true, rule: format!("kernel {}.{} >= 6.14, where kTLS TLS 1.3 rekey landed", v.0, v.1) }
-        }
-        Some(v) => Rekey {
-            supported: false,
-            rule: format!(
-                "kernel {}.{} < 6.14 (kTLS TLS 1.3 rekey landed in 6.14) and no rekey counters in tls_stat",
-                v.0, v.1
-            ),
+/// TLS 1.3 rekey support as the kTLS probe found it on a live socket (a second TX key; the
+/// kernel's version string is never asked).
+pub fn rekey(support: &weir_tls::ktls::Support) -> Rekey {
+    use weir_tls::ktls::{Rekey as Probed, Support};
+    match support {
+        Support::Available(k) => match &k.rekey {
+            Probed::Supported => {
+                Rekey { supported: true, rule: "a live kTLS socket took a second TX key (the start-up probe)".into() }
+            }
+            Probed::Unsupported(why) => Rekey { supported: false, rule: why.clone() },
         },
-        None => Rekey { supported: false, rule: format!("kernel release {release:?} has no major.minor version") },
+        Support::Unavailable(why) => Rekey { supported: false, rule: format!("no kTLS on this kernel: {why}") },
     }
-}
-
-fn version(release: &str) -> Option<(u32, u32)> {
-    let mut it = release.split(|c: char| !c.is_ascii_digit());
-    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
 }
 
 /// The highest-priority `gcm(aes)` entry of /proc/crypto text.
@@ -228,16 +212,6 @@ mod tests {
         let none = judge_ktls(&KtlsFacts { available_ulp: Ok("mptcp\n".into()), ..base });
         assert!(!none.available);
         assert!(none.reason.contains("without CONFIG_TLS") && none.reason.contains("mptcp"), "{}", none.reason);
-    }
-
-    #[test]
-    fn rekey_by_counter_or_by_version() {
-        assert!(judge_rekey("6.1.0-56-amd64", true).supported);
-        assert!(!judge_rekey("6.1.0-56-amd64", false).supported);
-        assert!(judge_rekey("6.14.0", false).supported);
-        assert!(judge_rekey("7.0.0-31-generic", false).supported);
-        assert!(!judge_rekey("6.13.12", false).supported);
-        assert!(!judge_rekey("garbage", false).supported);
     }
 
     #[test]

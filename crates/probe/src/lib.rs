@@ -38,19 +38,8 @@ pub async fn scan() -> Report {
     let release = kernel::release();
     let rel = release.value().cloned().unwrap_or_default();
     let tls_stat = tls_stat::read();
-    let has_rekey_counters = tls_stat.value().is_some_and(|c| c.iter().any(|(n, _)| n == "TlsRxRekeyOk"));
     let ktls = kernel::judge_ktls(&kernel::ktls_facts(&rel));
-    let tls13_rekey = match release.value() {
-        Some(r) => {
-            let mut rekey = kernel::judge_rekey(r, has_rekey_counters);
-            // A version that could rekey says nothing when there is no kTLS at all.
-            if !ktls.available {
-                rekey = kernel::Rekey { supported: false, rule: format!("no kTLS on this kernel; {}", rekey.rule) };
-            }
-            Probe::known(rekey)
-        }
-        None => Probe::unknown("kernel release unknown"),
-    };
+    let tls13_rekey = Probe::known(kernel::rekey(&weir_tls::ktls::detect_blocking()));
     let kernel = KernelReport { ktls: Probe::known(ktls), tls13_rekey, gcm_aes: kernel::active_gcm_aes(), release };
     let mut report = Report {
         schema: report::SCHEMA_VERSION,

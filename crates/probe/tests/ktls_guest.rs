@@ -113,6 +113,17 @@ async fn live_ktls_sockets_are_listed_as_software_tls13_owned_by_this_process() 
     }
     assert!(report.kernel.ktls.value().is_some_and(|k| k.available), "{:?}", report.kernel.ktls);
     assert!(report.findings.iter().any(|f| f.kind == "ktls_socket_sw"), "{:?}", report.findings);
+    // Rekey support as the probe found it on a live socket, checked against the kernel the
+    // runner booted (scripts/test.sh: 7.2 rekeys, 6.1 cannot).
+    let rekey = report.kernel.tls13_rekey.value().unwrap_or_else(|| panic!("{:?}", report.kernel.tls13_rekey));
+    let expected = match std::env::var("WEIR_GUEST_KERNEL").as_deref() {
+        Ok("6.1") => false,
+        Ok("7.2") => true,
+        other => {
+            panic!("WEIR_GUEST_KERNEL must name the guest kernel, 6.1 or 7.2 (scripts/test.sh sets it): {other:?}")
+        }
+    };
+    assert_eq!(rekey.supported, expected, "{rekey:?}");
     let json = serde_json::to_string_pretty(&report).expect("json");
     eprintln!("{json}");
 }

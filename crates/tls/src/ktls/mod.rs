@@ -99,6 +99,14 @@ pub async fn detect() -> Support {
     }
 }
 
+/// [`detect`] for callers without a runtime (`weir scan`).
+pub fn detect_blocking() -> Support {
+    match weir_sys::kernel_tls_ulp_available() {
+        Ok(()) => probe::kernel(),
+        Err(reason) => Support::Unavailable(reason),
+    }
+}
+
 /// Attaches the `tls` ULP to a connected socket before its handshake. On error the socket is
 /// unchanged and the connection continues in userspace TLS.
 pub fn prepare(socket: &TcpStream) -> Result<(), weir_sys::SyscallError> {

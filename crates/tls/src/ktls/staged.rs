@@ -123,13 +123,17 @@ impl<C: Side> Staged<C> {
     /// Moves the keys into the kernel. rustls keeps the key schedule ([`Keys`]); plaintext it
     /// already opened is returned in [`Switched::drained`].
     pub async fn switch(mut self, kernel: &Kernel) -> Result<Switched, Error> {
-        poll_fn(|cx| self.poll_send(cx)).await.map_err(Error::Drain)?;
-        while self.filled > 0 {
+        // Whatever rustls still holds goes out, and a record already begun is read to its end:
+        // the kernel takes over at a record boundary, with nothing left to send.
+        loop {
+            self.advance(Action::Nothing).map_err(|e| Error::Drain(tls_error(e)))?;
+            poll_fn(|cx| self.poll_send(cx)).await.map_err(Error::Drain)?;
+            if self.filled == 0 {
+                break;
+            }
             if poll_fn(|cx| self.poll_fill(cx)).await.map_err(Error::Drain)? == 0 {
                 return Err(Error::Drain(io::ErrorKind::UnexpectedEof.into()));
             }
-            self.advance(Action::Nothing).map_err(|e| Error::Drain(tls_error(e)))?;
-            poll_fn(|cx| self.poll_send(cx)).await.map_err(Error::Drain)?;
         }
         let session = crate::SessionFacts::of(self.conn.state());
         let Self { conn, socket, mut plaintext, taken, .. } = self;
