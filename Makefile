@@ -14,15 +14,15 @@ setup:
 build: setup
 	$(CARGO) build --release --workspace
 
-## demo: CA, two nodes, a backend, sample traffic, a summary (KTLS=1: inside a kTLS guest kernel)
+## demo: CA, two nodes, a backend, sample traffic, a summary (KTLS=1: in a qemu guest on Debian's 6.1 kernel, VM_KERNEL_NAME=7.2 on 7.2)
 demo: build
 ifeq ($(KTLS),1)
-	tests/vm/run-in-uml.sh target/release/weir demo --large-mib 64
+	VM_MODULES="tls aesni_intel?" tests/vm/run-in-vm.sh target/release/weir demo --large-mib 64
 else
 	target/release/weir demo
 endif
 
-## test: lint, unit, host-kernel (root, netns, tcpdump) and guest-kernel kTLS suites
+## test: lint, unit, host-kernel (root, netns, tcpdump) and guest-kernel suites (qemu: kTLS on 6.1 and 7.2, RDMA on 6.1)
 test: setup
 	@bash scripts/test.sh all
 
@@ -30,7 +30,7 @@ test: setup
 test-host: setup
 	@bash scripts/test.sh host
 
-## test-ktls: the guest-kernel kTLS suites alone
+## test-ktls: the guest-kernel suites alone (kTLS on 6.1 and 7.2, RDMA on 6.1)
 test-ktls: setup
 	@bash scripts/test.sh ktls
 

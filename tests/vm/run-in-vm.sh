@@ -1,22 +1,29 @@
 #!/usr/bin/env bash
-# run-in-vm.sh CMD [ARGS...]: runs CMD inside a qemu guest booting Debian's linux-image-amd64
-# kernel, whose root is this host's / (read-only, 9p), with the project root, the current
-# directory and CMD's directory shared read-write at their own paths. Streams CMD's
-# stdout/stderr, exits with its status (125 when the guest itself failed). Usable as a cargo
-# runner (CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER), like run-in-uml.sh.
+# run-in-vm.sh CMD [ARGS...]: runs CMD inside a qemu guest booting a Debian kernel, whose root is
+# this host's / (read-only, 9p), with the project root, the current directory and CMD's
+# directory shared read-write at their own paths. Streams CMD's stdout/stderr, exits with its
+# status (125 when the guest itself failed). Usable as a cargo runner
+# (CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER): every guest suite runs under it.
 #
-# Why a full kernel under qemu: soft-RoCE (rdma_rxe), the rdma cgroup controller and real
-# driver code, which UML lacks. Why TCG: this host's /dev/kvm is PVM and cannot run a stock
-# kernel at a usable speed (TESTING.md). TCG is 30-100x slower than native: functional only.
+# Two kernels: Debian 12's 6.1 (linux-image-amd64: /boot, modules in /lib/modules) and Debian
+# unstable's 7.2 that scripts/setup.sh unpacks in target/vm/kernel-<kver>/ (boot/vmlinuz-<kver>,
+# lib/modules/<kver>, mounted over the guest's /lib/modules). Why TCG: this host's /dev/kvm is
+# PVM and cannot run a stock kernel at a usable speed (TESTING.md); TCG is 30-100x slower than
+# native: functional only.
 #
-# Env: VM_KERNEL (default: the newest Debian /boot/vmlinuz-*-amd64 that is not the running
-# kernel), VM_MEM (1G), VM_CPUS (2), VM_TIMEOUT seconds for CMD (900: then the guest lists
-# its processes and kernel log tail on stderr, and CMD is killed), VM_BOOT_TIMEOUT seconds
-# from qemu's start to CMD's (120), VM_BOOT_TRIES (3: a guest that did not get to CMD is
-# booted again; CMD itself never runs twice), VM_MODULES modprobe'd before
-# CMD (default "rdma_rxe ib_uverbs"), VM_ENV (variables to forward, default "RUST_LOG
-# RUST_BACKTRACE"), VM_CACHE (vmlinux/initramfs cache, default <project>/target/vm),
+# Env: VM_KERNEL_NAME (6.1, the default, or 7.2: the newest such kernel in /boot or unpacked by
+# setup), VM_KERNEL (a vmlinuz path instead), VM_MODULES_DIR (the root holding its
+# lib/modules/<kver>; default: the kernel's boot/.. when that holds it, else /), VM_MEM (1G),
+# VM_CPUS (2), VM_TIMEOUT seconds for CMD (900: then the guest lists its processes and kernel log
+# tail on stderr, and CMD is killed), VM_BOOT_TIMEOUT seconds from qemu's start to CMD's (120),
+# VM_BOOT_TRIES (3: a guest that did not get to CMD is booted again; CMD itself never runs
+# twice), VM_MODULES modprobe'd before CMD (default "rdma_rxe ib_uverbs"; a name ending in ? is
+# optional: skipped where the kernel has no such module), VM_ENV (variables to forward, default
+# "RUST_LOG RUST_BACKTRACE"), VM_CACHE (vmlinux/initramfs cache, default <project>/target/vm),
 # VM_TIMING=1 (boot and wall times on stderr), VM_KEEP=1 (keep the run dir: console log).
+# `run-in-vm.sh --which-kernel` prints the kernel version it would boot (fails as a run would).
+# The guest's environment has WEIR_IN_GUEST=qemu and WEIR_GUEST_KERNEL=<major.minor> of the
+# kernel it booted (6.1, 7.2).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd -P)
 project=$(cd "$here/../.." && pwd -P)
@@ -25,31 +32,65 @@ die() { echo "run-in-vm: $*" >&2; exit 125; }
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 missing (scripts/setup.sh installs qemu-system-x86)"
 [ -x /bin/busybox ] || die "/bin/busybox missing (scripts/setup.sh installs busybox-static)"
 
-# The Debian image, never the running kernel (this host's own has no modules for a guest).
+# The kernel: a Debian image, never the running kernel (this host's own has no modules for a
+# guest). Candidates: /boot (modules in /lib/modules) and the trees scripts/setup.sh unpacked.
 kernel=${VM_KERNEL:-}
 if [ -z "$kernel" ]; then
-  for k in $(ls /boot/vmlinuz-*-amd64 2>/dev/null | sort -rV); do
-    [ "${k#/boot/vmlinuz-}" != "$(uname -r)" ] && [ -d "/lib/modules/${k#/boot/vmlinuz-}/kernel" ] && { kernel=$k; break; }
-  done
+  name=${VM_KERNEL_NAME:-6.1}
+  while read -r v k; do
+    case $v in "$name".*) ;; *) continue ;; esac
+    [ "$v" != "$(uname -r)" ] || continue
+    case $k in
+      /boot/*) [ -d "/lib/modules/$v/kernel" ] || continue ;;
+      *) [ -s "${k%/boot/*}/.complete" ] || continue ;;
+    esac
+    kernel=$k
+    break
+  done < <(for k in /boot/vmlinuz-* "$project"/target/vm/kernel-*/boot/vmlinuz-*; do
+    [ -e "$k" ] && echo "${k##*/vmlinuz-} $k"
+  done | sort -rV)
+  [ -n "$kernel" ] || case $name in
+    6.1) die "no Debian 6.1 kernel with modules in /boot (scripts/setup.sh installs linux-image-amd64)" ;;
+    7.2) die "no Debian 7.2 kernel unpacked in $project/target/vm (scripts/setup.sh fetches it)" ;;
+    *) die "no kernel $name.* in /boot or $project/target/vm (VM_KERNEL_NAME is 6.1 or 7.2)" ;;
+  esac
 fi
-[ -n "$kernel" ] && [ -r "$kernel" ] || die "no Debian kernel with modules in /boot (scripts/setup.sh installs linux-image-amd64)"
+[ -r "$kernel" ] || die "cannot read the kernel $kernel"
 kver=${kernel##*/vmlinuz-}
+[ "$kver" != "$kernel" ] || die "VM_KERNEL=$kernel is not named vmlinuz-<version>"
+guest_kernel=$(echo "$kver" | sed -E 's/^([0-9]+\.[0-9]+).*/\1/')
+kernel_root=$(cd "$(dirname "$kernel")/.." && pwd -P)
+modroot=${VM_MODULES_DIR:-}
+if [ -z "$modroot" ]; then
+  modroot=/
+  [ -d "$kernel_root/lib/modules/$kver/kernel" ] && modroot=$kernel_root
+fi
+modroot=$(cd "$modroot" && pwd -P) || die "VM_MODULES_DIR=$modroot is not a directory"
+[ -d "$modroot/lib/modules/$kver" ] || die "no $modroot/lib/modules/$kver for the kernel $kernel"
+[ "$1" = --which-kernel ] && { echo "$kver"; exit 0; }
 cache=${VM_CACHE:-$project/target/vm}
 mkdir -p "$cache" || die "cannot create $cache"
 
 # PVH direct boot of the uncompressed vmlinux (Debian: CONFIG_PVH=y) skips the BIOS real-mode
-# setup and the xz decompressor, seconds under TCG. The bzImage's payload is xz: find its magic.
+# setup and the decompressor, seconds under TCG. The bzImage's payload is xz (6.1) or zstd (7.2):
+# find the magic. Else the bzImage itself boots.
 boot=$cache/vmlinux-$kver
 if [ ! -s "$boot" ]; then
-  off=$(LC_ALL=C grep -abo $'\xfd7zXZ' "$kernel" | head -1 | cut -d: -f1)
-  # xz complains about the bytes after its stream: what counts is an ELF with a PVH note.
-  [ -n "$off" ] && tail -c +$((off + 1)) "$kernel" | xz -dc >"$boot.$$" 2>/dev/null
-  if readelf -n "$boot.$$" 2>/dev/null | grep -q Xen; then mv "$boot.$$" "$boot"; else rm -f "$boot.$$"; boot=$kernel; fi
+  for z in $'\xfd7zXZ:xz' $'\x28\xb5\x2f\xfd:zstd'; do
+    off=$(LC_ALL=C grep -abo "${z%:*}" "$kernel" | head -1 | cut -d: -f1)
+    # The decompressor complains about the bytes after its stream: what counts is an ELF with a
+    # PVH note.
+    [ -n "$off" ] && command -v "${z##*:}" >/dev/null &&
+      tail -c +$((off + 1)) "$kernel" | "${z##*:}" -dc >"$boot.$$" 2>/dev/null
+    if readelf -n "$boot.$$" 2>/dev/null | grep -q Xen; then mv "$boot.$$" "$boot"; break; fi
+    rm -f "$boot.$$"
+  done
+  [ -s "$boot" ] || boot=$kernel
 fi
 
 # The initramfs: busybox, the modules needed to reach the host root, vm-init.sh as /init.
-# Rebuilt when the kernel or vm-init.sh changes (the key is in the name).
-key=$(cat "$here/vm-init.sh" /bin/busybox | sha256sum | cut -c1-12)
+# Rebuilt when the kernel, its modules or vm-init.sh change (the key is in the name).
+key=$({ cat "$here/vm-init.sh" /bin/busybox; echo "$modroot"; } | sha256sum | cut -c1-12)
 initrd=$cache/initramfs-$kver-$key.cpio.gz
 if [ ! -s "$initrd" ]; then
   tree=$(mktemp -d "$cache/initramfs.XXXXXX") || die "mktemp"
@@ -57,20 +98,30 @@ if [ ! -s "$initrd" ]; then
   cp /bin/busybox "$tree/bin/"
   for a in sh mount mkdir insmod switch_root cat echo sleep hostname ip ln; do ln -s busybox "$tree/bin/$a"; done
   cp "$here/vm-init.sh" "$tree/init"
-  # Load order, dependencies first, from the host's kmod for the guest's kernel.
-  modprobe -S "$kver" --show-depends -a virtio_pci virtio_console virtio_rng 9pnet_virtio 9p |
-    awk '$1 == "insmod" && !seen[$2]++ { print $2 }' >"$tree/paths"
-  while read -r m; do cp "$m" "$tree/modules/" && basename "$m"; done <"$tree/paths" >"$tree/modules.list"
-  rm "$tree/paths"
-  [ -s "$tree/modules.list" ] || { rm -rf "$tree"; die "no virtio/9p modules found for $kver"; }
+  # Load order, dependencies first, from the host's kmod for the guest's kernel and its modules
+  # tree; built-in drivers (7.2 has virtio_pci and virtio_console in the image) need no insmod.
+  deps=$(modprobe -d "$modroot" -S "$kver" --show-depends -a virtio_pci virtio_console virtio_rng 9pnet_virtio 9p) ||
+    { rm -rf "$tree"; die "modprobe finds no virtio/9p modules for $kver in $modroot/lib/modules"; }
+  # busybox insmod takes plain .ko: compressed ones (7.2's .ko.xz) are unpacked here.
+  for m in $(echo "$deps" | awk '$1 == "insmod" && !seen[$2]++ { print $2 }'); do
+    b=${m##*/}
+    case $b in
+      *.ko.xz) xz -dc "$m" >"$tree/modules/${b%.xz}" ;;
+      *.ko.zst) zstd -qdc "$m" >"$tree/modules/${b%.zst}" ;;
+      *.ko.gz) gzip -dc "$m" >"$tree/modules/${b%.gz}" ;;
+      *) cp "$m" "$tree/modules/" ;;
+    esac || { rm -rf "$tree"; die "cannot copy $m into the initramfs"; }
+    echo "${b%.ko*}.ko"
+  done >"$tree/modules.list"
   (cd "$tree" && find . -print0 | cpio --null -o -H newc --quiet | gzip -1) >"$initrd.$$" && mv "$initrd.$$" "$initrd"
   rm -rf "$tree"
   [ -s "$initrd" ] || die "initramfs build failed"
 fi
 
-# Shares as in run-in-uml.sh: a directory inside another shared one is not shared twice.
+# The shares: a directory inside another shared one is not shared twice. A modules tree other
+# than the host's is shared too (the project's target/vm already is).
 workdir=$(pwd -P)
-shares=$(for d in "$project" "$workdir" "$(case "$1" in /*) dirname "$1" ;; esac)"; do
+shares=$(for d in "$project" "$workdir" "$(case "$1" in /*) dirname "$1" ;; esac)" "$([ "$modroot" = / ] || echo "$modroot")"; do
   [ -n "$d" ] && [ -d "$d" ] && (cd "$d" && pwd -P)
 done | sort -u | awk 'NR == 1 || index($0, prev "/") != 1 { print; prev = $0 }')
 
@@ -88,14 +139,18 @@ mkdir "$run/ctl"
 {
   printf 'WEIR_VM_INIT=%q\n' "$here/vm-init.sh"
   printf 'WEIR_VM_WORKDIR=%q\n' "$workdir"
-  printf 'WEIR_VM_SHARES=%q\n' "$(echo $shares)"
+  printf 'WEIR_VM_SHARES=%q\n' "${shares//$'\n'/ }"
   printf 'WEIR_VM_MODULES=%q\n' "${VM_MODULES-rdma_rxe ib_uverbs}"
+  # Mounted over the guest's /lib/modules (empty: the host's own /lib/modules serves).
+  printf 'WEIR_VM_MODULES_ROOT=%q\n' "$([ "$modroot" = / ] || echo "$modroot")"
   printf 'WEIR_VM_CMD_TIMEOUT=%q\n' "$cmd_timeout"
 } >"$run/ctl/env.sh"
 {
   echo 'export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
-  echo 'export WEIR_IN_GUEST=qemu'
   for v in ${VM_ENV:-RUST_LOG RUST_BACKTRACE}; do [ -n "${!v+x}" ] && printf 'export %s=%q\n' "$v" "${!v}"; done
+  # After the forwarded ones: these say what the guest is, whatever the caller's environment says.
+  echo 'export WEIR_IN_GUEST=qemu'
+  printf 'export WEIR_GUEST_KERNEL=%q\n' "$guest_kernel"
   printf 'exec'; printf ' %q' "$@"; printf '\n'
 } >"$run/ctl/cmd.sh"
 
@@ -166,7 +221,7 @@ t1=$(date +%s.%N)
 if [ "${VM_TIMING:-0}" = 1 ]; then
   t() { cat "$run/ctl/t_$1" 2>/dev/null || echo '?'; }
   printf 'run-in-vm: kernel %s, wall %.1fs; guest uptime: initramfs %ss, host root %ss, modules loaded (ready) %ss, command done %ss\n' \
-    "$kver" "$(echo "$t1 - $t0" | bc)" "$(t init)" "$(t root)" "$(t ready)" "$(t done)" >&2
+    "$kver" "$(echo "$t1 - $t0" | bc)" "$(t init)" "$(t root)" "$(t ready)" "$(t "done")" >&2
 fi
 if [ -s "$run/ctl/rc" ]; then
   exit "$(cat "$run/ctl/rc")"

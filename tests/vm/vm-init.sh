@@ -1,12 +1,13 @@
 #!/bin/sh
 # PID 1 of the qemu guest started by run-in-vm.sh, in two stages.
 #   stage 1 (no argument): /init of the busybox initramfs. Loads the virtio and 9p modules,
-#     mounts the host's / read-only, the shared directories read-write and the kernel
-#     filesystems under it, brings lo up, switch_roots.
+#     mounts the host's / read-only, the shared directories read-write, the booted kernel's
+#     modules over /lib/modules when they are not the host's (7.2: target/vm/kernel-<kver>),
+#     the kernel filesystems, brings lo up, switch_roots.
 #   stage 2 ("stage2"): the same file run by the host's /bin/sh from the host root. Loads
-#     VM_MODULES, runs the command with its output on the virtio-serial ports (under a
-#     watchdog of VM_TIMEOUT seconds), hands the exit status back through the control share,
-#     powers off.
+#     VM_MODULES (a name ending in ? only where the kernel has it), runs the command with its
+#     output on the virtio-serial ports (under a watchdog of VM_TIMEOUT seconds), hands the exit
+#     status back through the control share, powers off.
 # Both stages read the control share's env.sh (written by run-in-vm.sh).
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 ctl=/run/weirvm
@@ -44,6 +45,12 @@ stage1() {
     mount -t 9p -o "$o,cache=none" "weirshare$i" "/newroot$d" || fail "cannot share $d"
     i=$((i + 1))
   done
+  # A kernel other than the host's Debian 6.1 brings its own modules tree (inside a share): the
+  # guest's modprobe, and the kernel's request_module(), find them at /lib/modules.
+  if [ -n "${WEIR_VM_MODULES_ROOT:-}" ]; then
+    mount -o bind "/newroot$WEIR_VM_MODULES_ROOT/lib/modules" /newroot/lib/modules ||
+      fail "cannot mount $WEIR_VM_MODULES_ROOT/lib/modules over /lib/modules"
+  fi
   # The kernel filesystems for the new root, mounted here by the static busybox: the host's
   # mount is linked to half a dozen libraries, each read over 9p under emulation.
   mount -t proc proc /newroot/proc
@@ -74,12 +81,23 @@ stage2() {
   . $ctl/env.sh
   read -r up _ </proc/uptime
   echo "$up" >$ctl/t_root
-  for m in $WEIR_VM_MODULES; do modprobe -q "$m" || echo "weirvm: modprobe $m failed" >&2; done
+  # A module that fails to load is said on the command's stderr (the console is only shown when
+  # the guest fails); an optional one (name?) the kernel does not have is left out quietly.
+  failed=
+  set -f
+  for m in $WEIR_VM_MODULES; do
+    case $m in
+      *\?) m=${m%\?}; modprobe -q -n "$m" 2>/dev/null || continue ;;
+    esac
+    modprobe -q "$m" 2>/dev/null || failed="$failed $m"
+  done
+  set +f
   read -r up _ </proc/uptime
   echo "$up" >$ctl/t_ready
   cd "$WEIR_VM_WORKDIR" || cd /
   # A virtio port opens once: the command and the watchdog share these descriptors.
   exec 3>"$(port weir.stdout)" 4>"$(port weir.stderr)"
+  [ -z "$failed" ] || echo "weirvm: modprobe failed in kernel $(uname -r):$failed" >&4
   HOME=/root /bin/sh $ctl/cmd.sh </dev/null >&3 2>&4 &
   cmd=$!
   # The watchdog says what hung before it kills it: a bare timeout would say nothing.
