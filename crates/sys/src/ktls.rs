@@ -94,10 +94,11 @@ pub fn set_tls_crypto(fd: BorrowedFd<'_>, dir: TlsDirection, info: &CryptoInfo) 
 }
 
 /// The sequence number of the next record this socket will send under its current TX key
-/// (`getsockopt(SOL_TLS, TLS_TX)`): the count of records sealed under that key.
-pub fn tls_tx_record_seq(fd: BorrowedFd<'_>) -> Result<u64, SyscallError> {
-    let mut buf = [0u8; 64];
-    let mut len = buf.len() as libc::socklen_t;
+/// (`getsockopt(SOL_TLS, TLS_TX)`): the count of records sealed under that key. The kernel
+/// answers only a buffer of exactly the installed cipher's layout (else `EINVAL`).
+pub fn tls_tx_record_seq(fd: BorrowedFd<'_>, cipher: TlsCipher) -> Result<u64, SyscallError> {
+    let mut buf = [0u8; 56];
+    let mut len = cipher.info_len() as libc::socklen_t;
     // SAFETY: buf is writable for len bytes; the kernel writes at most len and updates it.
     let rc = unsafe { libc::getsockopt(fd.as_raw_fd(), SOL_TLS, TLS_TX, buf.as_mut_ptr().cast(), &mut len) };
     if rc < 0 {
@@ -137,6 +138,13 @@ impl TlsCipher {
             Self::Aes256Gcm => (52, 32, 4),
             Self::Chacha20Poly1305 => (54, 32, 0),
         }
+    }
+
+    /// The size of this cipher's `tls12_crypto_info_*`.
+    fn info_len(self) -> usize {
+        let (_, key, _) = self.layout();
+        // header, IV (with the salt split off), key, sequence number
+        4 + TLS13_IV_LEN + key + 8
     }
 }
 

@@ -13,11 +13,12 @@ use rustls::ConnectionTrafficSecrets;
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use weir_sys::TlsDirection;
+use weir_sys::{TlsCipher, TlsDirection};
 
 /// The key schedule of one kTLS socket. Both directions of a pump share it.
 pub struct Keys {
     schedule: Mutex<Box<dyn Schedule>>,
+    cipher: TlsCipher,
     rekey: bool,
     records_per_key: u64,
     /// An over-estimate of records sent since the kernel's count was last read.
@@ -42,9 +43,10 @@ pub enum Sent {
 const MAX_RECORD: u64 = 16 * 1024;
 
 impl Keys {
-    pub(super) fn new(schedule: Box<dyn Schedule>, kernel: &Kernel) -> Self {
+    pub(super) fn new(schedule: Box<dyn Schedule>, cipher: TlsCipher, kernel: &Kernel) -> Self {
         Self {
             schedule: Mutex::new(schedule),
+            cipher,
             rekey: kernel.rekey == Rekey::Supported,
             records_per_key: kernel.records_per_key.max(1),
             unchecked: AtomicU64::new(0),
@@ -85,7 +87,7 @@ impl Keys {
             return Ok(Sent::Continue);
         }
         self.unchecked.store(0, Ordering::Relaxed);
-        let seq = weir_sys::tls_tx_record_seq(socket)?;
+        let seq = weir_sys::tls_tx_record_seq(socket, self.cipher)?;
         Ok(match seq >= self.records_per_key {
             false => Sent::Continue,
             true if self.rekey => Sent::Rekey,

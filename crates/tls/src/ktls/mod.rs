@@ -154,13 +154,23 @@ fn cipher_of(suite: SupportedCipherSuite) -> Option<TlsCipher> {
     }
 }
 
+/// The kernel's cipher for a session's traffic secrets.
+fn cipher_of_secrets(secrets: &rustls::ConnectionTrafficSecrets) -> Result<TlsCipher, Error> {
+    use rustls::ConnectionTrafficSecrets as S;
+    match secrets {
+        S::Aes128Gcm { .. } => Ok(TlsCipher::Aes128Gcm),
+        S::Aes256Gcm { .. } => Ok(TlsCipher::Aes256Gcm),
+        S::Chacha20Poly1305 { .. } => Ok(TlsCipher::Chacha20Poly1305),
+        _ => Err(Error::KeyMaterial("an AEAD the kernel does not run".into())),
+    }
+}
+
 /// One direction's key as the kernel takes it.
 fn crypto_info(seq: u64, secrets: &rustls::ConnectionTrafficSecrets) -> Result<CryptoInfo, Error> {
     use rustls::ConnectionTrafficSecrets as S;
-    let (cipher, key, iv) = match secrets {
-        S::Aes128Gcm { key, iv } => (TlsCipher::Aes128Gcm, key, iv),
-        S::Aes256Gcm { key, iv } => (TlsCipher::Aes256Gcm, key, iv),
-        S::Chacha20Poly1305 { key, iv } => (TlsCipher::Chacha20Poly1305, key, iv),
+    let cipher = cipher_of_secrets(secrets)?;
+    let (key, iv) = match secrets {
+        S::Aes128Gcm { key, iv } | S::Aes256Gcm { key, iv } | S::Chacha20Poly1305 { key, iv } => (key, iv),
         _ => return Err(Error::KeyMaterial("an AEAD the kernel does not run".into())),
     };
     let iv: &[u8; 12] = iv.as_ref().try_into().map_err(|_| Error::KeyMaterial("IV is not 12 bytes".into()))?;

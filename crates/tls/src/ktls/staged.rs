@@ -138,10 +138,11 @@ impl<C: Side> Staged<C> {
         let session = crate::SessionFacts::of(self.conn.state());
         let Self { conn, socket, mut plaintext, taken, .. } = self;
         let (secrets, schedule) = conn.into_kernel().map_err(Error::Secrets)?;
+        let cipher = super::cipher_of_secrets(&secrets.tx.1)?;
         super::install(socket.as_fd(), TlsDirection::Transmit, &secrets.tx)?;
         super::install(socket.as_fd(), TlsDirection::Receive, &secrets.rx)?;
         plaintext.drain(..taken);
-        Ok(Switched { keys: Keys::new(schedule, kernel), socket, drained: plaintext, session })
+        Ok(Switched { keys: Keys::new(schedule, cipher, kernel), socket, drained: plaintext, session })
     }
 
     /// Runs rustls as far as it goes without I/O: opens records, queues what it wants sent, and
