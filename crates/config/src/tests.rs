@@ -606,3 +606,17 @@ fn identity_needs_exactly_one_ca_form_and_names_the_field() {
     let got = fields(&empty);
     assert_eq!((got[0].0.as_str(), got[0].2.as_str()), ("identity.ca_bundle", "empty"));
 }
+
+#[test]
+fn ktls_records_per_key_defaults_under_aes_gcm_limit_and_is_bounded() {
+    assert_eq!(parse(GOOD, "good.toml").expect("valid").ktls.records_per_key, 1 << 23);
+    let set = format!("{GOOD}\n[ktls]\nrecords_per_key = 64\n");
+    assert_eq!(parse(&set, "k.toml").expect("valid").ktls.records_per_key, 64);
+    for bad in ["0", "16777217", "\"many\""] {
+        let fields = field_errors(&format!("{GOOD}\n[ktls]\nrecords_per_key = {bad}\n"));
+        assert!(
+            fields.iter().any(|(path, line)| path == "ktls.records_per_key" && line.is_some()),
+            "{bad}: {fields:?}"
+        );
+    }
+}
