@@ -1,12 +1,9 @@
 //! The `weir` binary: a thin clap front end over `weir-app` and friends.
 #![forbid(unsafe_code)]
 
-mod admin_client;
-mod bench;
 mod ca;
 mod demo;
 mod exec;
-mod local_mesh;
 mod logging;
 mod run;
 mod scan;
@@ -15,6 +12,7 @@ mod top;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use weir_bench as bench;
 
 /// Exit code for a configuration error (EX_DATAERR-style, sysexits EX_USAGE).
 pub const EXIT_BAD_CONFIG: u8 = 64;

@@ -37,7 +37,7 @@ pub fn run(json: bool, admin: Option<std::net::SocketAddr>) -> ExitCode {
 /// What the node at `admin` knows that the kernel does not say: queue pairs connected with no
 /// recorded bootstrap. A node that cannot be asked is a finding too, not a failed scan.
 fn node_findings(admin: std::net::SocketAddr) -> Vec<Finding> {
-    let report = crate::admin_client::get(admin, "/rdma")
+    let report = weir_bench::http_client::get(admin, "/rdma")
         .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).map_err(Into::into));
     let report = match report {
         Ok(r) => r,

@@ -112,7 +112,7 @@ fn rates(rows: &[RecordView], previous: &HashMap<u64, (u64, Instant)>) -> HashMa
 }
 
 fn fetch(admin: SocketAddr) -> anyhow::Result<Vec<RecordView>> {
-    let body = crate::admin_client::get(admin, "/connections")?;
+    let body = weir_bench::http_client::get(admin, "/connections")?;
     serde_json::from_str(&body).with_context(|| format!("{admin}/connections: not a list of connection records"))
 }
 

@@ -41,8 +41,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("weir-demo.").tempdir()?;
     let ca = weir_identity::Ca::init(&dir.path().join("ca"), "weir.local")?;
     let backend = backend::start().await.context("sample backend")?;
-    let opts = crate::local_mesh::Options { service_toml: L7, ..Default::default() };
-    let mesh = crate::local_mesh::Mesh::start_with(dir.path(), ca.dir(), backend, opts).await?;
+    let opts = weir_bench::local_mesh::Options { service_toml: L7, ..Default::default() };
+    let mesh = weir_bench::local_mesh::Mesh::start_with(dir.path(), ca.dir(), backend, opts).await?;
     println!("Weir demo: two nodes, one trust domain (weir.local), a sample HTTP backend (working directory {}, kept with --keep)", dir.path().display());
     if let Ok(guest) = std::env::var("WEIR_IN_GUEST") {
         println!("Running in a {guest} guest kernel: kTLS is real, its crypto is emulated or generic C, so speeds below are not meaningful.");

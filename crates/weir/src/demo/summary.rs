@@ -1,10 +1,10 @@
 //! The demo's report: what the nodes' own `/metrics` and `/status` say, next to what the
 //! clients measured, in a form a person reads.
 use super::traffic::{get_text, Small, L7};
-use crate::local_mesh::Mesh;
 use anyhow::bail;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use weir_bench::local_mesh::Mesh;
 
 /// One sample of the Prometheus text format.
 struct Sample {

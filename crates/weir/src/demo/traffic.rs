@@ -1,6 +1,6 @@
 //! The demo's clients: HTTP/1.1 over the mesh (through the client node's outbound port), and
 //! one impostor that tries the server node directly with an identity policy does not allow.
-use anyhow::{bail, Context};
+use anyhow::bail;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
@@ -11,14 +11,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
-
-async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
-    let tcp = TcpStream::connect(addr).await.with_context(|| format!("connect {addr}"))?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
-    tokio::spawn(conn);
-    Ok(sender)
-}
+pub use weir_bench::http_client::get_text;
+use weir_bench::http_client::{connect, Sender};
 
 /// Sends a request and returns (status, body sha256, body length).
 async fn exchange(sender: &mut Sender, method: &str, path: &str, body: Bytes) -> anyhow::Result<(u16, Vec<u8>, u64)> {
@@ -33,16 +27,6 @@ async fn exchange(sender: &mut Sender, method: &str, path: &str, body: Bytes) ->
         }
     }
     Ok((status, h.finalize().to_vec(), n))
-}
-
-/// GET `path` from an admin endpoint: (status, body text).
-pub async fn get_text(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut sender = connect(addr).await?;
-    let req = Request::builder().uri(path).header("host", "admin").body(Full::new(Bytes::new()))?;
-    let resp = sender.send_request(req).await?;
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// Latencies of many small keep-alive requests.

@@ -19,7 +19,7 @@ pub(super) fn start(
     cpus: &str,
     mode: Mode,
 ) -> anyhow::Result<Chain> {
-    let (entry, middle) = (crate::bench::free_port()?, crate::bench::free_port()?);
+    let (entry, middle) = (crate::free_port()?, crate::free_port()?);
     let (filter, cluster_http) = match mode {
         Mode::Tcp => (TCP_PROXY, ""),
         Mode::Http => (HTTP_ROUTER, HTTP1_UPSTREAM),

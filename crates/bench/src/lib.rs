@@ -1,4 +1,8 @@
-//! `weir bench`: the hop benchmark. Weir's two-node hop against the same two-hop mTLS mesh
+//! `weir bench`: the hop benchmark, a library the `weir` binary calls (it relaunches the
+//! binary itself, `current_exe()`, for the nodes it measures). Also the local two-node mesh
+//! ([`local_mesh`]) and the HTTP client ([`http_client`]) the demo and the CLI share.
+//!
+//! The hop benchmark: Weir's two-node hop against the same two-hop mTLS mesh
 //! built from haproxy, and against no mesh at all, side by side in one run, on this machine.
 //!
 //! Bulk: iperf3 (a real load generator) sends N GiB through each path; client and server are
@@ -14,7 +18,9 @@ mod charts;
 mod churn;
 pub mod connect;
 mod http;
+pub mod http_client;
 mod idle;
+pub mod local_mesh;
 mod logs;
 mod otlp_sink;
 mod peers;
@@ -153,6 +159,7 @@ impl Path {
     }
 }
 
+/// Runs `weir bench`: the scenarios `args` names, tables on stdout, data and charts in `--out`.
 pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     if args.quick {
         (args.mib, args.reps, args.idle_conns) = (256, 1, 1000);
@@ -368,7 +375,7 @@ fn bulk_load(mib: u64, streams: u32) -> String {
 /// The payload bytes a Weir node's pumps moved through userspace so far (0 without a node).
 async fn userspace_bytes(admin: Option<SocketAddr>) -> f64 {
     let Some(admin) = admin else { return 0.0 };
-    let text = crate::demo::traffic::get_text(admin, "/metrics").await.map(|(_, t)| t).unwrap_or_default();
+    let text = crate::http_client::get_text(admin, "/metrics").await.map(|(_, t)| t).unwrap_or_default();
     text.lines()
         .filter(|l| l.starts_with("weir_userspace_bytes_total"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

@@ -13,11 +13,17 @@ use weir_identity::SpiffeId;
 /// Two running nodes. Dropping it stops them.
 pub struct Mesh {
     children: Vec<Child>,
+    /// The client side's outbound listener: apps connect here.
     pub outbound: SocketAddr,
+    /// The server side's inbound (mesh) listener.
     pub inbound: SocketAddr,
+    /// The client side's admin endpoint (the host plane's, with planes).
     pub client_admin: SocketAddr,
+    /// The server side's admin endpoint.
     pub server_admin: SocketAddr,
+    /// The identity the client side presents.
     pub client_id: SpiffeId,
+    /// The identity the server side presents.
     pub server_id: SpiffeId,
     /// With planes: the host plane's config and the workload whose connections it captures
     /// (apps reach `outbound` from inside it, e.g. with `weir exec`).
@@ -190,7 +196,7 @@ impl Mesh {
 
     async fn wait_ready(&mut self, admin: SocketAddr) -> anyhow::Result<()> {
         for _ in 0..300 {
-            if let Ok((200, _)) = crate::demo::traffic::get_text(admin, "/readyz").await {
+            if let Ok((200, _)) = crate::http_client::get_text(admin, "/readyz").await {
                 return Ok(());
             }
             for c in &mut self.children {

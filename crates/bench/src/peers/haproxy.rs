@@ -14,7 +14,7 @@ pub(super) fn start(
     cpus: &str,
     mode: Mode,
 ) -> anyhow::Result<Chain> {
-    let (entry, middle) = (crate::bench::free_port()?, crate::bench::free_port()?);
+    let (entry, middle) = (crate::free_port()?, crate::free_port()?);
     let defaults = match mode {
         Mode::Tcp => "defaults\n  mode tcp\n  option splice-auto\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n",
         Mode::Http => "defaults\n  mode http\n  option http-keep-alive\n  http-reuse always\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n  timeout http-request 1h\n  timeout http-keep-alive 1h\n",

@@ -21,7 +21,7 @@ pub(super) fn start(
     mode: Mode,
 ) -> anyhow::Result<Chain> {
     use std::os::unix::fs::MetadataExt as _;
-    let (entry, middle) = (crate::bench::free_port()?, crate::bench::free_port()?);
+    let (entry, middle) = (crate::free_port()?, crate::free_port()?);
     if mode == Mode::Tcp && !Path::new(STREAM_MODULE).exists() {
         anyhow::bail!("{STREAM_MODULE} is missing: nginx has no stream module (Debian: libnginx-mod-stream)");
     }

@@ -438,7 +438,7 @@ fn pattern(len: usize) -> Vec<u8> {
 /// One GET of each file through `entry`; on Weir paths also one of the denied prefix.
 async fn check(entry: SocketAddr, kind: Kind) -> anyhow::Result<()> {
     let get = |path: &'static str| async move {
-        tokio::time::timeout(Duration::from_secs(10), crate::demo::traffic::get_text(entry, path))
+        tokio::time::timeout(Duration::from_secs(10), crate::http_client::get_text(entry, path))
             .await
             .with_context(|| format!("GET {path}: no answer in 10 s"))?
             .with_context(|| format!("GET {path}"))
@@ -490,7 +490,7 @@ fn measure(entry: SocketAddr, pids: &[u32], load: &Load, secs: u64) -> anyhow::R
 /// The server node's HTTP request counters summed by status class and result, requests
 /// refused for their form by reason, and body bytes that crossed userspace.
 async fn weir_counts(admin: SocketAddr) -> String {
-    let text = match crate::demo::traffic::get_text(admin, "/metrics").await {
+    let text = match crate::http_client::get_text(admin, "/metrics").await {
         Ok((200, t)) => t,
         Ok((status, _)) => return format!("nothing: /metrics answered {status}"),
         Err(e) => return format!("nothing: /metrics: {e:#}"),

@@ -426,7 +426,7 @@ fn utc(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::charts::*;
+    use crate::charts::*;
 
     #[test]
     fn dates() {
