@@ -21,7 +21,10 @@ pub async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
 
 /// GET `path` at `addr`: (status, body text).
 pub async fn get_text(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut sender = connect(addr).await?;
+    get_on(connect(addr).await?, path).await
+}
+
+async fn get_on(mut sender: Sender, path: &str) -> anyhow::Result<(u16, String)> {
     let req = Request::builder().uri(path).header("host", "admin").body(Full::new(Bytes::new()))?;
     let resp = sender.send_request(req).await?;
     let status = resp.status().as_u16();
@@ -29,15 +32,22 @@ pub async fn get_text(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Stri
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-/// For the CLI, outside any runtime: the body of `GET path` at the admin endpoint `admin`,
-/// within 5 s, or an error naming the endpoint (not reachable, or not a 200).
+/// For the CLI, outside any runtime: the body of `GET path` at the admin endpoint `admin`
+/// (connected within 2 s, answered within 5 s), or an error naming the endpoint: not reachable
+/// ("connecting to the admin endpoint …"), silent, or not a 200.
 pub fn get(admin: SocketAddr, path: &str) -> anyhow::Result<String> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let got = rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), get_text(admin, path)).await });
-    let (status, body) = match got {
-        Ok(r) => r.with_context(|| format!("asking the admin endpoint {admin}{path}"))?,
-        Err(_) => bail!("the admin endpoint {admin}{path} did not answer within 5 s"),
-    };
+    let got = rt.block_on(async {
+        let sender = tokio::time::timeout(Duration::from_secs(2), connect(admin))
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out after 2 s")))
+            .with_context(|| format!("connecting to the admin endpoint {admin}"))?;
+        tokio::time::timeout(Duration::from_secs(5), get_on(sender, path))
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within 5 s")))
+            .with_context(|| format!("asking the admin endpoint {admin}{path}"))
+    });
+    let (status, body) = got?;
     if status != 200 {
         bail!("{admin}{path}: HTTP {status}: {}", body.lines().next().unwrap_or(""));
     }
