@@ -21,10 +21,9 @@ pub struct Keys {
     cipher: TlsCipher,
     rekey: bool,
     records_per_key: u64,
-    /// An over-estimate of records sent since the kernel's count was last read.
+    /// Records sent since the kernel's count was last read, estimated from bytes (a lower
+    /// bound: the kernel may cut records shorter).
     unchecked: AtomicU64,
-    tx_updates: AtomicU64,
-    rx_updates: AtomicU64,
 }
 
 /// What the pump does after sending.
@@ -50,19 +49,7 @@ impl Keys {
             rekey: kernel.rekey == Rekey::Supported,
             records_per_key: kernel.records_per_key.max(1),
             unchecked: AtomicU64::new(0),
-            tx_updates: AtomicU64::new(0),
-            rx_updates: AtomicU64::new(0),
         }
-    }
-
-    /// Whether the kernel under this socket rekeys.
-    pub fn rekeys(&self) -> bool {
-        self.rekey
-    }
-
-    /// Transmit and receive keys installed after the first: (ours, the peer's).
-    pub fn updates(&self) -> (u64, u64) {
-        (self.tx_updates.load(Ordering::Relaxed), self.rx_updates.load(Ordering::Relaxed))
     }
 
     /// The peer's KeyUpdate was read off `socket`: installs its next key. `Ok(true)`: the
@@ -74,12 +61,12 @@ impl Keys {
         }
         let next = self.lock().update_rx().map_err(std::io::Error::other)?;
         super::install(socket, TlsDirection::Receive, &next).map_err(to_io)?;
-        self.rx_updates.fetch_add(1, Ordering::Relaxed);
         Ok(update_requested)
     }
 
-    /// `bytes` were just sent on `socket`. Reads the kernel's record count when the estimate
-    /// nears a quarter of the limit (a syscall every few hundred MiB, not per send).
+    /// `bytes` were just sent on `socket`. Reads the kernel's record count each time the
+    /// estimate grows by a quarter of the limit (at the default 2^23 records per key: once per
+    /// 32 GiB of full records, not per send).
     pub fn sent(&self, socket: BorrowedFd<'_>, bytes: usize) -> std::io::Result<Sent> {
         let estimate = (bytes as u64).div_ceil(MAX_RECORD);
         let unchecked = self.unchecked.fetch_add(estimate, Ordering::Relaxed) + estimate;
@@ -101,7 +88,6 @@ impl Keys {
         let next = self.lock().update_tx().map_err(std::io::Error::other)?;
         super::install(socket, TlsDirection::Transmit, &next).map_err(to_io)?;
         self.unchecked.store(0, Ordering::Relaxed);
-        self.tx_updates.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -116,7 +102,6 @@ impl std::fmt::Debug for Keys {
         f.debug_struct("Keys")
             .field("rekey", &self.rekey)
             .field("records_per_key", &self.records_per_key)
-            .field("updates", &self.updates())
             .finish_non_exhaustive()
     }
 }
