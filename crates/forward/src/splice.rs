@@ -56,20 +56,43 @@ async fn local_to_peer(
     tally: &Tally,
     limits: Limits,
 ) -> Result<(), Outcome> {
-    // An idle connection holds no pipe: create it when the first bytes are ready.
-    local.readable().await.map_err(|e| Outcome::from_error(Side::Local, e))?;
+    let peer_err = |e| Outcome::from_error(Side::Peer, e);
+    // An idle connection holds no pipe: create it when the first bytes are ready. A KeyUpdate
+    // the peer asked for goes out meanwhile (both waits are cancel-safe: no bytes move in them).
+    loop {
+        tokio::select! {
+            ready = local.readable() => break ready.map_err(|e| Outcome::from_error(Side::Local, e))?,
+            () = keys.owed() => send_owed(peer, keys).await.map_err(peer_err)?,
+        }
+    }
     let pipe = Pipe::with_capacity(limits.pipe_size).map_err(|e| Outcome::Failed(Side::Local, e.into()))?;
     loop {
-        let n = fill(local, &pipe, pipe.capacity()).await.map_err(|e| Outcome::from_error(Side::Local, e))?;
+        let n = tokio::select! {
+            n = fill(local, &pipe, pipe.capacity()) => n.map_err(|e| Outcome::from_error(Side::Local, e))?,
+            () = keys.owed() => {
+                send_owed(peer, keys).await.map_err(peer_err)?;
+                continue;
+            }
+        };
         if n == 0 {
-            close_notify(peer).await.map_err(|e| Outcome::from_error(Side::Peer, e))?;
+            close_notify(peer).await.map_err(peer_err)?;
             return Ok(());
         }
-        empty(&pipe, peer, n).await.map_err(|e| Outcome::from_error(Side::Peer, e))?;
+        send_owed(peer, keys).await.map_err(peer_err)?;
+        empty(&pipe, peer, n).await.map_err(peer_err)?;
         tally.to_peer.inc_by(n as u64);
-        if !after_send(peer, keys, n).await.map_err(|e| Outcome::from_error(Side::Peer, e))? {
+        if !after_send(peer, keys, n).await.map_err(peer_err)? {
             return Err(Outcome::SessionLimit);
         }
+    }
+}
+
+/// Before a record goes out on a kTLS socket: sends the KeyUpdate the peer asked for, if one is
+/// owed (RFC 8446 §4.6.3: before our next application data).
+pub(crate) async fn send_owed(peer: &TcpStream, keys: &Keys) -> io::Result<()> {
+    match keys.take_owed() {
+        true => key_update(peer, keys).await,
+        false => Ok(()),
     }
 }
 
@@ -214,7 +237,7 @@ pub(crate) async fn control_record(src: &TcpStream, keys: &Keys) -> io::Result<O
         (RecordType::Alert, [_, 0, ..]) => Ok(Some(KtlsRead::CloseNotify)),
         (RecordType::Alert, [_, desc, ..]) => Err(io::Error::other(format!("peer sent TLS alert {desc}"))),
         (RecordType::Handshake, messages) => {
-            handshake_messages(src, keys, messages).await?;
+            handshake_messages(src, keys, messages)?;
             Ok(None)
         }
         (RecordType::ApplicationData, _) => Ok(Some(KtlsRead::Record(record.to_vec()))),
@@ -223,8 +246,9 @@ pub(crate) async fn control_record(src: &TcpStream, keys: &Keys) -> io::Result<O
 }
 
 /// Acts on the post-handshake messages of one record: a ticket is ignored (ours send none), a
-/// KeyUpdate installs the peer's next key and, when it asks, sends ours.
-async fn handshake_messages(src: &TcpStream, keys: &Keys, mut messages: &[u8]) -> io::Result<()> {
+/// KeyUpdate installs the peer's next key and, when it asks, makes ours owed: the reading side
+/// never waits to send ([`send_owed`]).
+fn handshake_messages(src: &TcpStream, keys: &Keys, mut messages: &[u8]) -> io::Result<()> {
     while let [kind, a, b, c, rest @ ..] = messages {
         let len = u32::from_be_bytes([0, *a, *b, *c]) as usize;
         let Some((body, next)) = (rest.len() >= len).then(|| rest.split_at(len)) else {
@@ -232,11 +256,7 @@ async fn handshake_messages(src: &TcpStream, keys: &Keys, mut messages: &[u8]) -
         };
         match (*kind, body) {
             (NEW_SESSION_TICKET, _) => {}
-            (KEY_UPDATE, [request @ (0 | 1)]) => {
-                if keys.peer_updated(src.as_fd(), *request == 1)? {
-                    key_update(src, keys).await?;
-                }
-            }
+            (KEY_UPDATE, [request @ (0 | 1)]) => keys.peer_updated(src.as_fd(), *request == 1)?,
             (KEY_UPDATE, _) => return Err(io::Error::other("malformed KeyUpdate")),
             (kind, _) => {
                 return Err(io::Error::other(format!("unexpected TLS handshake message {kind} on a kTLS socket")))

@@ -2,7 +2,7 @@
 //! framing, move bodies": over a socket (plain or kTLS) peeking leaves body bytes in the
 //! kernel so they can be spliced; over a userspace TLS stream there is no kernel buffer to peek
 //! into, so read-ahead waits in `carry` and bodies are copied (the crypto copy happens anyway).
-use crate::splice::{after_send, control_record, empty, fill, fill_from_ktls, is_control_record, KtlsRead};
+use crate::splice::{after_send, control_record, empty, fill, fill_from_ktls, is_control_record, send_owed, KtlsRead};
 use std::io;
 use std::os::fd::AsFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
@@ -118,6 +118,7 @@ impl<'a> Leg<'a> {
     pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         match &mut self.io {
             Io::Socket { tcp, ktls } => {
+                before_send(tcp, *ktls).await?;
                 crate::splice::write_all(tcp, bytes).await?;
                 sent(tcp, *ktls, bytes.len()).await
             }
@@ -218,6 +219,14 @@ fn try_read_draining(tcp: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// Before a write on a kTLS leg: the KeyUpdate its peer asked for goes first.
+async fn before_send(tcp: &TcpStream, ktls: Option<&Keys>) -> io::Result<()> {
+    match ktls {
+        Some(keys) => send_owed(tcp, keys).await,
+        None => Ok(()),
+    }
+}
+
 /// Counts `n` bytes sent on a kTLS leg towards its key's record limit (rekeying there); a
 /// plaintext leg has none.
 async fn sent(tcp: &TcpStream, ktls: Option<&Keys>, n: usize) -> io::Result<()> {
@@ -278,6 +287,7 @@ pub async fn move_body(
                     KtlsRead::Record(bytes) => {
                         // A record splice could not take: rare, and it did cross userspace.
                         let n = bytes.len().min(want);
+                        before_send(to, to_keys).await?;
                         crate::splice::write_all(to, &bytes[..n]).await?;
                         sent(to, to_keys, n).await?;
                         moved.bytes += n as u64;
@@ -295,6 +305,7 @@ pub async fn move_body(
             if n == 0 {
                 break;
             }
+            before_send(to, to_keys).await?;
             empty(p, to, n).await?;
             sent(to, to_keys, n).await?;
             moved.bytes += n as u64;

@@ -2,7 +2,9 @@
 //! next traffic secrets, the kernel is handed them.
 //!
 //! Two events change a key. The peer's KeyUpdate, which the pump reads off the socket: its
-//! next receive key is installed, and if it asked, ours follows. And our own record count:
+//! next receive key is installed, and if it asked, ours is owed: the sending side sends it
+//! before its next record (never the reading side, which would then wait on the peer reading
+//! while the peer waits on us reading). And our own record count:
 //! every key seals at most `records_per_key` records, counted by the kernel (`rec_seq`), after
 //! which we send a KeyUpdate and install the next transmit key. On a kernel that cannot take a
 //! second key both are the end of the session instead (fail closed: a key is never used past
@@ -11,7 +13,7 @@ use super::{Error, Kernel, Rekey};
 use rustls::kernel::KernelConnection;
 use rustls::ConnectionTrafficSecrets;
 use std::os::fd::BorrowedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use weir_sys::{TlsCipher, TlsDirection};
 
@@ -24,6 +26,10 @@ pub struct Keys {
     /// Records sent since the kernel's count was last read, estimated from bytes (a lower
     /// bound: the kernel may cut records shorter).
     unchecked: AtomicU64,
+    /// The peer asked for our next key and we have not sent it yet.
+    owed: AtomicBool,
+    /// Wakes a sender idle on its source when a KeyUpdate becomes owed.
+    owed_wake: tokio::sync::Notify,
 }
 
 /// What the pump does after sending.
@@ -49,19 +55,37 @@ impl Keys {
             rekey: kernel.rekey == Rekey::Supported,
             records_per_key: kernel.records_per_key.max(1),
             unchecked: AtomicU64::new(0),
+            owed: AtomicBool::new(false),
+            owed_wake: tokio::sync::Notify::new(),
         }
     }
 
-    /// The peer's KeyUpdate was read off `socket`: installs its next key. `Ok(true)`: the
-    /// peer asked for ours too; send a KeyUpdate, then [`Keys::next_tx`]. Where the kernel
-    /// cannot rekey this is an error: the records after it are under a key it cannot take.
-    pub fn peer_updated(&self, socket: BorrowedFd<'_>, update_requested: bool) -> std::io::Result<bool> {
+    /// The peer's KeyUpdate was read off `socket`: installs its next key. When the peer asked
+    /// for ours too, our KeyUpdate becomes owed ([`Keys::take_owed`], [`Keys::owed`]). Where the
+    /// kernel cannot rekey this is an error: the records after it are under a key it cannot take.
+    pub fn peer_updated(&self, socket: BorrowedFd<'_>, update_requested: bool) -> std::io::Result<()> {
         if !self.rekey {
             return Err(std::io::Error::other("peer sent KeyUpdate; this kernel's TLS cannot rekey: closing"));
         }
         let next = self.lock().update_rx().map_err(std::io::Error::other)?;
         super::install(socket, TlsDirection::Receive, &next).map_err(to_io)?;
-        Ok(update_requested)
+        if update_requested {
+            self.owed.store(true, Ordering::Release);
+            self.owed_wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Whether our KeyUpdate is owed, clearing it: `true` means send one now, then
+    /// [`Keys::next_tx`], before any other record.
+    pub fn take_owed(&self) -> bool {
+        self.owed.swap(false, Ordering::AcqRel)
+    }
+
+    /// Resolves when a KeyUpdate may have become owed (check [`Keys::take_owed`]): for a sender
+    /// waiting on its source, so that the update goes out without waiting for data.
+    pub async fn owed(&self) {
+        self.owed_wake.notified().await
     }
 
     /// `bytes` were just sent on `socket`. Reads the kernel's record count each time the
