@@ -1,7 +1,7 @@
 //! The admin endpoint (loopback by default): `/healthz`, `/readyz`, `/metrics`, `/status`,
 //! `/connections` (open connections' records), `/kernel/connections`, `/rdma` (RDMA intents
 //! and queue pairs).
-use crate::conn::Shared;
+use crate::core::conn::Shared;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
@@ -46,7 +46,7 @@ fn route(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Full
         }
         "/status" => text(StatusCode::OK, status_json(shared)),
         "/connections" => text(StatusCode::OK, connections_json(shared)),
-        "/kernel/connections" => text(StatusCode::OK, crate::kernel_facts::connections_json(shared)),
+        "/kernel/connections" => text(StatusCode::OK, crate::kernel::facts::connections_json(shared)),
         "/rdma" => match &shared.rdma {
             Some(rdma) => text(StatusCode::OK, rdma.report()),
             None => text(StatusCode::NOT_FOUND, "no RDMA settings in this node's config\n".into()),
@@ -67,7 +67,7 @@ pub(crate) fn connections(shared: &Shared) -> Vec<RecordView> {
     let mut views: Vec<_> = shared.records.all().iter().map(|r| r.view(now)).collect();
     if shared.role == "host" {
         for v in &mut views {
-            v.wire = shared.wire_facts.of(crate::wire_facts::leg_key(v)).map(Box::new);
+            v.wire = shared.wire_facts.of(crate::planes::wire_facts::leg_key(v)).map(Box::new);
         }
     }
     views.sort_by_key(|v| v.id);
@@ -112,7 +112,7 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 /// Refreshes the gauges read from identity state, then encodes every metric.
 pub(crate) fn metrics_text(shared: &Shared) -> String {
     let m = &shared.metrics;
-    crate::kernel_facts::fold(shared, &mut shared.kernel_reported.lock().unwrap_or_else(|p| p.into_inner()));
+    crate::kernel::facts::fold(shared, &mut shared.kernel_reported.lock().unwrap_or_else(|p| p.into_inner()));
     let svid = shared.store.current();
     let expiry = svid.not_after.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     m.svid_expiry_seconds.set(i64::try_from(expiry).unwrap_or(i64::MAX));

@@ -8,7 +8,7 @@
 //! address), inbound the DPU's (the host plane's remote address); see [`leg_key`]. Wire
 //! retransmits are counted per workload (outbound: the host's workload; inbound: the remote
 //! caller) and service as they arrive.
-use crate::conn::Shared;
+use crate::core::conn::Shared;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -118,7 +118,7 @@ mod tests {
 
     #[test]
     fn the_outbox_keeps_the_newest_and_counts_what_it_drops() {
-        let shared = crate::conn::tests::shared();
+        let shared = crate::core::conn::tests::shared();
         let outbox = Outbox::default();
         for n in 0..OUTBOX_CAP as u64 + 3 {
             outbox.push(view(n, "10.0.0.2:40000", 0), &shared);
@@ -132,7 +132,7 @@ mod tests {
 
     #[test]
     fn wire_retransmits_are_counted_once_and_joined_by_the_host_end() {
-        let shared = crate::conn::tests::shared();
+        let shared = crate::core::conn::tests::shared();
         let a = "10.0.0.2:40000";
         merge(&shared, vec![view(1, a, 2)], vec![]);
         merge(&shared, vec![view(1, a, 5)], vec![]);

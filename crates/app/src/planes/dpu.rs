@@ -5,8 +5,8 @@
 //! RST); otherwise the DPU answers `Ok` and carries it like an outbound connection, presenting
 //! that workload's own SVID on the wire. Also the DPU's end of inbound connections to services
 //! on the host ([`to_host`]) and the preamble check both planes' listeners share.
-use crate::conn::{Refusal, Shared};
-use crate::outbound;
+use crate::core::conn::{Refusal, Shared};
+use crate::outbound::listener as outbound;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,7 +30,7 @@ pub(crate) struct HostChannel {
 
 /// Accepts host-channel connections until the task is aborted.
 pub(crate) async fn serve(listener: TcpListener, channel: Arc<HostChannel>, shared: Arc<Shared>) {
-    crate::conn::accept_each(listener, "host channel", |host, from| {
+    crate::core::conn::accept_each(listener, "host channel", |host, from| {
         let (channel, shared) = (channel.clone(), shared.clone());
         async move { handle(host, from, &channel, &shared).await }
     })

@@ -22,7 +22,7 @@ pub(crate) struct Shared {
     /// Records of open mesh connections (sampled and listed off the data path).
     pub records: Records,
     /// Request spans to the OTLP collector, when one is configured.
-    pub spans: Option<crate::otlp::Spans>,
+    pub spans: Option<crate::core::otlp::Spans>,
     /// Share of the traces this node starts that are sampled (exported as spans).
     pub span_ratio: f64,
     pub tls: Arc<TlsConfigs>,
@@ -32,7 +32,7 @@ pub(crate) struct Shared {
     /// Inbound allow-lists (swapped on reload).
     pub policy: std::sync::RwLock<InboundPolicy>,
     /// HTTP handling of inbound services with `protocol = "http"` (swapped on reload).
-    pub http: std::sync::RwLock<std::collections::HashMap<String, Arc<crate::http::HttpService>>>,
+    pub http: std::sync::RwLock<std::collections::HashMap<String, Arc<crate::l7::http1::HttpService>>>,
     pub handshake_timeout: Duration,
     next_id: AtomicU64,
     /// Mesh connections open now (all listeners), for graceful shutdown.
@@ -56,17 +56,17 @@ pub(crate) struct Shared {
     /// host's workloads), by name: all must be valid and rotating for the node to be ready.
     pub acting_for: Vec<(String, Arc<SvidStore>)>,
     /// What this plane knows of the other one (roles `host` and `dpu`).
-    pub other_plane: Option<Arc<crate::planes::OtherPlane>>,
+    pub other_plane: Option<Arc<crate::planes::control::OtherPlane>>,
     /// A DPU's closed host-channel records, waiting for the host plane.
-    pub wire_outbox: Option<crate::wire_facts::Outbox>,
+    pub wire_outbox: Option<crate::planes::wire_facts::Outbox>,
     /// A host plane's way to its DPU (captured connections go there).
-    pub to_dpu: Option<crate::host_plane::ToDpu>,
+    pub to_dpu: Option<crate::planes::host::ToDpu>,
     /// The host channel's keys (roles `host` and `dpu`).
-    pub channel_keys: Option<Arc<crate::channel_key::ChannelKeys>>,
+    pub channel_keys: Option<Arc<crate::channel::keys::ChannelKeys>>,
     /// RDMA intents and queue-pair watch, when the config asks for RDMA control.
     pub rdma: Option<crate::rdma::Rdma>,
     /// A host plane's view of the DPU's wire-side records.
-    pub wire_facts: crate::wire_facts::WireFacts,
+    pub wire_facts: crate::planes::wire_facts::WireFacts,
 }
 
 /// A workload at run time: its rules and its own identity.
@@ -342,7 +342,7 @@ impl<'a> Tracked<'a> {
             };
         }
         if self.shared.role == "host" {
-            if let Some(w) = self.shared.wire_facts.take(crate::wire_facts::leg_key(&r)) {
+            if let Some(w) = self.shared.wire_facts.take(crate::planes::wire_facts::leg_key(&r)) {
                 let wire_tcp = w.tcp.unwrap_or_default();
                 tracing::info!(
                     target: "weir::access",

@@ -9,8 +9,8 @@
 //! caller (under the inbound key); this plane checks it, its own allow-list for the service
 //! (defence in depth), runs the service's L7 policy if it is placed here, and splices to the
 //! local backend.
-use crate::conn::{MeshLeg, Refusal, Shared, Tracked};
-use crate::inbound::Backends;
+use crate::core::conn::{MeshLeg, Refusal, Shared, Tracked};
+use crate::inbound::listener::Backends;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,7 +86,7 @@ pub(crate) struct FromDpu {
 
 /// Accepts the DPU's inbound connections until the task is aborted.
 pub(crate) async fn serve_inbound(listener: TcpListener, from_dpu: Arc<FromDpu>, shared: Arc<Shared>) {
-    crate::conn::accept_each(listener, "host plane inbound", |dpu, from| {
+    crate::core::conn::accept_each(listener, "host plane inbound", |dpu, from| {
         let (from_dpu, shared) = (from_dpu.clone(), shared.clone());
         async move { inbound(dpu, from, &from_dpu, &shared).await }
     })
@@ -97,8 +97,8 @@ async fn inbound(mut dpu: TcpStream, from: SocketAddr, from_dpu: &FromDpu, share
     let id = shared.next_id();
     let _ = dpu.set_nodelay(true);
     let checked = (id, Direction::Inbound);
-    let Some(asked) = crate::host_channel::accept_preamble(&mut dpu, from, shared, checked).await else {
-        return crate::outbound::reset(dpu);
+    let Some(asked) = crate::planes::dpu::accept_preamble(&mut dpu, from, shared, checked).await else {
+        return crate::outbound::listener::reset(dpu);
     };
     let (caller, service) = (asked.workload, asked.request.service);
     let refuse = |reason, detail: &dyn std::fmt::Display| {
@@ -132,7 +132,7 @@ async fn inbound(mut dpu: TcpStream, from: SocketAddr, from_dpu: &FromDpu, share
         .copy(http.as_ref().is_some_and(|h| h.config.copy));
     let t = Tracked::open(shared, id, Direction::Inbound, Mode::HostChannel, (caller, service), leg);
     let outcome = match http {
-        Some(svc) => crate::http::inbound_socket(shared, &svc, &t, backend, (dpu, None)).await,
+        Some(svc) => crate::l7::http1::inbound_socket(shared, &svc, &t, backend, (dpu, None)).await,
         None => weir_forward::splice_plain(backend, dpu, &t.tally, shared.limits.pipe_size).await,
     };
     t.close(outcome);

@@ -7,7 +7,7 @@
 //! plane last said is half of this plane's readiness: a plane whose rotation failed, whose SVID
 //! is near expiry, or that stopped reporting makes the other one unready, naming the plane and
 //! the reason. The host connects (and reconnects); the DPU listens.
-use crate::conn::{Refusal, Shared};
+use crate::core::conn::{Refusal, Shared};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -306,7 +306,7 @@ where
                     }
                 }
                 Ok(Line::Key { .. }) => return "the host plane sent a channel key: only the DPU makes them".to_owned(),
-                Ok(Line::Records { open, closed }) => crate::wire_facts::merge(shared, open, closed),
+                Ok(Line::Records { open, closed }) => crate::planes::wire_facts::merge(shared, open, closed),
                 Err(e) => return format!("malformed line from the {} plane: {e}", other.name),
             }
         }

@@ -2,15 +2,15 @@
 //! kernel recorded each one's original destination and workload; this recovers them, checks
 //! the workload's L4 rules again (defence in depth), and carries the connection like an
 //! outbound one, presenting the workload's own SVID (on a host plane: to the DPU, which does).
-use crate::conn::{Refusal, Shared};
-use crate::outbound;
+use crate::core::conn::{Refusal, Shared};
+use crate::outbound::listener as outbound;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 
 /// Accepts captured connections until the task is aborted.
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    crate::conn::accept_each(listener, "capture", |app, from| {
+    crate::core::conn::accept_each(listener, "capture", |app, from| {
         let shared = shared.clone();
         async move { handle(app, from, &shared).await }
     })

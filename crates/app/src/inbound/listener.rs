@@ -1,8 +1,8 @@
 //! The inbound listener: a peer node connects, both sides prove their SVIDs, the preamble
 //! names a local service, policy decides (default deny), and on success bytes flow to the
 //! local backend.
-use crate::conn::{MeshLeg, Refusal, Shared, Tracked};
-use crate::outbound::kernel_ready;
+use crate::core::conn::{MeshLeg, Refusal, Shared, Tracked};
+use crate::outbound::listener::kernel_ready;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,7 +32,7 @@ pub(crate) type Backends = HashMap<String, Backend>;
 
 /// Accepts peer nodes until the task is aborted.
 pub(crate) async fn serve(listener: TcpListener, backends: Arc<Backends>, shared: Arc<Shared>) {
-    crate::conn::accept_each(listener, "inbound", |socket, from| {
+    crate::core::conn::accept_each(listener, "inbound", |socket, from| {
         let (backends, shared) = (backends.clone(), shared.clone());
         async move { handle(socket, from, &backends, &shared).await }
     })
@@ -69,12 +69,12 @@ async fn handle(socket: TcpStream, from: SocketAddr, backends: &Backends, shared
         let leg = MeshLeg::of(&switched.socket, switched.session)
             .copy(http.as_ref().is_some_and(|h| h.config.copy))
             .captured(a.to_host);
-        let mode = crate::conn::ktls_mode(&switched.socket);
+        let mode = crate::core::conn::ktls_mode(&switched.socket);
         let t = Tracked::open(shared, id, Direction::Inbound, mode, (a.peer, a.service), leg);
         let outcome = match http {
             Some(svc) => {
                 let peer = (switched.socket, Some(switched.keys));
-                crate::http::inbound_socket(shared, &svc, &t, a.backend, peer).await
+                crate::l7::http1::inbound_socket(shared, &svc, &t, a.backend, peer).await
             }
             None => {
                 let s = switched;
@@ -91,14 +91,14 @@ async fn handle(socket: TcpStream, from: SocketAddr, backends: &Backends, shared
         let leg = MeshLeg::of(tcp, session).copy(http.as_ref().is_some_and(|h| h.config.copy)).captured(a.to_host);
         let t = Tracked::open(shared, id, Direction::Inbound, Mode::Userspace, (a.peer, a.service), leg);
         let outcome = match http {
-            Some(svc) => crate::http::inbound_tls(shared, &svc, &t, a.backend, a.tls).await,
+            Some(svc) => crate::l7::http1::inbound_tls(shared, &svc, &t, a.backend, a.tls).await,
             None => weir_forward::copy_tls(a.backend, a.tls, &t.tally).await,
         };
         t.close(outcome);
     }
 }
 
-fn http_service(shared: &Shared, service: &str) -> Option<Arc<crate::http::HttpService>> {
+fn http_service(shared: &Shared, service: &str) -> Option<Arc<crate::l7::http1::HttpService>> {
     shared.http.read().unwrap_or_else(|p| p.into_inner()).get(service).cloned()
 }
 
@@ -166,7 +166,7 @@ where
 async fn connect_backend(b: &Backend, caller: &SpiffeId, service: &str, shared: &Shared) -> Result<TcpStream, String> {
     let mut backend = TcpStream::connect(b.addr).await.map_err(|e| e.to_string())?;
     if b.on_host {
-        crate::host_channel::to_host(&mut backend, shared, caller, service).await?;
+        crate::planes::dpu::to_host(&mut backend, shared, caller, service).await?;
     }
     Ok(backend)
 }

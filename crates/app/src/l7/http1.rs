@@ -2,7 +2,7 @@
 //! (source SPIFFE ID × method × path × headers, rate limits), trace propagation, per-request
 //! metrics and the access log. The bytes move in `weir_forward::http1` (heads only through
 //! userspace; bodies spliced unless a leg is userspace TLS or the service is in copy mode).
-use crate::conn::{Shared, Tracked};
+use crate::core::conn::{Shared, Tracked};
 use opentelemetry::KeyValue;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -52,10 +52,10 @@ pub(crate) async fn inbound_socket(
     backend: TcpStream,
     (peer, keys): (TcpStream, Option<weir_tls::ktls::Keys>),
 ) -> Outcome {
-    match tokio::time::timeout(svc.config.request_head_timeout, crate::h2::preface_on_socket(&peer)).await {
+    match tokio::time::timeout(svc.config.request_head_timeout, crate::l7::h2::preface_on_socket(&peer)).await {
         Ok(Ok(true)) => {
             let who = (t.peer.clone(), t.service.clone());
-            return h2_outcome(crate::h2::serve(shared.clone(), svc.clone(), t.id, who, backend, peer).await);
+            return h2_outcome(crate::l7::h2::serve(shared.clone(), svc.clone(), t.id, who, backend, peer).await);
         }
         Ok(Ok(false)) => {}
         Ok(Err(e)) => return Outcome::Failed(Side::Peer, e),
@@ -102,11 +102,11 @@ where
     S: weir_forward::http1::ByteStream + weir_forward::TcpBacked + 'static,
 {
     let prefix =
-        match tokio::time::timeout(svc.config.request_head_timeout, crate::h2::preface_on_stream(&mut tls)).await {
+        match tokio::time::timeout(svc.config.request_head_timeout, crate::l7::h2::preface_on_stream(&mut tls)).await {
             Ok(Ok((true, prefix))) => {
                 let who = (t.peer.clone(), t.service.clone());
-                let mesh = crate::h2::Prefixed::new(prefix, tls);
-                return h2_outcome(crate::h2::serve(shared.clone(), svc.clone(), t.id, who, backend, mesh).await);
+                let mesh = crate::l7::h2::Prefixed::new(prefix, tls);
+                return h2_outcome(crate::l7::h2::serve(shared.clone(), svc.clone(), t.id, who, backend, mesh).await);
             }
             Ok(Ok((false, prefix))) => prefix,
             Ok(Err(e)) => return Outcome::Failed(Side::Peer, e),
@@ -263,7 +263,7 @@ impl Recorder<'_> {
             Some(r) => {
                 r.requests.inc();
                 let max_age = if exported { std::time::Duration::ZERO } else { FRESH };
-                let facts = (exported || logged).then(|| crate::sampler::facts_within(self.shared, r, max_age));
+                let facts = (exported || logged).then(|| crate::core::sampler::facts_within(self.shared, r, max_age));
                 (r.start().id, facts.flatten())
             }
             None => (0, None),
@@ -289,7 +289,7 @@ impl Recorder<'_> {
             if !self.route.is_empty() {
                 attributes.push(KeyValue::new("http.route", self.route.clone()));
             }
-            spans.offer(crate::otlp::RequestSpan {
+            spans.offer(crate::core::otlp::RequestSpan {
                 trace: &c.trace,
                 inbound: self.direction == Direction::Inbound,
                 start: end.checked_sub(ex.duration).unwrap_or(end),

@@ -3,7 +3,7 @@
 //! preamble, then forwards (kTLS splice, or userspace TLS where the kernel has no kTLS). On a
 //! host plane the mesh leg is the DPU's host channel instead ([`Via::Dpu`]): the DPU does the
 //! mTLS, and the leg is plaintext spliced by the kernel.
-use crate::conn::{rustls_error, MeshLeg, Refusal, Shared, Tracked};
+use crate::core::conn::{rustls_error, MeshLeg, Refusal, Shared, Tracked};
 use rustls::pki_types::ServerName;
 use std::os::fd::AsFd;
 use std::sync::Arc;
@@ -22,7 +22,7 @@ use weir_tls::{Mode, TlsConfigs};
 /// Accepts local apps on one route's port until the task is aborted.
 pub(crate) async fn serve(listener: TcpListener, route: Arc<OutboundRoute>, shared: Arc<Shared>) {
     let what = format!("outbound {}", route.service);
-    crate::conn::accept_each(listener, &what, |app, _| {
+    crate::core::conn::accept_each(listener, &what, |app, _| {
         let (route, shared) = (route.clone(), shared.clone());
         let via = Via::Tls(shared.tls.clone());
         async move { handle(app, &route, &via, &shared, None).await }
@@ -61,7 +61,7 @@ pub(crate) async fn handle(
 ) {
     let _ = app.set_nodelay(true);
     if let Some(http) = &route.http {
-        return crate::outbound_http::handle(app, route, http, via, shared, captured).await;
+        return crate::outbound::http::handle(app, route, http, via, shared, captured).await;
     }
     let id = shared.next_id();
     let peer = match connect(route, via, shared, id, shared.handshake_timeout).await {
@@ -135,7 +135,7 @@ pub(crate) async fn connect(
             let Some(dpu) = &shared.to_dpu else {
                 return Err(refuse(Refusal::TlsHandshake, &format_args!("{workload}: no DPU link on this plane")));
             };
-            return crate::host_plane::open(route, workload, dpu, shared, id, connect_timeout)
+            return crate::planes::host::open(route, workload, dpu, shared, id, connect_timeout)
                 .await
                 .map(Upstream::Plain)
                 .ok_or(Refused);
@@ -159,7 +159,7 @@ pub(crate) async fn connect(
             let staged = handshake(ktls::connect(config, name, peer), route, shared, id).await.ok_or(Refused)?;
             match staged.switch(kernel).await {
                 Ok(s) => {
-                    let mode = crate::conn::ktls_mode(&s.socket);
+                    let mode = crate::core::conn::ktls_mode(&s.socket);
                     Ok(Upstream::Ktls(Box::new(s), mode))
                 }
                 Err(e) => Err(refuse(Refusal::KtlsSetupFailed, &e)),
