@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::net::TcpListener;
 use weir_telemetry::records::RecordView;
-use weir_telemetry::{Metrics, PlaneLabels, ResultLabels, TlsStatLabels};
+use weir_telemetry::{Metrics, ResultLabels, TlsStatLabels};
 use weir_tls::ktls::Support;
 
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
@@ -65,11 +65,7 @@ fn connections_json(shared: &Shared) -> String {
 pub(crate) fn connections(shared: &Shared) -> Vec<RecordView> {
     let now = SystemTime::now();
     let mut views: Vec<_> = shared.records.all().iter().map(|r| r.view(now)).collect();
-    if shared.role == "host" {
-        for v in &mut views {
-            v.wire = shared.wire_facts.of(crate::planes::wire_facts::leg_key(v)).map(Box::new);
-        }
-    }
+    shared.role.annotate(&mut views);
     views.sort_by_key(|v| v.id);
     views
 }
@@ -78,14 +74,7 @@ pub(crate) fn connections(shared: &Shared) -> Vec<RecordView> {
 /// other plane is too (DESIGN.md "Roles": readiness is the conjunction).
 fn readiness(shared: &Shared) -> Result<(), String> {
     let now = SystemTime::now();
-    own_readiness(shared, now).map_err(|e| match shared.role {
-        "node" => e,
-        plane => format!("plane {plane}: {e}"),
-    })?;
-    match &shared.other_plane {
-        Some(other) => other.readiness(now),
-        None => Ok(()),
-    }
+    shared.role.readiness(own_readiness(shared, now), now)
 }
 
 /// Ready by this plane's own checks: its SVID and every SVID it holds for workloads are valid
@@ -122,13 +111,7 @@ pub(crate) fn metrics_text(shared: &Shared) -> String {
         let c = m.svid_rotations.get_or_create(&ResultLabels { result });
         c.inc_by(total.saturating_sub(c.get()));
     }
-    if let Some(other) = &shared.other_plane {
-        let labels = PlaneLabels { plane: other.name };
-        m.plane_ready.get_or_create(&labels).set(i64::from(other.readiness(SystemTime::now()).is_ok()));
-        if let Some(state) = other.state() {
-            m.plane_svid_expiry_seconds.get_or_create(&labels).set(i64::try_from(state.not_after).unwrap_or(i64::MAX));
-        }
-    }
+    shared.role.refresh(m);
     if shared.rdma.is_some() {
         crate::rdma::port_counters(shared);
     }

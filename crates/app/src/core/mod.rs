@@ -3,4 +3,5 @@
 //! bookkeeping around one connection. Knows no role, no listener and no policy.
 pub(crate) mod conn;
 pub(crate) mod otlp;
+pub(crate) mod role;
 pub(crate) mod sampler;

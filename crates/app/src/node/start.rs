@@ -162,10 +162,10 @@ impl Node {
         }
         let mut channel = None;
         let mut from_dpu = None;
+        let mut plane = None;
         match &config.role {
             Role::Node => {}
             Role::Dpu(h) => {
-                shared.role = "dpu";
                 let keys = ChannelKeys::new(Plane::Dpu, host_key(&h.key_file)?, h.window);
                 let keys = Arc::new(keys.map_err(|e| key_error(&h.key_file, e))?);
                 let rotations = shared.metrics.channel_key_rotations.clone();
@@ -179,20 +179,18 @@ impl Node {
                     shared.acting_for.push((id.to_string(), svid.store));
                 }
                 channel = Some((h, Arc::new(crate::planes::dpu::HostChannel { workloads })));
-                shared.wire_outbox = Some(Default::default());
-                shared.other_plane =
-                    Some(Arc::new(OtherPlane::new("host", h.control.interval, l7_placed_here(&config))));
+                let other = Arc::new(OtherPlane::new("host", h.control.interval, l7_placed_here(&config)));
+                plane = Some(Arc::new(crate::planes::plane::Plane::Dpu { other, outbox: Default::default() }));
             }
             Role::Host(d) => {
-                shared.role = "host";
                 // Inbound preambles are made by the DPU a moment before: its default window.
                 let keys = ChannelKeys::new(Plane::Host, host_key(&d.key_file)?, Duration::from_secs(30));
                 shared.channel_keys = Some(Arc::new(keys.map_err(|e| key_error(&d.key_file, e))?));
                 shared.to_dpu = Some(crate::planes::host::ToDpu { addr: d.host_channel });
                 let backends = std::mem::take(&mut backends);
                 from_dpu = Some(Arc::new(crate::planes::host::FromDpu { backends }));
-                shared.other_plane =
-                    Some(Arc::new(OtherPlane::new("dpu", d.control.interval, l7_placed_here(&config))));
+                let other = Arc::new(OtherPlane::new("dpu", d.control.interval, l7_placed_here(&config)));
+                plane = Some(Arc::new(crate::planes::plane::Plane::Host { other, wire_facts: Default::default() }));
             }
         }
 
@@ -207,17 +205,20 @@ impl Node {
             shared.spans = Some(spans);
             tasks.push(task);
         }
+        if let Some(plane) = &plane {
+            shared.role = plane.clone();
+        }
         let shared = Arc::new(shared);
-        if let (Some(other), Some(link)) = (&shared.other_plane, config.role.control()) {
+        if let (Some(plane), Some(link)) = (&plane, config.role.control()) {
             if let Some((h, channel)) = channel {
                 let l = bind("host channel", h.listen).await?;
                 let control = bind("control", link.addr).await?;
                 tracing::info!(listen = %local_addr(&l, h.listen), control = %local_addr(&control, link.addr), workloads = h.workloads.len(), "dpu role: host channel open");
                 tasks.push(tokio::spawn(crate::planes::dpu::serve(l, channel, shared.clone())));
-                tasks.push(tokio::spawn(crate::planes::control::serve(control, link.clone(), shared.clone(), other.clone())));
+                tasks.push(tokio::spawn(crate::planes::control::serve(control, link.clone(), shared.clone(), plane.clone())));
             } else {
                 tracing::info!(dpu = %link.addr, "host role: captured connections go to the DPU");
-                tasks.push(tokio::spawn(crate::planes::control::connect(link.clone(), shared.clone(), other.clone())));
+                tasks.push(tokio::spawn(crate::planes::control::connect(link.clone(), shared.clone(), plane.clone())));
             }
         }
         tasks.push(tokio::spawn(crate::core::sampler::run(shared.clone(), config.telemetry.tcp_sample_interval)));

@@ -4,4 +4,5 @@
 pub(crate) mod control;
 pub(crate) mod dpu;
 pub(crate) mod host;
+pub(crate) mod plane;
 pub(crate) mod wire_facts;
