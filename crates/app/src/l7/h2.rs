@@ -18,8 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use weir_forward::http1::{Exchange, ExchangeResult};
 use weir_identity::SpiffeId;
-use weir_policy::{HttpVerdict, RequestFacts};
-use weir_telemetry::http::VerdictLabels;
+use weir_policy::HttpVerdict;
 use weir_telemetry::Direction;
 
 /// The HTTP/2 client connection preface.
@@ -131,17 +130,7 @@ where
 async fn inbound_stream(who: Who, svc: &HttpService, sender: Sender, req: Request<Incoming>) -> Response<BoxBody> {
     let started = Instant::now();
     let head = head_of(&req);
-    let facts =
-        RequestFacts { source: &who.source, method: &head.method, target: &head.target, headers: &head.headers };
-    let verdict = {
-        let mut limiter = svc.limiter.lock().unwrap_or_else(|p| p.into_inner());
-        weir_policy::decide(&svc.config.policy, &mut limiter, &facts, Instant::now())
-    };
-    let label = verdict.as_label();
-    let verdicts = &who.shared.metrics.http.verdicts;
-    verdicts.get_or_create(&VerdictLabels { service: who.service.clone(), verdict: label }).inc();
-    let path = weir_policy::normalize_path(&head.target).unwrap_or_default();
-    let current = Current::of(&head, path, label, who.shared.span_ratio);
+    let (verdict, current) = svc.decide(&who.service, &who.source, &head, &who.shared);
     let refusal = match verdict {
         HttpVerdict::Allow => return relay(who, head, current, req, sender, started, None).await,
         HttpVerdict::Deny { .. } => Local(StatusCode::FORBIDDEN, None, "denied by policy"),

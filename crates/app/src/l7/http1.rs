@@ -31,6 +31,22 @@ impl HttpService {
         Self { config, limiter: Mutex::new(RateLimiter::new()) }
     }
 
+    /// The one L7 decision, for HTTP/1.1 and HTTP/2 alike: the rate limiter and the policy on
+    /// `head` (in origin form) from `source`, counted under `service`'s verdicts, and the
+    /// request as recorded from here on (normalized path, trace context, verdict).
+    pub fn decide(&self, service: &str, source: &SpiffeId, head: &RequestHead, shared: &Shared) -> (HttpVerdict, Current) {
+        let facts = RequestFacts { source, method: &head.method, target: &head.target, headers: &head.headers };
+        let verdict = {
+            let mut limiter = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
+            weir_policy::decide(&self.config.policy, &mut limiter, &facts, Instant::now())
+        };
+        let label = verdict.as_label();
+        let verdicts = &shared.metrics.http.verdicts;
+        verdicts.get_or_create(&VerdictLabels { service: service.to_owned(), verdict: label }).inc();
+        let path = weir_policy::normalize_path(&head.target).unwrap_or_default();
+        (verdict, Current::of(head, path, label, shared.span_ratio))
+    }
+
     fn limits(&self) -> Http1Limits {
         let c = &self.config;
         Http1Limits {
@@ -353,21 +369,8 @@ impl<'a> InboundHooks<'a> {
 impl Hooks for InboundHooks<'_> {
     fn request(&mut self, head: &RequestHead) -> Verdict {
         let head = &*origin_form(head);
-        let facts = RequestFacts {
-            source: &self.rec.source,
-            method: &head.method,
-            target: &head.target,
-            headers: &head.headers,
-        };
-        let verdict = {
-            let mut limiter = self.svc.limiter.lock().unwrap_or_else(|p| p.into_inner());
-            weir_policy::decide(&self.svc.config.policy, &mut limiter, &facts, Instant::now())
-        };
-        let label = verdict.as_label();
-        let verdicts = &self.rec.shared.metrics.http.verdicts;
-        verdicts.get_or_create(&VerdictLabels { service: self.rec.service.clone(), verdict: label }).inc();
-        let path = weir_policy::normalize_path(&head.target).unwrap_or_default();
-        let current = self.current.insert(Current::of(head, path, label, self.rec.shared.span_ratio));
+        let (verdict, current) = self.svc.decide(&self.rec.service, &self.rec.source, head, self.rec.shared);
+        let current = self.current.insert(current);
         match verdict {
             HttpVerdict::Allow => Verdict::Forward(current.forward_head(head)),
             HttpVerdict::Deny { .. } => Verdict::Answer(403, weir_http::local_response(403, &[], "denied by policy")),
