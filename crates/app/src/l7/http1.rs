@@ -34,7 +34,13 @@ impl HttpService {
     /// The one L7 decision, for HTTP/1.1 and HTTP/2 alike: the rate limiter and the policy on
     /// `head` (in origin form) from `source`, counted under `service`'s verdicts, and the
     /// request as recorded from here on (normalized path, trace context, verdict).
-    pub fn decide(&self, service: &str, source: &SpiffeId, head: &RequestHead, shared: &Shared) -> (HttpVerdict, Current) {
+    pub fn decide(
+        &self,
+        service: &str,
+        source: &SpiffeId,
+        head: &RequestHead,
+        shared: &Shared,
+    ) -> (HttpVerdict, Current) {
         let facts = RequestFacts { source, method: &head.method, target: &head.target, headers: &head.headers };
         let verdict = {
             let mut limiter = self.limiter.lock().unwrap_or_else(|p| p.into_inner());

@@ -1,12 +1,12 @@
 //! Start-up and shutdown of Weir in any role (node, dpu, host): identity, kTLS detection, TLS
 //! configurations, listeners, the planes' control connection and the admin endpoint.
+use crate::admin;
 use crate::channel::keys::{ChannelKeys, Plane};
 use crate::core::conn::{Shared, Workload, WorkloadSvid};
-use crate::planes::control::OtherPlane;
-use crate::admin;
 use crate::inbound::listener as inbound;
 use crate::kernel::capture;
 use crate::outbound::listener as outbound;
+use crate::planes::control::OtherPlane;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -199,8 +199,12 @@ impl Node {
         }
         shared.span_ratio = config.telemetry.span_sample_ratio;
         if let Some(endpoint) = &config.telemetry.otlp_endpoint {
-            let (spans, task) =
-                crate::core::otlp::Spans::start(endpoint, config.telemetry.otlp_queue, &config.node_name, &shared.metrics);
+            let (spans, task) = crate::core::otlp::Spans::start(
+                endpoint,
+                config.telemetry.otlp_queue,
+                &config.node_name,
+                &shared.metrics,
+            );
             tracing::info!(endpoint, "request spans exported over OTLP/gRPC");
             shared.spans = Some(spans);
             tasks.push(task);
@@ -215,7 +219,12 @@ impl Node {
                 let control = bind("control", link.addr).await?;
                 tracing::info!(listen = %local_addr(&l, h.listen), control = %local_addr(&control, link.addr), workloads = h.workloads.len(), "dpu role: host channel open");
                 tasks.push(tokio::spawn(crate::planes::dpu::serve(l, channel, shared.clone())));
-                tasks.push(tokio::spawn(crate::planes::control::serve(control, link.clone(), shared.clone(), plane.clone())));
+                tasks.push(tokio::spawn(crate::planes::control::serve(
+                    control,
+                    link.clone(),
+                    shared.clone(),
+                    plane.clone(),
+                )));
             } else {
                 tracing::info!(dpu = %link.addr, "host role: captured connections go to the DPU");
                 tasks.push(tokio::spawn(crate::planes::control::connect(link.clone(), shared.clone(), plane.clone())));
@@ -484,7 +493,9 @@ fn kernel_plan(config: &Config) -> weir_ebpf::Plan {
 /// Inbound allow-lists from `config` (default deny).
 fn http_services(config: &Config) -> HashMap<String, Arc<crate::l7::http1::HttpService>> {
     let services = config.inbound.iter().flat_map(|i| &i.services);
-    services.filter_map(|s| Some((s.name.clone(), Arc::new(crate::l7::http1::HttpService::new(s.http.clone()?))))).collect()
+    services
+        .filter_map(|s| Some((s.name.clone(), Arc::new(crate::l7::http1::HttpService::new(s.http.clone()?)))))
+        .collect()
 }
 
 fn inbound_policy(config: &Config) -> InboundPolicy {

@@ -58,7 +58,8 @@ pub(crate) async fn handle(
     match tokio::time::timeout(http.request_head_timeout, crate::l7::h2::preface_on_socket(&app)).await {
         Ok(Ok(true)) => {
             let id = shared.next_id();
-            let served = crate::l7::h2::serve_outbound(shared.clone(), Arc::new(http.clone()), via.clone(), id, app).await;
+            let served =
+                crate::l7::h2::serve_outbound(shared.clone(), Arc::new(http.clone()), via.clone(), id, app).await;
             if let Err(e) = served {
                 tracing::debug!(conn = id, error = e, "HTTP/2 app connection ended");
             }
@@ -209,15 +210,8 @@ pub(crate) async fn handle(
     drop(down);
     match upgraded {
         Some(Pooled { up, tracked }) => {
-            let outcome = match up {
-                Upstream::Ktls(s, _) => {
-                    weir_forward::splice_ktls(app, s.socket, &s.keys, Vec::new(), &tracked.tally, shared.limits).await
-                }
-                Upstream::Tls(tls) => weir_forward::copy_tls(app, *tls, &tracked.tally).await,
-                Upstream::Plain(dpu) => {
-                    weir_forward::splice_plain(app, dpu, &tracked.tally, shared.limits.pipe_size).await
-                }
-            };
+            // Nothing was drained before the first request: `connect` refused such a connection.
+            let outcome = up.pump(app, &tracked.tally, shared.limits).await;
             tracked.close(outcome);
         }
         // A failure mid-exchange must reach the app as a reset, not a clean end.

@@ -71,13 +71,7 @@ pub(crate) async fn handle(
     crate::rdma::note_outbound(shared, route, &via.id(), captured.as_ref().map(|c| c.workload.as_str()));
     let who = (route.peer_id.clone(), route.service.clone());
     let t = Tracked::open(shared, id, Direction::Outbound, peer.mode(), who, peer.leg(false).captured(captured));
-    let outcome = match peer {
-        Upstream::Ktls(s, _) => {
-            weir_forward::splice_ktls(app, s.socket, &s.keys, s.drained, &t.tally, shared.limits).await
-        }
-        Upstream::Tls(tls) => weir_forward::copy_tls(app, *tls, &t.tally).await,
-        Upstream::Plain(dpu) => weir_forward::splice_plain(app, dpu, &t.tally, shared.limits.pipe_size).await,
-    };
+    let outcome = peer.pump(app, &t.tally, shared.limits).await;
     t.close(outcome);
 }
 
@@ -98,6 +92,21 @@ impl Upstream {
             Self::Ktls(.., mode) => *mode,
             Self::Tls(_) => Mode::Userspace,
             Self::Plain(_) => Mode::HostChannel,
+        }
+    }
+
+    /// Moves the app's bytes both ways until either side ends: the one L4 pump of an outbound
+    /// connection, whichever kind its mesh leg is.
+    pub async fn pump(
+        self,
+        app: TcpStream,
+        tally: &weir_forward::Tally,
+        limits: weir_forward::Limits,
+    ) -> weir_forward::Outcome {
+        match self {
+            Self::Ktls(s, _) => weir_forward::splice_ktls(app, s.socket, &s.keys, s.drained, tally, limits).await,
+            Self::Tls(tls) => weir_forward::copy_tls(app, *tls, tally).await,
+            Self::Plain(dpu) => weir_forward::splice_plain(app, dpu, tally, limits.pipe_size).await,
         }
     }
 

@@ -293,7 +293,9 @@ where
             }
             match serde_json::from_slice::<Line>(&buf) {
                 Ok(Line::State(state)) => {
-                    if let (Some(keys), Some(fingerprint), Plane::Dpu { .. }) = (&shared.channel_keys, &state.channel_key, plane) {
+                    if let (Some(keys), Some(fingerprint), Plane::Dpu { .. }) =
+                        (&shared.channel_keys, &state.channel_key, plane)
+                    {
                         if let Err(e) = keys.installed_on_host(fingerprint) {
                             return format!("host channel key: {e}");
                         }
