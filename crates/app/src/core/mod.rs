@@ -3,5 +3,6 @@
 //! bookkeeping around one connection. Knows no role, no listener and no policy.
 pub(crate) mod conn;
 pub(crate) mod otlp;
+pub(crate) mod preamble;
 pub(crate) mod role;
 pub(crate) mod sampler;

@@ -4,10 +4,11 @@
 //! host plane the mesh leg is the DPU's host channel instead ([`Via::Dpu`]): the DPU does the
 //! mTLS, and the leg is plaintext spliced by the kernel.
 use crate::core::conn::{rustls_error, MeshLeg, Refusal, Shared, Tracked};
+use crate::core::preamble::{exchange, Failed};
 use rustls::pki_types::ServerName;
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use tokio_rustls::{client::TlsStream, TlsConnector};
@@ -16,7 +17,7 @@ use weir_identity::SpiffeId;
 use weir_telemetry::records::Captured;
 use weir_telemetry::Direction;
 use weir_tls::ktls::{self, Switched};
-use weir_tls::preamble::{Protocol, Request, Status, RESPONSE_LEN};
+use weir_tls::preamble::{Protocol, Request};
 use weir_tls::{Mode, TlsConfigs};
 
 /// Accepts local apps on one route's port until the task is aborted.
@@ -222,14 +223,12 @@ where
         let request = Request { service: route.service.clone(), protocol: Protocol::Tcp }
             .encode()
             .map_err(|e| (Refusal::PreambleMalformed, e.to_string()))?;
-        tls.write_all(&request).await.map_err(|e| (Refusal::PeerRefused, e.to_string()))?;
-        tls.flush().await.map_err(|e| (Refusal::PeerRefused, e.to_string()))?;
-        let mut response = [0u8; RESPONSE_LEN];
-        tls.read_exact(&mut response).await.map_err(|e| (Refusal::PeerRefused, format!("no preamble answer: {e}")))?;
-        match Status::decode(&response) {
-            Ok(Status::Ok) => Ok(tls),
-            Ok(status) => Err((Refusal::PeerRefused, format!("peer answered {status:?}"))),
-            Err(e) => Err((Refusal::PreambleMalformed, e.to_string())),
+        match exchange(&mut tls, &request).await {
+            Ok(()) => Ok(tls),
+            Err(Failed::Send(e)) => Err((Refusal::PeerRefused, e.to_string())),
+            Err(Failed::NoAnswer(e)) => Err((Refusal::PeerRefused, format!("no preamble answer: {e}"))),
+            Err(Failed::Answered(status)) => Err((Refusal::PeerRefused, format!("peer answered {status:?}"))),
+            Err(Failed::Malformed(e)) => Err((Refusal::PreambleMalformed, e.to_string())),
         }
     };
     match timeout(shared.handshake_timeout, exchange).await {

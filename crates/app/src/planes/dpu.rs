@@ -6,6 +6,7 @@
 //! that workload's own SVID on the wire. Also the DPU's end of inbound connections to services
 //! on the host ([`to_host`]) and the preamble check both planes' listeners share.
 use crate::core::conn::{Refusal, Shared};
+use crate::core::preamble::{exchange, Failed};
 use crate::outbound::listener as outbound;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use weir_identity::SpiffeId;
 use weir_telemetry::Direction;
 use weir_tls::host_channel::{self as wire, Error as PreambleError, HostRequest};
-use weir_tls::preamble::{Protocol, Request, Status, RESPONSE_LEN};
+use weir_tls::preamble::{Protocol, Request, Status};
 use weir_tls::TlsConfigs;
 
 /// How long the host plane has to send its preamble.
@@ -105,14 +106,12 @@ pub(crate) async fn to_host(
     let request = Request { service: service.to_owned(), protocol: Protocol::Tcp };
     let keys = shared.channel_keys.as_ref().ok_or("no host channel key on this plane")?;
     let preamble = keys.seal(caller, &request).map_err(|e| e.to_string())?;
-    leg.write_all(&preamble).await.map_err(|e| format!("host plane: {e}"))?;
-    let mut answer = [0u8; RESPONSE_LEN];
-    leg.read_exact(&mut answer).await.map_err(|e| format!("no answer from the host plane: {e}"))?;
-    match Status::decode(&answer) {
-        Ok(Status::Ok) => Ok(()),
-        Ok(status) => Err(format!("the host plane answered {status:?}")),
-        Err(e) => Err(format!("host plane: {e}")),
-    }
+    exchange(leg, &preamble).await.map_err(|failed| match failed {
+        Failed::Send(e) => format!("host plane: {e}"),
+        Failed::NoAnswer(e) => format!("no answer from the host plane: {e}"),
+        Failed::Answered(status) => format!("the host plane answered {status:?}"),
+        Failed::Malformed(e) => format!("host plane: {e}"),
+    })
 }
 
 enum Read {

@@ -10,18 +10,19 @@
 //! (defence in depth), runs the service's L7 policy if it is placed here, and splices to the
 //! local backend.
 use crate::core::conn::{MeshLeg, Refusal, Shared, Tracked};
+use crate::core::preamble::{exchange, Failed};
 use crate::inbound::listener::Backends;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use weir_config::OutboundRoute;
 use weir_identity::SpiffeId;
 use weir_policy::{Decision, DenyReason};
 use weir_telemetry::Direction;
-use weir_tls::preamble::{Protocol, Request, Status, RESPONSE_LEN};
+use weir_tls::preamble::{Protocol, Request, Status};
 use weir_tls::{Mode, SessionFacts};
 
 /// Where the DPU is (the preambles are sealed with `Shared::channel_keys`).
@@ -57,13 +58,12 @@ pub(crate) async fn open(
             Err(_) => return Err((Refusal::PeerUnreachable, "connect timed out".to_owned())),
         };
         let _ = dpu_leg.set_nodelay(true);
-        dpu_leg.write_all(&preamble).await.map_err(|e| (Refusal::PeerRefused, e.to_string()))?;
-        let mut answer = [0u8; RESPONSE_LEN];
-        dpu_leg.read_exact(&mut answer).await.map_err(|e| (Refusal::PeerRefused, format!("no answer: {e}")))?;
-        match Status::decode(&answer) {
-            Ok(Status::Ok) => Ok(dpu_leg),
-            Ok(status) => Err((Refusal::PeerRefused, format!("the DPU answered {status:?}"))),
-            Err(e) => Err((Refusal::PreambleMalformed, e.to_string())),
+        match exchange(&mut dpu_leg, &preamble).await {
+            Ok(()) => Ok(dpu_leg),
+            Err(Failed::Send(e)) => Err((Refusal::PeerRefused, e.to_string())),
+            Err(Failed::NoAnswer(e)) => Err((Refusal::PeerRefused, format!("no answer: {e}"))),
+            Err(Failed::Answered(status)) => Err((Refusal::PeerRefused, format!("the DPU answered {status:?}"))),
+            Err(Failed::Malformed(e)) => Err((Refusal::PreambleMalformed, e.to_string())),
         }
     };
     match timeout(shared.handshake_timeout, exchange).await {
