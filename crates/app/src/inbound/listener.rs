@@ -119,32 +119,24 @@ where
         let peer = weir_tls::peer_spiffe_id(tls.tls_state())
             .ok_or((Refusal::NoSpiffeId, "client certificate has no SPIFFE ID".to_owned()))?;
         let request = read_request(&mut tls).await.map_err(|e| (Refusal::PreambleMalformed, format!("{peer}: {e}")))?;
-        let decision = shared.policy.read().unwrap_or_else(|p| p.into_inner()).authorize(&request.service, &peer);
-        let (status, refusal) = match decision {
-            Decision::Allow => (Status::Ok, None),
-            Decision::Deny(DenyReason::UnknownService) => (Status::UnknownService, Some(Refusal::UnknownService)),
-            Decision::Deny(DenyReason::NotAllowed) => (Status::Denied, Some(Refusal::NotAllowed)),
+        let b = match authorize(shared, backends, &request.service, &peer) {
+            Ok(b) => *b,
+            Err((status, reason)) => {
+                let _ = answer(&mut tls, status).await;
+                return Err((reason, format!("{peer} -> {}", request.service)));
+            }
         };
-        let backend = match (refusal, backends.get(&request.service)) {
-            (None, Some(b)) => match connect_backend(b, &peer, &request.service, shared).await {
-                Ok(b) => Some(b),
-                Err(e) => {
-                    let _ = answer(&mut tls, Status::Unavailable).await;
-                    return Err((Refusal::BackendUnavailable, format!("{}: {}: {e}", request.service, b.addr)));
-                }
-            },
-            _ => None,
-        };
-        let Some(backend) = backend else {
-            let _ = answer(&mut tls, status).await;
-            let reason = refusal.unwrap_or(Refusal::UnknownService);
-            return Err((reason, format!("{peer} -> {}", request.service)));
+        let backend = match connect_backend(&b, &peer, &request.service, shared).await {
+            Ok(backend) => backend,
+            Err(e) => {
+                let _ = answer(&mut tls, Status::Unavailable).await;
+                return Err((Refusal::BackendUnavailable, format!("{}: {}: {e}", request.service, b.addr)));
+            }
         };
         let _ = backend.set_nodelay(true);
         answer(&mut tls, Status::Ok).await.map_err(|e| (Refusal::TlsHandshake, e.to_string()))?;
         crate::rdma::note_inbound(shared, &peer, &request.service);
-        let on_host = backends.get(&request.service).is_some_and(|b| b.on_host);
-        let to_host = on_host.then(|| backend.local_addr().ok()).flatten();
+        let to_host = b.on_host.then(|| backend.local_addr().ok()).flatten();
         let to_host = to_host.map(|app| Captured { workload: peer.to_string(), app });
         Ok(Accepted { tls, peer, service: request.service, backend, to_host })
     };
@@ -158,6 +150,24 @@ where
             shared.refuse(id, Direction::Inbound, Refusal::HandshakeTimeout, &format_args!("from {from}"));
             None
         }
+    }
+}
+
+/// The one answer to "may `peer` reach `service` on this plane?" (allow-list, default deny),
+/// for the inbound listener and the host plane's: the backend to connect, or the status to
+/// answer and the refusal to count.
+pub(crate) fn authorize<'b>(
+    shared: &Shared,
+    backends: &'b Backends,
+    service: &str,
+    peer: &SpiffeId,
+) -> Result<&'b Backend, (Status, Refusal)> {
+    let decision = shared.policy.read().unwrap_or_else(|p| p.into_inner()).authorize(service, peer);
+    match (decision, backends.get(service)) {
+        (Decision::Allow, Some(b)) => Ok(b),
+        (Decision::Deny(DenyReason::NotAllowed), _) => Err((Status::Denied, Refusal::NotAllowed)),
+        // An allowed service without a backend cannot come from one config; answered as unknown.
+        _ => Err((Status::UnknownService, Refusal::UnknownService)),
     }
 }
 

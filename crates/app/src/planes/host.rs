@@ -20,7 +20,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use weir_config::OutboundRoute;
 use weir_identity::SpiffeId;
-use weir_policy::{Decision, DenyReason};
 use weir_telemetry::Direction;
 use weir_tls::preamble::{Protocol, Request, Status};
 use weir_tls::{Mode, SessionFacts};
@@ -104,16 +103,15 @@ async fn inbound(mut dpu: TcpStream, from: SocketAddr, from_dpu: &FromDpu, share
     let refuse = |reason, detail: &dyn std::fmt::Display| {
         shared.refuse(id, Direction::Inbound, reason, &format_args!("{caller} -> {service} via {from}: {detail}"));
     };
-    let decision = shared.policy.read().unwrap_or_else(|p| p.into_inner()).authorize(&service, &caller);
-    let backend = match (decision, from_dpu.backends.get(&service)) {
-        (Decision::Allow, Some(b)) => TcpStream::connect(b.addr).await.map_err(|e| (Status::Unavailable, e)),
-        (Decision::Deny(DenyReason::NotAllowed), _) => {
-            let _ = dpu.write_all(&Status::Denied.encode()).await;
-            return refuse(Refusal::NotAllowed, &"not in this plane's allow-list");
-        }
-        _ => {
-            let _ = dpu.write_all(&Status::UnknownService.encode()).await;
-            return refuse(Refusal::UnknownService, &"no such service on this host");
+    let backend = match crate::inbound::listener::authorize(shared, &from_dpu.backends, &service, &caller) {
+        Ok(b) => TcpStream::connect(b.addr).await.map_err(|e| (Status::Unavailable, e)),
+        Err((status, reason)) => {
+            let _ = dpu.write_all(&status.encode()).await;
+            let detail = match reason {
+                Refusal::NotAllowed => "not in this plane's allow-list",
+                _ => "no such service on this host",
+            };
+            return refuse(reason, &detail);
         }
     };
     let backend = match backend {
