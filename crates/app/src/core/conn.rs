@@ -394,6 +394,30 @@ where
     }
 }
 
+/// Attaches the kTLS ULP before the handshake; on failure this connection stays in userspace
+/// TLS, and says so.
+pub(crate) fn kernel_ready(socket: &TcpStream, shared: &Shared, id: u64) -> bool {
+    match weir_tls::ktls::prepare(socket) {
+        Ok(()) => true,
+        Err(e) => {
+            shared.metrics.ktls_fallbacks.inc();
+            tracing::warn!(conn = id, error = %e, "kTLS setup failed on this socket: falling back to userspace TLS");
+            false
+        }
+    }
+}
+
+/// Refuses a local app's connection: counted, logged, and reset.
+pub(crate) fn refuse_app(app: TcpStream, shared: &Shared, id: u64, reason: Refusal, detail: &dyn std::fmt::Display) {
+    shared.refuse(id, Direction::Outbound, reason, detail);
+    reset(app);
+}
+
+/// Closes the app's connection with a RST: it must see a failure, not an empty response.
+pub(crate) fn reset(app: TcpStream) {
+    let _ = weir_sys::abort_on_close(std::os::fd::AsFd::as_fd(&app));
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

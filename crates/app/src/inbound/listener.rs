@@ -1,8 +1,8 @@
 //! The inbound listener: a peer node connects, both sides prove their SVIDs, the preamble
 //! names a local service, policy decides (default deny), and on success bytes flow to the
 //! local backend.
+use crate::core::conn::kernel_ready;
 use crate::core::conn::{MeshLeg, Refusal, Shared, Tracked};
-use crate::outbound::listener::kernel_ready;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -6,7 +6,6 @@
 use crate::core::conn::{rustls_error, MeshLeg, Refusal, Shared, Tracked};
 use crate::core::preamble::{exchange, Failed};
 use rustls::pki_types::ServerName;
-use std::os::fd::AsFd;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -67,7 +66,7 @@ pub(crate) async fn handle(
     let id = shared.next_id();
     let peer = match connect(route, via, shared, id, shared.handshake_timeout).await {
         Ok(peer) => peer,
-        Err(Refused) => return reset(app),
+        Err(Refused) => return crate::core::conn::reset(app),
     };
     crate::rdma::note_outbound(shared, route, &via.id(), captured.as_ref().map(|c| c.workload.as_str()));
     let who = (route.peer_id.clone(), route.service.clone());
@@ -165,7 +164,7 @@ pub(crate) async fn connect(
         return Err(refuse(Refusal::TlsHandshake, &format_args!("{MESH_SERVER_NAME:?} is not a server name")));
     };
     match shared.ktls.kernel() {
-        Some(kernel) if kernel_ready(&peer, shared, id) => {
+        Some(kernel) if crate::core::conn::kernel_ready(&peer, shared, id) => {
             let staged = handshake(ktls::connect(config, name, peer), route, shared, id).await.ok_or(Refused)?;
             match staged.switch(kernel).await {
                 Ok(s) => {
@@ -185,19 +184,6 @@ pub(crate) async fn connect(
 
 /// The server name every mesh handshake carries: the peer is checked by SPIFFE ID, not by name.
 const MESH_SERVER_NAME: &str = "weir.mesh";
-
-/// Attaches the kTLS ULP before the handshake; on failure this connection stays in userspace
-/// TLS, and says so.
-pub(crate) fn kernel_ready(socket: &TcpStream, shared: &Shared, id: u64) -> bool {
-    match ktls::prepare(socket) {
-        Ok(()) => true,
-        Err(e) => {
-            shared.metrics.ktls_fallbacks.inc();
-            tracing::warn!(conn = id, error = %e, "kTLS setup failed on this socket: falling back to userspace TLS");
-            false
-        }
-    }
-}
 
 /// TLS handshake (`tls`: the verifier checks the peer's SPIFFE ID) and preamble. `None`:
 /// refused, already counted and logged.
@@ -247,14 +233,4 @@ where
             None
         }
     }
-}
-
-pub(crate) fn refuse_app(app: TcpStream, shared: &Shared, id: u64, reason: Refusal, detail: &dyn std::fmt::Display) {
-    shared.refuse(id, Direction::Outbound, reason, detail);
-    reset(app);
-}
-
-/// Closes the app's connection with a RST: it must see a failure, not an empty response.
-pub(crate) fn reset(app: TcpStream) {
-    let _ = weir_sys::abort_on_close(app.as_fd());
 }

@@ -42,10 +42,10 @@ async fn handle(mut host: TcpStream, from: SocketAddr, channel: &HostChannel, sh
     let id = shared.next_id();
     let _ = host.set_nodelay(true);
     let Some(asked) = accept_preamble(&mut host, from, shared, (id, Direction::Outbound)).await else {
-        return outbound::reset(host);
+        return crate::core::conn::reset(host);
     };
     let Some(tls) = channel.workloads.get(&asked.workload) else {
-        return outbound::refuse_app(
+        return crate::core::conn::refuse_app(
             host,
             shared,
             id,
@@ -56,7 +56,7 @@ async fn handle(mut host: TcpStream, from: SocketAddr, channel: &HostChannel, sh
     let Some(route) = shared.directory.get(&asked.request.service).cloned() else {
         let _ = host.write_all(&Status::UnknownService.encode()).await;
         let detail = format_args!("{} asked for {:?}", asked.workload, asked.request.service);
-        return outbound::refuse_app(host, shared, id, Refusal::UnknownService, &detail);
+        return crate::core::conn::refuse_app(host, shared, id, Refusal::UnknownService, &detail);
     };
     // The host sends its app's bytes only after this: nothing of them was read here.
     if host.write_all(&Status::Ok.encode()).await.is_err() {

@@ -97,7 +97,7 @@ async fn inbound(mut dpu: TcpStream, from: SocketAddr, from_dpu: &FromDpu, share
     let _ = dpu.set_nodelay(true);
     let checked = (id, Direction::Inbound);
     let Some(asked) = crate::planes::dpu::accept_preamble(&mut dpu, from, shared, checked).await else {
-        return crate::outbound::listener::reset(dpu);
+        return crate::core::conn::reset(dpu);
     };
     let (caller, service) = (asked.workload, asked.request.service);
     let refuse = |reason, detail: &dyn std::fmt::Display| {
