@@ -1,7 +1,7 @@
 //! The admin endpoint (loopback by default): `/healthz`, `/readyz`, `/metrics`, `/status`,
 //! `/connections` (open connections' records), `/kernel/connections`, `/rdma` (RDMA intents
 //! and queue pairs).
-use crate::conn::Shared;
+use crate::core::conn::Shared;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::net::TcpListener;
 use weir_telemetry::records::RecordView;
-use weir_telemetry::{Metrics, PlaneLabels, ResultLabels, TlsStatLabels};
+use weir_telemetry::{Metrics, ResultLabels, TlsStatLabels};
 use weir_tls::ktls::Support;
 
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
@@ -46,7 +46,7 @@ fn route(req: &Request<hyper::body::Incoming>, shared: &Shared) -> Response<Full
         }
         "/status" => text(StatusCode::OK, status_json(shared)),
         "/connections" => text(StatusCode::OK, connections_json(shared)),
-        "/kernel/connections" => text(StatusCode::OK, crate::kernel_facts::connections_json(shared)),
+        "/kernel/connections" => text(StatusCode::OK, crate::kernel::facts::connections_json(shared)),
         "/rdma" => match &shared.rdma {
             Some(rdma) => text(StatusCode::OK, rdma.report()),
             None => text(StatusCode::NOT_FOUND, "no RDMA settings in this node's config\n".into()),
@@ -65,11 +65,7 @@ fn connections_json(shared: &Shared) -> String {
 pub(crate) fn connections(shared: &Shared) -> Vec<RecordView> {
     let now = SystemTime::now();
     let mut views: Vec<_> = shared.records.all().iter().map(|r| r.view(now)).collect();
-    if shared.role == "host" {
-        for v in &mut views {
-            v.wire = shared.wire_facts.of(crate::wire_facts::leg_key(v)).map(Box::new);
-        }
-    }
+    shared.role.annotate(&mut views);
     views.sort_by_key(|v| v.id);
     views
 }
@@ -78,14 +74,7 @@ pub(crate) fn connections(shared: &Shared) -> Vec<RecordView> {
 /// other plane is too (DESIGN.md "Roles": readiness is the conjunction).
 fn readiness(shared: &Shared) -> Result<(), String> {
     let now = SystemTime::now();
-    own_readiness(shared, now).map_err(|e| match shared.role {
-        "node" => e,
-        plane => format!("plane {plane}: {e}"),
-    })?;
-    match &shared.other_plane {
-        Some(other) => other.readiness(now),
-        None => Ok(()),
-    }
+    shared.role.readiness(own_readiness(shared, now), now)
 }
 
 /// Ready by this plane's own checks: its SVID and every SVID it holds for workloads are valid
@@ -112,7 +101,7 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 /// Refreshes the gauges read from identity state, then encodes every metric.
 pub(crate) fn metrics_text(shared: &Shared) -> String {
     let m = &shared.metrics;
-    crate::kernel_facts::fold(shared, &mut shared.kernel_reported.lock().unwrap_or_else(|p| p.into_inner()));
+    crate::kernel::facts::fold(shared, &mut shared.kernel_reported.lock().unwrap_or_else(|p| p.into_inner()));
     let svid = shared.store.current();
     let expiry = svid.not_after.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     m.svid_expiry_seconds.set(i64::try_from(expiry).unwrap_or(i64::MAX));
@@ -122,13 +111,7 @@ pub(crate) fn metrics_text(shared: &Shared) -> String {
         let c = m.svid_rotations.get_or_create(&ResultLabels { result });
         c.inc_by(total.saturating_sub(c.get()));
     }
-    if let Some(other) = &shared.other_plane {
-        let labels = PlaneLabels { plane: other.name };
-        m.plane_ready.get_or_create(&labels).set(i64::from(other.readiness(SystemTime::now()).is_ok()));
-        if let Some(state) = other.state() {
-            m.plane_svid_expiry_seconds.get_or_create(&labels).set(i64::try_from(state.not_after).unwrap_or(i64::MAX));
-        }
-    }
+    shared.role.refresh(m);
     if shared.rdma.is_some() {
         crate::rdma::port_counters(shared);
     }

@@ -8,24 +8,15 @@
 #![forbid(unsafe_code)]
 
 mod admin;
-mod capture;
-mod channel_key;
-mod conn;
-mod h2;
-mod host_channel;
-mod host_plane;
-mod http;
+mod channel;
+mod core;
 mod inbound;
-mod kernel_facts;
+mod kernel;
+mod l7;
 mod node;
-mod otlp;
 mod outbound;
-mod outbound_http;
 mod planes;
 mod rdma;
-mod routing;
-mod sampler;
-mod wire_facts;
 
-pub use node::{Node, StartError};
+pub use node::start::{Node, StartError};
 pub use weir_sys::{abort_on_close, raise_fd_limit};

@@ -6,7 +6,7 @@
 //! the kernel's queue pairs, each joined pid → workload → SPIFFE ID and judged once connected:
 //! a QP whose workload had no recorded bootstrap is flagged (metric, log line, `/rdma`).
 //! Missing devices, controller or netlink support are reported with the reason; nothing stops.
-use crate::conn::Shared;
+use crate::core::conn::Shared;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;

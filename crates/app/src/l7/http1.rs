@@ -2,7 +2,7 @@
 //! (source SPIFFE ID × method × path × headers, rate limits), trace propagation, per-request
 //! metrics and the access log. The bytes move in `weir_forward::http1` (heads only through
 //! userspace; bodies spliced unless a leg is userspace TLS or the service is in copy mode).
-use crate::conn::{Shared, Tracked};
+use crate::core::conn::{Shared, Tracked};
 use opentelemetry::KeyValue;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -31,6 +31,28 @@ impl HttpService {
         Self { config, limiter: Mutex::new(RateLimiter::new()) }
     }
 
+    /// The one L7 decision, for HTTP/1.1 and HTTP/2 alike: the rate limiter and the policy on
+    /// `head` (in origin form) from `source`, counted under `service`'s verdicts, and the
+    /// request as recorded from here on (normalized path, trace context, verdict).
+    pub fn decide(
+        &self,
+        service: &str,
+        source: &SpiffeId,
+        head: &RequestHead,
+        shared: &Shared,
+    ) -> (HttpVerdict, Current) {
+        let facts = RequestFacts { source, method: &head.method, target: &head.target, headers: &head.headers };
+        let verdict = {
+            let mut limiter = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
+            weir_policy::decide(&self.config.policy, &mut limiter, &facts, Instant::now())
+        };
+        let label = verdict.as_label();
+        let verdicts = &shared.metrics.http.verdicts;
+        verdicts.get_or_create(&VerdictLabels { service: service.to_owned(), verdict: label }).inc();
+        let path = weir_policy::normalize_path(&head.target).unwrap_or_default();
+        (verdict, Current::of(head, path, label, shared.span_ratio))
+    }
+
     fn limits(&self) -> Http1Limits {
         let c = &self.config;
         Http1Limits {
@@ -52,10 +74,10 @@ pub(crate) async fn inbound_socket(
     backend: TcpStream,
     (peer, keys): (TcpStream, Option<weir_tls::ktls::Keys>),
 ) -> Outcome {
-    match tokio::time::timeout(svc.config.request_head_timeout, crate::h2::preface_on_socket(&peer)).await {
+    match tokio::time::timeout(svc.config.request_head_timeout, crate::l7::h2::preface_on_socket(&peer)).await {
         Ok(Ok(true)) => {
             let who = (t.peer.clone(), t.service.clone());
-            return h2_outcome(crate::h2::serve(shared.clone(), svc.clone(), t.id, who, backend, peer).await);
+            return h2_outcome(crate::l7::h2::serve(shared.clone(), svc.clone(), t.id, who, backend, peer).await);
         }
         Ok(Ok(false)) => {}
         Ok(Err(e)) => return Outcome::Failed(Side::Peer, e),
@@ -102,11 +124,11 @@ where
     S: weir_forward::http1::ByteStream + weir_forward::TcpBacked + 'static,
 {
     let prefix =
-        match tokio::time::timeout(svc.config.request_head_timeout, crate::h2::preface_on_stream(&mut tls)).await {
+        match tokio::time::timeout(svc.config.request_head_timeout, crate::l7::h2::preface_on_stream(&mut tls)).await {
             Ok(Ok((true, prefix))) => {
                 let who = (t.peer.clone(), t.service.clone());
-                let mesh = crate::h2::Prefixed::new(prefix, tls);
-                return h2_outcome(crate::h2::serve(shared.clone(), svc.clone(), t.id, who, backend, mesh).await);
+                let mesh = crate::l7::h2::Prefixed::new(prefix, tls);
+                return h2_outcome(crate::l7::h2::serve(shared.clone(), svc.clone(), t.id, who, backend, mesh).await);
             }
             Ok(Ok((false, prefix))) => prefix,
             Ok(Err(e)) => return Outcome::Failed(Side::Peer, e),
@@ -263,7 +285,7 @@ impl Recorder<'_> {
             Some(r) => {
                 r.requests.inc();
                 let max_age = if exported { std::time::Duration::ZERO } else { FRESH };
-                let facts = (exported || logged).then(|| crate::sampler::facts_within(self.shared, r, max_age));
+                let facts = (exported || logged).then(|| crate::core::sampler::facts_within(self.shared, r, max_age));
                 (r.start().id, facts.flatten())
             }
             None => (0, None),
@@ -289,7 +311,7 @@ impl Recorder<'_> {
             if !self.route.is_empty() {
                 attributes.push(KeyValue::new("http.route", self.route.clone()));
             }
-            spans.offer(crate::otlp::RequestSpan {
+            spans.offer(crate::core::otlp::RequestSpan {
                 trace: &c.trace,
                 inbound: self.direction == Direction::Inbound,
                 start: end.checked_sub(ex.duration).unwrap_or(end),
@@ -353,21 +375,8 @@ impl<'a> InboundHooks<'a> {
 impl Hooks for InboundHooks<'_> {
     fn request(&mut self, head: &RequestHead) -> Verdict {
         let head = &*origin_form(head);
-        let facts = RequestFacts {
-            source: &self.rec.source,
-            method: &head.method,
-            target: &head.target,
-            headers: &head.headers,
-        };
-        let verdict = {
-            let mut limiter = self.svc.limiter.lock().unwrap_or_else(|p| p.into_inner());
-            weir_policy::decide(&self.svc.config.policy, &mut limiter, &facts, Instant::now())
-        };
-        let label = verdict.as_label();
-        let verdicts = &self.rec.shared.metrics.http.verdicts;
-        verdicts.get_or_create(&VerdictLabels { service: self.rec.service.clone(), verdict: label }).inc();
-        let path = weir_policy::normalize_path(&head.target).unwrap_or_default();
-        let current = self.current.insert(Current::of(head, path, label, self.rec.shared.span_ratio));
+        let (verdict, current) = self.svc.decide(&self.rec.service, &self.rec.source, head, self.rec.shared);
+        let current = self.current.insert(current);
         match verdict {
             HttpVerdict::Allow => Verdict::Forward(current.forward_head(head)),
             HttpVerdict::Deny { .. } => Verdict::Answer(403, weir_http::local_response(403, &[], "denied by policy")),

@@ -1,9 +1,12 @@
 //! Start-up and shutdown of Weir in any role (node, dpu, host): identity, kTLS detection, TLS
 //! configurations, listeners, the planes' control connection and the admin endpoint.
-use crate::channel_key::{ChannelKeys, Plane};
-use crate::conn::{Shared, Workload, WorkloadSvid};
-use crate::planes::OtherPlane;
-use crate::{admin, capture, inbound, outbound};
+use crate::admin;
+use crate::channel::keys::{ChannelKeys, Plane};
+use crate::core::conn::{Shared, Workload, WorkloadSvid};
+use crate::inbound::listener as inbound;
+use crate::kernel::capture;
+use crate::outbound::listener as outbound;
+use crate::planes::control::OtherPlane;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -159,14 +162,14 @@ impl Node {
         }
         let mut channel = None;
         let mut from_dpu = None;
+        let mut plane = None;
         match &config.role {
             Role::Node => {}
             Role::Dpu(h) => {
-                shared.role = "dpu";
                 let keys = ChannelKeys::new(Plane::Dpu, host_key(&h.key_file)?, h.window);
                 let keys = Arc::new(keys.map_err(|e| key_error(&h.key_file, e))?);
                 let rotations = shared.metrics.channel_key_rotations.clone();
-                tasks.push(tokio::spawn(crate::channel_key::run_rotation(keys.clone(), h.key_rotation, rotations)));
+                tasks.push(tokio::spawn(crate::channel::keys::run_rotation(keys.clone(), h.key_rotation, rotations)));
                 shared.channel_keys = Some(keys);
                 let mut workloads = std::collections::HashMap::new();
                 for id in &h.workloads {
@@ -175,21 +178,19 @@ impl Node {
                     workloads.insert(id.clone(), svid.tls);
                     shared.acting_for.push((id.to_string(), svid.store));
                 }
-                channel = Some((h, Arc::new(crate::host_channel::HostChannel { workloads })));
-                shared.wire_outbox = Some(Default::default());
-                shared.other_plane =
-                    Some(Arc::new(OtherPlane::new("host", h.control.interval, l7_placed_here(&config))));
+                channel = Some((h, Arc::new(crate::planes::dpu::HostChannel { workloads })));
+                let other = Arc::new(OtherPlane::new("host", h.control.interval, l7_placed_here(&config)));
+                plane = Some(Arc::new(crate::planes::plane::Plane::Dpu { other, outbox: Default::default() }));
             }
             Role::Host(d) => {
-                shared.role = "host";
                 // Inbound preambles are made by the DPU a moment before: its default window.
                 let keys = ChannelKeys::new(Plane::Host, host_key(&d.key_file)?, Duration::from_secs(30));
                 shared.channel_keys = Some(Arc::new(keys.map_err(|e| key_error(&d.key_file, e))?));
-                shared.to_dpu = Some(crate::host_plane::ToDpu { addr: d.host_channel });
+                shared.to_dpu = Some(crate::planes::host::ToDpu { addr: d.host_channel });
                 let backends = std::mem::take(&mut backends);
-                from_dpu = Some(Arc::new(crate::host_plane::FromDpu { backends }));
-                shared.other_plane =
-                    Some(Arc::new(OtherPlane::new("dpu", d.control.interval, l7_placed_here(&config))));
+                from_dpu = Some(Arc::new(crate::planes::host::FromDpu { backends }));
+                let other = Arc::new(OtherPlane::new("dpu", d.control.interval, l7_placed_here(&config)));
+                plane = Some(Arc::new(crate::planes::plane::Plane::Host { other, wire_facts: Default::default() }));
             }
         }
 
@@ -198,26 +199,38 @@ impl Node {
         }
         shared.span_ratio = config.telemetry.span_sample_ratio;
         if let Some(endpoint) = &config.telemetry.otlp_endpoint {
-            let (spans, task) =
-                crate::otlp::Spans::start(endpoint, config.telemetry.otlp_queue, &config.node_name, &shared.metrics);
+            let (spans, task) = crate::core::otlp::Spans::start(
+                endpoint,
+                config.telemetry.otlp_queue,
+                &config.node_name,
+                &shared.metrics,
+            );
             tracing::info!(endpoint, "request spans exported over OTLP/gRPC");
             shared.spans = Some(spans);
             tasks.push(task);
         }
+        if let Some(plane) = &plane {
+            shared.role = plane.clone();
+        }
         let shared = Arc::new(shared);
-        if let (Some(other), Some(link)) = (&shared.other_plane, config.role.control()) {
+        if let (Some(plane), Some(link)) = (&plane, config.role.control()) {
             if let Some((h, channel)) = channel {
                 let l = bind("host channel", h.listen).await?;
                 let control = bind("control", link.addr).await?;
                 tracing::info!(listen = %local_addr(&l, h.listen), control = %local_addr(&control, link.addr), workloads = h.workloads.len(), "dpu role: host channel open");
-                tasks.push(tokio::spawn(crate::host_channel::serve(l, channel, shared.clone())));
-                tasks.push(tokio::spawn(crate::planes::serve(control, link.clone(), shared.clone(), other.clone())));
+                tasks.push(tokio::spawn(crate::planes::dpu::serve(l, channel, shared.clone())));
+                tasks.push(tokio::spawn(crate::planes::control::serve(
+                    control,
+                    link.clone(),
+                    shared.clone(),
+                    plane.clone(),
+                )));
             } else {
                 tracing::info!(dpu = %link.addr, "host role: captured connections go to the DPU");
-                tasks.push(tokio::spawn(crate::planes::connect(link.clone(), shared.clone(), other.clone())));
+                tasks.push(tokio::spawn(crate::planes::control::connect(link.clone(), shared.clone(), plane.clone())));
             }
         }
-        tasks.push(tokio::spawn(crate::sampler::run(shared.clone(), config.telemetry.tcp_sample_interval)));
+        tasks.push(tokio::spawn(crate::core::sampler::run(shared.clone(), config.telemetry.tcp_sample_interval)));
         if shared.rdma.is_some() {
             tasks.push(tokio::spawn(crate::rdma::watch(config.clone(), shared.clone())));
         }
@@ -225,7 +238,7 @@ impl Node {
             tasks.push(tokio::spawn(capture::serve(l, shared.clone())));
         }
         if config.kernel.mode == KernelMode::Ebpf {
-            tasks.push(tokio::spawn(crate::kernel_facts::collect(shared.clone())));
+            tasks.push(tokio::spawn(crate::kernel::facts::collect(shared.clone())));
         }
 
         let admin_listener = bind("admin", config.admin).await?;
@@ -238,7 +251,7 @@ impl Node {
             inbound_addr = Some(local_addr(&l, i.listen));
             match from_dpu {
                 Some(from_dpu) => {
-                    tasks.push(tokio::spawn(crate::host_plane::serve_inbound(l, from_dpu, shared.clone())))
+                    tasks.push(tokio::spawn(crate::planes::host::serve_inbound(l, from_dpu, shared.clone())))
                 }
                 None => tasks.push(tokio::spawn(inbound::serve(l, Arc::new(backends), shared.clone()))),
             }
@@ -440,7 +453,7 @@ fn l7_placed_here(config: &Config) -> Vec<String> {
 fn host_key(path: &std::path::Path) -> Result<Vec<u8>, StartError> {
     let text = std::fs::read_to_string(path).map_err(|e| key_error(path, e))?;
     let hex: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-    crate::channel_key::from_hex(&hex)
+    crate::channel::keys::from_hex(&hex)
         .ok_or_else(|| key_error(path, "not hex digits (make one with `openssl rand -hex 32`)"))
 }
 
@@ -478,9 +491,11 @@ fn kernel_plan(config: &Config) -> weir_ebpf::Plan {
 }
 
 /// Inbound allow-lists from `config` (default deny).
-fn http_services(config: &Config) -> HashMap<String, Arc<crate::http::HttpService>> {
+fn http_services(config: &Config) -> HashMap<String, Arc<crate::l7::http1::HttpService>> {
     let services = config.inbound.iter().flat_map(|i| &i.services);
-    services.filter_map(|s| Some((s.name.clone(), Arc::new(crate::http::HttpService::new(s.http.clone()?))))).collect()
+    services
+        .filter_map(|s| Some((s.name.clone(), Arc::new(crate::l7::http1::HttpService::new(s.http.clone()?)))))
+        .collect()
 }
 
 fn inbound_policy(config: &Config) -> InboundPolicy {

@@ -7,7 +7,9 @@
 //! plane last said is half of this plane's readiness: a plane whose rotation failed, whose SVID
 //! is near expiry, or that stopped reporting makes the other one unready, naming the plane and
 //! the reason. The host connects (and reconnects); the DPU listens.
-use crate::conn::{Refusal, Shared};
+use crate::core::conn::{Refusal, Shared};
+use crate::core::role::Role;
+use crate::planes::plane::Plane;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -176,13 +178,14 @@ fn unix(t: SystemTime) -> u64 {
 
 /// The host plane's side: connects to the DPU's control address and keeps the connection up,
 /// reconnecting after a second when it drops.
-pub(crate) async fn connect(link: PlaneLink, shared: Arc<Shared>, other: Arc<OtherPlane>) {
+pub(crate) async fn connect(link: PlaneLink, shared: Arc<Shared>, plane: Arc<Plane>) {
+    let other = plane.other();
     loop {
         let reason = match dial(&link, &shared).await {
             Ok(tls) => {
                 other.up();
                 tracing::info!(dpu = %link.addr, "control connection to the DPU up");
-                exchange(tls, "host", &link, &shared, &other).await
+                exchange(tls, &plane, &link, &shared).await
             }
             Err(e) => e,
         };
@@ -206,7 +209,7 @@ async fn dial(link: &PlaneLink, shared: &Shared) -> Result<tokio_rustls::client:
 
 /// The DPU's side: accepts the host plane's control connections. Any other identity is
 /// refused; a newer connection from the host plane simply joins (the latest line wins).
-pub(crate) async fn serve(listener: TcpListener, link: PlaneLink, shared: Arc<Shared>, other: Arc<OtherPlane>) {
+pub(crate) async fn serve(listener: TcpListener, link: PlaneLink, shared: Arc<Shared>, plane: Arc<Plane>) {
     let link = Arc::new(link);
     // Held here so that stopping the listener (the node's shutdown) ends them too: a stopped
     // plane must look stopped to the other one.
@@ -217,7 +220,7 @@ pub(crate) async fn serve(listener: TcpListener, link: PlaneLink, shared: Arc<Sh
             continue;
         };
         while connections.try_join_next().is_some() {}
-        let (link, shared, other) = (link.clone(), shared.clone(), other.clone());
+        let (link, shared, plane) = (link.clone(), shared.clone(), plane.clone());
         connections.spawn(async move {
             let id = shared.next_id();
             let acceptor = TlsAcceptor::from(shared.tls.server());
@@ -231,35 +234,36 @@ pub(crate) async fn serve(listener: TcpListener, link: PlaneLink, shared: Arc<Sh
                 let detail = format_args!("control connection from {from} as {peer:?}, expected {}", link.peer_id);
                 return shared.refuse(id, Direction::Inbound, Refusal::PeerIdMismatch, &detail);
             }
-            other.up();
+            plane.other().up();
             tracing::info!(%from, "control connection from the host plane up");
-            let reason = exchange(tls, "dpu", &link, &shared, &other).await;
-            other.down(reason);
+            let reason = exchange(tls, &plane, &link, &shared).await;
+            plane.other().down(reason);
         });
     }
 }
 
 /// Sends this plane's lines every interval and takes the other's, until either side fails or
 /// the other plane goes silent. Returns why it ended.
-async fn exchange<S>(tls: S, plane: &'static str, link: &PlaneLink, shared: &Arc<Shared>, other: &OtherPlane) -> String
+async fn exchange<S>(tls: S, plane: &Plane, link: &PlaneLink, shared: &Arc<Shared>) -> String
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let other = plane.other();
     let (read, mut write) = tokio::io::split(tls);
     let send = async {
         let mut tick = tokio::time::interval(link.interval);
         let mut key_sent = None;
         loop {
             tick.tick().await;
-            let mut out = line(&Line::State(own_state(shared, plane, &other.own_l7)));
-            if let (Some(keys), "dpu") = (&shared.channel_keys, plane) {
+            let mut out = line(&Line::State(own_state(shared, plane.label(), &other.own_l7)));
+            if let (Some(keys), Plane::Dpu { .. }) = (&shared.channel_keys, plane) {
                 let (key, fingerprint) = keys.newest();
                 if key_sent.as_ref() != Some(&fingerprint) {
                     out.extend_from_slice(&line(&Line::Key { key }));
                     key_sent = Some(fingerprint);
                 }
             }
-            if let Some(outbox) = &shared.wire_outbox {
+            if let Plane::Dpu { outbox, .. } = plane {
                 let now = SystemTime::now();
                 let open: Vec<_> =
                     shared.records.all().iter().filter(|r| r.start().captured.is_some()).map(|r| r.view(now)).collect();
@@ -289,14 +293,16 @@ where
             }
             match serde_json::from_slice::<Line>(&buf) {
                 Ok(Line::State(state)) => {
-                    if let (Some(keys), Some(fingerprint), "dpu") = (&shared.channel_keys, &state.channel_key, plane) {
+                    if let (Some(keys), Some(fingerprint), Plane::Dpu { .. }) =
+                        (&shared.channel_keys, &state.channel_key, plane)
+                    {
                         if let Err(e) = keys.installed_on_host(fingerprint) {
                             return format!("host channel key: {e}");
                         }
                     }
                     other.heard(state)
                 }
-                Ok(Line::Key { key }) if plane == "host" => {
+                Ok(Line::Key { key }) if matches!(plane, Plane::Host { .. }) => {
                     match shared.channel_keys.as_ref().map_or(Ok(false), |k| k.install(&key)) {
                         Ok(true) => {
                             shared.metrics.channel_key_rotations.inc();
@@ -306,7 +312,12 @@ where
                     }
                 }
                 Ok(Line::Key { .. }) => return "the host plane sent a channel key: only the DPU makes them".to_owned(),
-                Ok(Line::Records { open, closed }) => crate::wire_facts::merge(shared, open, closed),
+                Ok(Line::Records { open, closed }) => {
+                    // Only the host plane joins the DPU's records to its own.
+                    if let Plane::Host { wire_facts, .. } = plane {
+                        crate::planes::wire_facts::merge(shared, wire_facts, open, closed)
+                    }
+                }
                 Err(e) => return format!("malformed line from the {} plane: {e}", other.name),
             }
         }

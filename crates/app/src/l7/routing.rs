@@ -35,7 +35,7 @@ pub(crate) fn pick(split: &[(String, u32)], draw: u32) -> Option<&str> {
 /// The Host a request is for: the authority of an absolute-form target, else the Host field;
 /// lower case, without a port.
 pub(crate) fn host_of(head: &weir_http::RequestHead) -> Option<String> {
-    let raw = match crate::http::absolute_authority(&head.target) {
+    let raw = match crate::l7::http1::absolute_authority(&head.target) {
         Some(a) => a,
         None => {
             let field = head.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("host"))?;

@@ -1,7 +1,7 @@
 //! Off the data path: reads `TCP_INFO` of every open mesh leg on a timer and folds new
 //! retransmits into the metrics; also the on-demand read a request's log line and span use
 //! when the last sample is stale.
-use crate::conn::{tcp_facts, Shared};
+use crate::core::conn::{tcp_facts, Shared};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use weir_telemetry::records::{unix_ms, ConnRecord, TcpFacts};

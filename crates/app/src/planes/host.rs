@@ -9,19 +9,19 @@
 //! caller (under the inbound key); this plane checks it, its own allow-list for the service
 //! (defence in depth), runs the service's L7 policy if it is placed here, and splices to the
 //! local backend.
-use crate::conn::{MeshLeg, Refusal, Shared, Tracked};
-use crate::inbound::Backends;
+use crate::core::conn::{MeshLeg, Refusal, Shared, Tracked};
+use crate::core::preamble::{exchange, Failed};
+use crate::inbound::listener::Backends;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use weir_config::OutboundRoute;
 use weir_identity::SpiffeId;
-use weir_policy::{Decision, DenyReason};
 use weir_telemetry::Direction;
-use weir_tls::preamble::{Protocol, Request, Status, RESPONSE_LEN};
+use weir_tls::preamble::{Protocol, Request, Status};
 use weir_tls::{Mode, SessionFacts};
 
 /// Where the DPU is (the preambles are sealed with `Shared::channel_keys`).
@@ -57,13 +57,12 @@ pub(crate) async fn open(
             Err(_) => return Err((Refusal::PeerUnreachable, "connect timed out".to_owned())),
         };
         let _ = dpu_leg.set_nodelay(true);
-        dpu_leg.write_all(&preamble).await.map_err(|e| (Refusal::PeerRefused, e.to_string()))?;
-        let mut answer = [0u8; RESPONSE_LEN];
-        dpu_leg.read_exact(&mut answer).await.map_err(|e| (Refusal::PeerRefused, format!("no answer: {e}")))?;
-        match Status::decode(&answer) {
-            Ok(Status::Ok) => Ok(dpu_leg),
-            Ok(status) => Err((Refusal::PeerRefused, format!("the DPU answered {status:?}"))),
-            Err(e) => Err((Refusal::PreambleMalformed, e.to_string())),
+        match exchange(&mut dpu_leg, &preamble).await {
+            Ok(()) => Ok(dpu_leg),
+            Err(Failed::Send(e)) => Err((Refusal::PeerRefused, e.to_string())),
+            Err(Failed::NoAnswer(e)) => Err((Refusal::PeerRefused, format!("no answer: {e}"))),
+            Err(Failed::Answered(status)) => Err((Refusal::PeerRefused, format!("the DPU answered {status:?}"))),
+            Err(Failed::Malformed(e)) => Err((Refusal::PreambleMalformed, e.to_string())),
         }
     };
     match timeout(shared.handshake_timeout, exchange).await {
@@ -86,7 +85,7 @@ pub(crate) struct FromDpu {
 
 /// Accepts the DPU's inbound connections until the task is aborted.
 pub(crate) async fn serve_inbound(listener: TcpListener, from_dpu: Arc<FromDpu>, shared: Arc<Shared>) {
-    crate::conn::accept_each(listener, "host plane inbound", |dpu, from| {
+    crate::core::conn::accept_each(listener, "host plane inbound", |dpu, from| {
         let (from_dpu, shared) = (from_dpu.clone(), shared.clone());
         async move { inbound(dpu, from, &from_dpu, &shared).await }
     })
@@ -97,23 +96,22 @@ async fn inbound(mut dpu: TcpStream, from: SocketAddr, from_dpu: &FromDpu, share
     let id = shared.next_id();
     let _ = dpu.set_nodelay(true);
     let checked = (id, Direction::Inbound);
-    let Some(asked) = crate::host_channel::accept_preamble(&mut dpu, from, shared, checked).await else {
-        return crate::outbound::reset(dpu);
+    let Some(asked) = crate::planes::dpu::accept_preamble(&mut dpu, from, shared, checked).await else {
+        return crate::core::conn::reset(dpu);
     };
     let (caller, service) = (asked.workload, asked.request.service);
     let refuse = |reason, detail: &dyn std::fmt::Display| {
         shared.refuse(id, Direction::Inbound, reason, &format_args!("{caller} -> {service} via {from}: {detail}"));
     };
-    let decision = shared.policy.read().unwrap_or_else(|p| p.into_inner()).authorize(&service, &caller);
-    let backend = match (decision, from_dpu.backends.get(&service)) {
-        (Decision::Allow, Some(b)) => TcpStream::connect(b.addr).await.map_err(|e| (Status::Unavailable, e)),
-        (Decision::Deny(DenyReason::NotAllowed), _) => {
-            let _ = dpu.write_all(&Status::Denied.encode()).await;
-            return refuse(Refusal::NotAllowed, &"not in this plane's allow-list");
-        }
-        _ => {
-            let _ = dpu.write_all(&Status::UnknownService.encode()).await;
-            return refuse(Refusal::UnknownService, &"no such service on this host");
+    let backend = match crate::inbound::listener::authorize(shared, &from_dpu.backends, &service, &caller) {
+        Ok(b) => TcpStream::connect(b.addr).await.map_err(|e| (Status::Unavailable, e)),
+        Err((status, reason)) => {
+            let _ = dpu.write_all(&status.encode()).await;
+            let detail = match reason {
+                Refusal::NotAllowed => "not in this plane's allow-list",
+                _ => "no such service on this host",
+            };
+            return refuse(reason, &detail);
         }
     };
     let backend = match backend {
@@ -132,7 +130,7 @@ async fn inbound(mut dpu: TcpStream, from: SocketAddr, from_dpu: &FromDpu, share
         .copy(http.as_ref().is_some_and(|h| h.config.copy));
     let t = Tracked::open(shared, id, Direction::Inbound, Mode::HostChannel, (caller, service), leg);
     let outcome = match http {
-        Some(svc) => crate::http::inbound_socket(shared, &svc, &t, backend, (dpu, None)).await,
+        Some(svc) => crate::l7::http1::inbound_socket(shared, &svc, &t, backend, (dpu, None)).await,
         None => weir_forward::splice_plain(backend, dpu, &t.tally, shared.limits.pipe_size).await,
     };
     t.close(outcome);

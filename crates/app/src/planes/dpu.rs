@@ -5,8 +5,9 @@
 //! RST); otherwise the DPU answers `Ok` and carries it like an outbound connection, presenting
 //! that workload's own SVID on the wire. Also the DPU's end of inbound connections to services
 //! on the host ([`to_host`]) and the preamble check both planes' listeners share.
-use crate::conn::{Refusal, Shared};
-use crate::outbound;
+use crate::core::conn::{Refusal, Shared};
+use crate::core::preamble::{exchange, Failed};
+use crate::outbound::listener as outbound;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use weir_identity::SpiffeId;
 use weir_telemetry::Direction;
 use weir_tls::host_channel::{self as wire, Error as PreambleError, HostRequest};
-use weir_tls::preamble::{Protocol, Request, Status, RESPONSE_LEN};
+use weir_tls::preamble::{Protocol, Request, Status};
 use weir_tls::TlsConfigs;
 
 /// How long the host plane has to send its preamble.
@@ -30,7 +31,7 @@ pub(crate) struct HostChannel {
 
 /// Accepts host-channel connections until the task is aborted.
 pub(crate) async fn serve(listener: TcpListener, channel: Arc<HostChannel>, shared: Arc<Shared>) {
-    crate::conn::accept_each(listener, "host channel", |host, from| {
+    crate::core::conn::accept_each(listener, "host channel", |host, from| {
         let (channel, shared) = (channel.clone(), shared.clone());
         async move { handle(host, from, &channel, &shared).await }
     })
@@ -41,10 +42,10 @@ async fn handle(mut host: TcpStream, from: SocketAddr, channel: &HostChannel, sh
     let id = shared.next_id();
     let _ = host.set_nodelay(true);
     let Some(asked) = accept_preamble(&mut host, from, shared, (id, Direction::Outbound)).await else {
-        return outbound::reset(host);
+        return crate::core::conn::reset(host);
     };
     let Some(tls) = channel.workloads.get(&asked.workload) else {
-        return outbound::refuse_app(
+        return crate::core::conn::refuse_app(
             host,
             shared,
             id,
@@ -55,7 +56,7 @@ async fn handle(mut host: TcpStream, from: SocketAddr, channel: &HostChannel, sh
     let Some(route) = shared.directory.get(&asked.request.service).cloned() else {
         let _ = host.write_all(&Status::UnknownService.encode()).await;
         let detail = format_args!("{} asked for {:?}", asked.workload, asked.request.service);
-        return outbound::refuse_app(host, shared, id, Refusal::UnknownService, &detail);
+        return crate::core::conn::refuse_app(host, shared, id, Refusal::UnknownService, &detail);
     };
     // The host sends its app's bytes only after this: nothing of them was read here.
     if host.write_all(&Status::Ok.encode()).await.is_err() {
@@ -105,14 +106,12 @@ pub(crate) async fn to_host(
     let request = Request { service: service.to_owned(), protocol: Protocol::Tcp };
     let keys = shared.channel_keys.as_ref().ok_or("no host channel key on this plane")?;
     let preamble = keys.seal(caller, &request).map_err(|e| e.to_string())?;
-    leg.write_all(&preamble).await.map_err(|e| format!("host plane: {e}"))?;
-    let mut answer = [0u8; RESPONSE_LEN];
-    leg.read_exact(&mut answer).await.map_err(|e| format!("no answer from the host plane: {e}"))?;
-    match Status::decode(&answer) {
-        Ok(Status::Ok) => Ok(()),
-        Ok(status) => Err(format!("the host plane answered {status:?}")),
-        Err(e) => Err(format!("host plane: {e}")),
-    }
+    exchange(leg, &preamble).await.map_err(|failed| match failed {
+        Failed::Send(e) => format!("host plane: {e}"),
+        Failed::NoAnswer(e) => format!("no answer from the host plane: {e}"),
+        Failed::Answered(status) => format!("the host plane answered {status:?}"),
+        Failed::Malformed(e) => format!("host plane: {e}"),
+    })
 }
 
 enum Read {

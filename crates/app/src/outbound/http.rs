@@ -3,9 +3,9 @@
 //! service's peer node (kept open per service for the next request of the same app
 //! connection), with per-route timeouts and retries for idempotent requests that sent no
 //! body byte and got no response byte. Heads only through userspace, as on the inbound side.
-use crate::conn::{Refusal, Shared, Tracked};
-use crate::http::{Current, Recorder};
-use crate::outbound::{self, Upstream, Via};
+use crate::core::conn::{Refusal, Shared, Tracked};
+use crate::l7::http1::{Current, Recorder};
+use crate::outbound::listener::{self, Upstream, Via};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -55,10 +55,11 @@ pub(crate) async fn handle(
     shared: &Arc<Shared>,
     captured: Option<Captured>,
 ) {
-    match tokio::time::timeout(http.request_head_timeout, crate::h2::preface_on_socket(&app)).await {
+    match tokio::time::timeout(http.request_head_timeout, crate::l7::h2::preface_on_socket(&app)).await {
         Ok(Ok(true)) => {
             let id = shared.next_id();
-            let served = crate::h2::serve_outbound(shared.clone(), Arc::new(http.clone()), via.clone(), id, app).await;
+            let served =
+                crate::l7::h2::serve_outbound(shared.clone(), Arc::new(http.clone()), via.clone(), id, app).await;
             if let Err(e) = served {
                 tracing::debug!(conn = id, error = e, "HTTP/2 app connection ended");
             }
@@ -101,7 +102,7 @@ pub(crate) async fn handle(
         };
         let started = Instant::now();
         let raw = req;
-        let req = crate::http::origin_form(&raw).into_owned();
+        let req = crate::l7::http1::origin_form(&raw).into_owned();
         let path = match weir_policy::normalize_path(&req.target) {
             Ok(p) => p,
             Err(why) => {
@@ -110,8 +111,8 @@ pub(crate) async fn handle(
                 break None;
             }
         };
-        let host = crate::routing::host_of(&req);
-        let Some(route) = crate::routing::choose(&http.routes, host.as_deref(), &path) else { break None };
+        let host = crate::l7::routing::host_of(&req);
+        let Some(route) = crate::l7::routing::choose(&http.routes, host.as_deref(), &path) else { break None };
         let current = Current::of(&req, path, "routed", shared.span_ratio);
         let head = current.forward_head(&req);
         log.current = Some(current);
@@ -119,8 +120,8 @@ pub(crate) async fn handle(
         let may_retry = idempotent && req.body == BodyFraming::None;
         let mut attempt = 0;
         let step = loop {
-            let draw = u32::from_le_bytes(crate::http::random()[..4].try_into().unwrap_or([0; 4]));
-            let Some(service) = crate::routing::pick(&route.split, draw) else { break Err(503) };
+            let draw = u32::from_le_bytes(crate::l7::http1::random()[..4].try_into().unwrap_or([0; 4]));
+            let Some(service) = crate::l7::routing::pick(&route.split, draw) else { break Err(503) };
             let Some(target) = shared.directory.get(service) else { break Err(503) };
             log.rec.service = service.to_owned();
             log.rec.route = route.path_prefix.clone();
@@ -209,15 +210,8 @@ pub(crate) async fn handle(
     drop(down);
     match upgraded {
         Some(Pooled { up, tracked }) => {
-            let outcome = match up {
-                Upstream::Ktls(s, _) => {
-                    weir_forward::splice_ktls(app, s.socket, &s.keys, Vec::new(), &tracked.tally, shared.limits).await
-                }
-                Upstream::Tls(tls) => weir_forward::copy_tls(app, *tls, &tracked.tally).await,
-                Upstream::Plain(dpu) => {
-                    weir_forward::splice_plain(app, dpu, &tracked.tally, shared.limits.pipe_size).await
-                }
-            };
+            // Nothing was drained before the first request: `connect` refused such a connection.
+            let outcome = up.pump(app, &tracked.tally, shared.limits).await;
             tracked.close(outcome);
         }
         // A failure mid-exchange must reach the app as a reset, not a clean end.
@@ -237,7 +231,7 @@ async fn connect<'s>(
     (copy, captured): (bool, Option<Captured>),
 ) -> Option<Pooled<'s>> {
     let id = shared.next_id();
-    let up = outbound::connect(target, via, shared, id, timeout).await.ok()?;
+    let up = listener::connect(target, via, shared, id, timeout).await.ok()?;
     if let Upstream::Ktls(s, _) = &up {
         if !s.drained.is_empty() {
             // The inbound side speaks only after a request: bytes this early cannot be framed.

@@ -3,8 +3,8 @@
 //! backend, with the same per-request policy, trace propagation and telemetry as HTTP/1.1.
 //! Multiplexed streams share one connection, so their bodies cannot be spliced: every body byte
 //! crosses userspace, and the metrics say `mode = "copy"`.
-use crate::conn::Shared;
-use crate::http::{Current, HttpService, Recorder};
+use crate::core::conn::Shared;
+use crate::l7::http1::{Current, HttpService, Recorder};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -18,8 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use weir_forward::http1::{Exchange, ExchangeResult};
 use weir_identity::SpiffeId;
-use weir_policy::{HttpVerdict, RequestFacts};
-use weir_telemetry::http::VerdictLabels;
+use weir_policy::HttpVerdict;
 use weir_telemetry::Direction;
 
 /// The HTTP/2 client connection preface.
@@ -131,17 +130,7 @@ where
 async fn inbound_stream(who: Who, svc: &HttpService, sender: Sender, req: Request<Incoming>) -> Response<BoxBody> {
     let started = Instant::now();
     let head = head_of(&req);
-    let facts =
-        RequestFacts { source: &who.source, method: &head.method, target: &head.target, headers: &head.headers };
-    let verdict = {
-        let mut limiter = svc.limiter.lock().unwrap_or_else(|p| p.into_inner());
-        weir_policy::decide(&svc.config.policy, &mut limiter, &facts, Instant::now())
-    };
-    let label = verdict.as_label();
-    let verdicts = &who.shared.metrics.http.verdicts;
-    verdicts.get_or_create(&VerdictLabels { service: who.service.clone(), verdict: label }).inc();
-    let path = weir_policy::normalize_path(&head.target).unwrap_or_default();
-    let current = Current::of(&head, path, label, who.shared.span_ratio);
+    let (verdict, current) = svc.decide(&who.service, &who.source, &head, &who.shared);
     let refusal = match verdict {
         HttpVerdict::Allow => return relay(who, head, current, req, sender, started, None).await,
         HttpVerdict::Deny { .. } => Local(StatusCode::FORBIDDEN, None, "denied by policy"),
@@ -217,7 +206,7 @@ async fn relay(
 pub(crate) async fn serve_outbound(
     shared: Arc<Shared>,
     http: Arc<weir_config::OutboundHttp>,
-    via: crate::outbound::Via,
+    via: crate::outbound::listener::Via,
     conn: u64,
     app: TcpStream,
 ) -> Result<(), String> {
@@ -246,11 +235,11 @@ pub(crate) async fn serve_outbound(
                 }
             };
             let current = Current::of(&head, path, "routed", shared.span_ratio);
-            let host = crate::routing::host_of(&head);
-            let route = crate::routing::choose(&http.routes, host.as_deref(), &current.path);
-            let draw = u32::from_le_bytes(crate::http::random()[..4].try_into().unwrap_or([0; 4]));
+            let host = crate::l7::routing::host_of(&head);
+            let route = crate::l7::routing::choose(&http.routes, host.as_deref(), &current.path);
+            let draw = u32::from_le_bytes(crate::l7::http1::random()[..4].try_into().unwrap_or([0; 4]));
             let target = route
-                .and_then(|r| Some((r, crate::routing::pick(&r.split, draw)?)))
+                .and_then(|r| Some((r, crate::l7::routing::pick(&r.split, draw)?)))
                 .and_then(|(r, s)| Some((r, shared.directory.get(s)?.clone())));
             let Some((route, target)) = target else {
                 return Ok(who.answer(
@@ -300,20 +289,20 @@ pub(crate) async fn serve_outbound(
 async fn mesh_sender(
     shared: &Arc<Shared>,
     target: &weir_config::OutboundRoute,
-    via: &crate::outbound::Via,
+    via: &crate::outbound::listener::Via,
     timeout: std::time::Duration,
 ) -> Option<Sender> {
     let id = shared.next_id();
-    let up = crate::outbound::connect(target, via, shared, id, timeout).await.ok()?;
+    let up = crate::outbound::listener::connect(target, via, shared, id, timeout).await.ok()?;
     let (mode, leg) = (up.mode(), up.leg(true));
     let io: Box<dyn weir_forward::http1::ByteStream> = match up {
         // The inbound side speaks only after the client's preface: early bytes cannot be framed.
-        crate::outbound::Upstream::Ktls(s, _) if !s.drained.is_empty() => return None,
+        crate::outbound::listener::Upstream::Ktls(s, _) if !s.drained.is_empty() => return None,
         // Copy mode over kTLS: hyper reads the socket itself, so a KeyUpdate from the peer ends
         // the connection (a read error), and this side never reaches its record limit's rekey.
-        crate::outbound::Upstream::Ktls(s, _) => Box::new(s.socket),
-        crate::outbound::Upstream::Tls(tls) => tls,
-        crate::outbound::Upstream::Plain(socket) => Box::new(socket),
+        crate::outbound::listener::Upstream::Ktls(s, _) => Box::new(s.socket),
+        crate::outbound::listener::Upstream::Tls(tls) => tls,
+        crate::outbound::listener::Upstream::Plain(socket) => Box::new(socket),
     };
     let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .handshake::<_, BoxBody>(TokioIo::new(io))
@@ -322,7 +311,7 @@ async fn mesh_sender(
         .ok()?;
     let (shared, peer, service) = (shared.clone(), target.peer_id.clone(), target.service.clone());
     tokio::spawn(async move {
-        let t = crate::conn::Tracked::open(&shared, id, Direction::Outbound, mode, (peer, service), leg);
+        let t = crate::core::conn::Tracked::open(&shared, id, Direction::Outbound, mode, (peer, service), leg);
         let outcome = match connection.await {
             Ok(()) => weir_forward::Outcome::Closed,
             Err(e) => weir_forward::Outcome::Failed(weir_forward::Side::Peer, std::io::Error::other(e.to_string())),

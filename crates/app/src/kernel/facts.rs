@@ -1,6 +1,6 @@
 //! Off the data path, once a second: reads the kernel path's per-connection facts and
 //! counters and folds them into metrics (each closed connection exactly once).
-use crate::conn::Shared;
+use crate::core::conn::Shared;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;

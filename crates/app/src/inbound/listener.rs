@@ -1,8 +1,8 @@
 //! The inbound listener: a peer node connects, both sides prove their SVIDs, the preamble
 //! names a local service, policy decides (default deny), and on success bytes flow to the
 //! local backend.
-use crate::conn::{MeshLeg, Refusal, Shared, Tracked};
-use crate::outbound::kernel_ready;
+use crate::core::conn::kernel_ready;
+use crate::core::conn::{MeshLeg, Refusal, Shared, Tracked};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,7 +32,7 @@ pub(crate) type Backends = HashMap<String, Backend>;
 
 /// Accepts peer nodes until the task is aborted.
 pub(crate) async fn serve(listener: TcpListener, backends: Arc<Backends>, shared: Arc<Shared>) {
-    crate::conn::accept_each(listener, "inbound", |socket, from| {
+    crate::core::conn::accept_each(listener, "inbound", |socket, from| {
         let (backends, shared) = (backends.clone(), shared.clone());
         async move { handle(socket, from, &backends, &shared).await }
     })
@@ -69,12 +69,12 @@ async fn handle(socket: TcpStream, from: SocketAddr, backends: &Backends, shared
         let leg = MeshLeg::of(&switched.socket, switched.session)
             .copy(http.as_ref().is_some_and(|h| h.config.copy))
             .captured(a.to_host);
-        let mode = crate::conn::ktls_mode(&switched.socket);
+        let mode = crate::core::conn::ktls_mode(&switched.socket);
         let t = Tracked::open(shared, id, Direction::Inbound, mode, (a.peer, a.service), leg);
         let outcome = match http {
             Some(svc) => {
                 let peer = (switched.socket, Some(switched.keys));
-                crate::http::inbound_socket(shared, &svc, &t, a.backend, peer).await
+                crate::l7::http1::inbound_socket(shared, &svc, &t, a.backend, peer).await
             }
             None => {
                 let s = switched;
@@ -91,14 +91,14 @@ async fn handle(socket: TcpStream, from: SocketAddr, backends: &Backends, shared
         let leg = MeshLeg::of(tcp, session).copy(http.as_ref().is_some_and(|h| h.config.copy)).captured(a.to_host);
         let t = Tracked::open(shared, id, Direction::Inbound, Mode::Userspace, (a.peer, a.service), leg);
         let outcome = match http {
-            Some(svc) => crate::http::inbound_tls(shared, &svc, &t, a.backend, a.tls).await,
+            Some(svc) => crate::l7::http1::inbound_tls(shared, &svc, &t, a.backend, a.tls).await,
             None => weir_forward::copy_tls(a.backend, a.tls, &t.tally).await,
         };
         t.close(outcome);
     }
 }
 
-fn http_service(shared: &Shared, service: &str) -> Option<Arc<crate::http::HttpService>> {
+fn http_service(shared: &Shared, service: &str) -> Option<Arc<crate::l7::http1::HttpService>> {
     shared.http.read().unwrap_or_else(|p| p.into_inner()).get(service).cloned()
 }
 
@@ -119,32 +119,24 @@ where
         let peer = weir_tls::peer_spiffe_id(tls.tls_state())
             .ok_or((Refusal::NoSpiffeId, "client certificate has no SPIFFE ID".to_owned()))?;
         let request = read_request(&mut tls).await.map_err(|e| (Refusal::PreambleMalformed, format!("{peer}: {e}")))?;
-        let decision = shared.policy.read().unwrap_or_else(|p| p.into_inner()).authorize(&request.service, &peer);
-        let (status, refusal) = match decision {
-            Decision::Allow => (Status::Ok, None),
-            Decision::Deny(DenyReason::UnknownService) => (Status::UnknownService, Some(Refusal::UnknownService)),
-            Decision::Deny(DenyReason::NotAllowed) => (Status::Denied, Some(Refusal::NotAllowed)),
+        let b = match authorize(shared, backends, &request.service, &peer) {
+            Ok(b) => *b,
+            Err((status, reason)) => {
+                let _ = answer(&mut tls, status).await;
+                return Err((reason, format!("{peer} -> {}", request.service)));
+            }
         };
-        let backend = match (refusal, backends.get(&request.service)) {
-            (None, Some(b)) => match connect_backend(b, &peer, &request.service, shared).await {
-                Ok(b) => Some(b),
-                Err(e) => {
-                    let _ = answer(&mut tls, Status::Unavailable).await;
-                    return Err((Refusal::BackendUnavailable, format!("{}: {}: {e}", request.service, b.addr)));
-                }
-            },
-            _ => None,
-        };
-        let Some(backend) = backend else {
-            let _ = answer(&mut tls, status).await;
-            let reason = refusal.unwrap_or(Refusal::UnknownService);
-            return Err((reason, format!("{peer} -> {}", request.service)));
+        let backend = match connect_backend(&b, &peer, &request.service, shared).await {
+            Ok(backend) => backend,
+            Err(e) => {
+                let _ = answer(&mut tls, Status::Unavailable).await;
+                return Err((Refusal::BackendUnavailable, format!("{}: {}: {e}", request.service, b.addr)));
+            }
         };
         let _ = backend.set_nodelay(true);
         answer(&mut tls, Status::Ok).await.map_err(|e| (Refusal::TlsHandshake, e.to_string()))?;
         crate::rdma::note_inbound(shared, &peer, &request.service);
-        let on_host = backends.get(&request.service).is_some_and(|b| b.on_host);
-        let to_host = on_host.then(|| backend.local_addr().ok()).flatten();
+        let to_host = b.on_host.then(|| backend.local_addr().ok()).flatten();
         let to_host = to_host.map(|app| Captured { workload: peer.to_string(), app });
         Ok(Accepted { tls, peer, service: request.service, backend, to_host })
     };
@@ -161,12 +153,30 @@ where
     }
 }
 
+/// The one answer to "may `peer` reach `service` on this plane?" (allow-list, default deny),
+/// for the inbound listener and the host plane's: the backend to connect, or the status to
+/// answer and the refusal to count.
+pub(crate) fn authorize<'b>(
+    shared: &Shared,
+    backends: &'b Backends,
+    service: &str,
+    peer: &SpiffeId,
+) -> Result<&'b Backend, (Status, Refusal)> {
+    let decision = shared.policy.read().unwrap_or_else(|p| p.into_inner()).authorize(service, peer);
+    match (decision, backends.get(service)) {
+        (Decision::Allow, Some(b)) => Ok(b),
+        (Decision::Deny(DenyReason::NotAllowed), _) => Err((Status::Denied, Refusal::NotAllowed)),
+        // An allowed service without a backend cannot come from one config; answered as unknown.
+        _ => Err((Status::UnknownService, Refusal::UnknownService)),
+    }
+}
+
 /// Connects to `service`'s backend for `caller`; on a DPU, a backend on the host is reached
 /// through the host plane, which is told who the caller is.
 async fn connect_backend(b: &Backend, caller: &SpiffeId, service: &str, shared: &Shared) -> Result<TcpStream, String> {
     let mut backend = TcpStream::connect(b.addr).await.map_err(|e| e.to_string())?;
     if b.on_host {
-        crate::host_channel::to_host(&mut backend, shared, caller, service).await?;
+        crate::planes::dpu::to_host(&mut backend, shared, caller, service).await?;
     }
     Ok(backend)
 }

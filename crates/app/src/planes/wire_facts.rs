@@ -8,12 +8,12 @@
 //! address), inbound the DPU's (the host plane's remote address); see [`leg_key`]. Wire
 //! retransmits are counted per workload (outbound: the host's workload; inbound: the remote
 //! caller) and service as they arrive.
-use crate::conn::Shared;
+use crate::core::conn::Shared;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use weir_telemetry::records::RecordView;
-use weir_telemetry::WireLabels;
+use weir_telemetry::{Metrics, WireLabels};
 
 /// Closed records the DPU holds for the host plane at most.
 const OUTBOX_CAP: usize = 10_000;
@@ -26,11 +26,11 @@ pub(crate) struct Outbox(Mutex<VecDeque<RecordView>>);
 
 impl Outbox {
     /// Queues a closed record; the oldest goes when the queue is full.
-    pub fn push(&self, view: RecordView, shared: &Shared) {
+    pub fn push(&self, view: RecordView, metrics: &Metrics) {
         let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if q.len() >= OUTBOX_CAP {
             q.pop_front();
-            shared.metrics.plane_records_dropped.inc();
+            metrics.plane_records_dropped.inc();
         }
         q.push_back(view);
     }
@@ -77,7 +77,7 @@ pub(crate) fn leg_key(view: &RecordView) -> SocketAddr {
 
 /// Takes one batch from the DPU: counts new wire retransmits, and keeps the latest record of
 /// each connection while the host's own record of it is open (its close takes it).
-pub(crate) fn merge(shared: &Shared, open: Vec<RecordView>, closed: Vec<RecordView>) {
+pub(crate) fn merge(shared: &Shared, wire_facts: &WireFacts, open: Vec<RecordView>, closed: Vec<RecordView>) {
     let host_open: std::collections::HashSet<SocketAddr> = match closed.is_empty() {
         true => Default::default(),
         false => {
@@ -85,7 +85,7 @@ pub(crate) fn merge(shared: &Shared, open: Vec<RecordView>, closed: Vec<RecordVi
             shared.records.all().iter().map(|r| leg_key(&r.view(now))).collect()
         }
     };
-    let mut joined = shared.wire_facts.0.lock().unwrap_or_else(|p| p.into_inner());
+    let mut joined = wire_facts.0.lock().unwrap_or_else(|p| p.into_inner());
     let Joined { views, counted } = &mut *joined;
     let batch = open.into_iter().map(|v| (v, false)).chain(closed.into_iter().map(|v| (v, true)));
     for (view, is_closed) in batch {
@@ -118,10 +118,10 @@ mod tests {
 
     #[test]
     fn the_outbox_keeps_the_newest_and_counts_what_it_drops() {
-        let shared = crate::conn::tests::shared();
+        let shared = crate::core::conn::tests::shared();
         let outbox = Outbox::default();
         for n in 0..OUTBOX_CAP as u64 + 3 {
-            outbox.push(view(n, "10.0.0.2:40000", 0), &shared);
+            outbox.push(view(n, "10.0.0.2:40000", 0), &shared.metrics);
         }
         let taken = outbox.take();
         assert_eq!(taken.len(), OUTBOX_CAP);
@@ -132,16 +132,17 @@ mod tests {
 
     #[test]
     fn wire_retransmits_are_counted_once_and_joined_by_the_host_end() {
-        let shared = crate::conn::tests::shared();
+        let shared = crate::core::conn::tests::shared();
+        let wire_facts = WireFacts::default();
         let a = "10.0.0.2:40000";
-        merge(&shared, vec![view(1, a, 2)], vec![]);
-        merge(&shared, vec![view(1, a, 5)], vec![]);
-        let joined = shared.wire_facts.of(a.parse().expect("addr")).expect("joined");
+        merge(&shared, &wire_facts, vec![view(1, a, 2)], vec![]);
+        merge(&shared, &wire_facts, vec![view(1, a, 5)], vec![]);
+        let joined = wire_facts.of(a.parse().expect("addr")).expect("joined");
         assert_eq!(joined.tcp.map(|t| t.retransmits), Some(5));
         // The host's record closed first and took the view; the DPU's closing record follows.
-        assert!(shared.wire_facts.take(a.parse().expect("addr")).is_some());
-        merge(&shared, vec![], vec![view(1, a, 7)]);
-        assert!(shared.wire_facts.of(a.parse().expect("addr")).is_none(), "no host record: not kept");
+        assert!(wire_facts.take(a.parse().expect("addr")).is_some());
+        merge(&shared, &wire_facts, vec![], vec![view(1, a, 7)]);
+        assert!(wire_facts.of(a.parse().expect("addr")).is_none(), "no host record: not kept");
         let labels = WireLabels { workload: "spiffe://weir.local/ns/shop/sa/cart".into(), service: "orders".into() };
         assert_eq!(shared.metrics.wire_tcp_retransmits.get_or_create(&labels).get(), 7);
     }

@@ -22,7 +22,7 @@ pub(crate) struct Shared {
     /// Records of open mesh connections (sampled and listed off the data path).
     pub records: Records,
     /// Request spans to the OTLP collector, when one is configured.
-    pub spans: Option<crate::otlp::Spans>,
+    pub spans: Option<crate::core::otlp::Spans>,
     /// Share of the traces this node starts that are sampled (exported as spans).
     pub span_ratio: f64,
     pub tls: Arc<TlsConfigs>,
@@ -32,7 +32,7 @@ pub(crate) struct Shared {
     /// Inbound allow-lists (swapped on reload).
     pub policy: std::sync::RwLock<InboundPolicy>,
     /// HTTP handling of inbound services with `protocol = "http"` (swapped on reload).
-    pub http: std::sync::RwLock<std::collections::HashMap<String, Arc<crate::http::HttpService>>>,
+    pub http: std::sync::RwLock<std::collections::HashMap<String, Arc<crate::l7::http1::HttpService>>>,
     pub handshake_timeout: Duration,
     next_id: AtomicU64,
     /// Mesh connections open now (all listeners), for graceful shutdown.
@@ -50,23 +50,17 @@ pub(crate) struct Shared {
     pub directory: std::collections::HashMap<String, Arc<weir_config::OutboundRoute>>,
     /// Captured service address -> the route that serves it.
     pub captured: std::collections::HashMap<std::net::SocketAddr, Arc<weir_config::OutboundRoute>>,
-    /// `node`, `dpu` or `host` (records and logs say which).
-    pub role: &'static str,
+    /// The role this node runs in, as the core sees it: a label and hooks, never a name to test.
+    pub role: Arc<dyn crate::core::role::Role>,
     /// Identities this node holds SVIDs for besides its own and its workloads' (a DPU's: the
     /// host's workloads), by name: all must be valid and rotating for the node to be ready.
     pub acting_for: Vec<(String, Arc<SvidStore>)>,
-    /// What this plane knows of the other one (roles `host` and `dpu`).
-    pub other_plane: Option<Arc<crate::planes::OtherPlane>>,
-    /// A DPU's closed host-channel records, waiting for the host plane.
-    pub wire_outbox: Option<crate::wire_facts::Outbox>,
     /// A host plane's way to its DPU (captured connections go there).
-    pub to_dpu: Option<crate::host_plane::ToDpu>,
+    pub to_dpu: Option<crate::planes::host::ToDpu>,
     /// The host channel's keys (roles `host` and `dpu`).
-    pub channel_keys: Option<Arc<crate::channel_key::ChannelKeys>>,
+    pub channel_keys: Option<Arc<crate::channel::keys::ChannelKeys>>,
     /// RDMA intents and queue-pair watch, when the config asks for RDMA control.
     pub rdma: Option<crate::rdma::Rdma>,
-    /// A host plane's view of the DPU's wire-side records.
-    pub wire_facts: crate::wire_facts::WireFacts,
 }
 
 /// A workload at run time: its rules and its own identity.
@@ -115,14 +109,11 @@ impl Shared {
             kernel_reported: std::sync::Mutex::new(std::collections::HashSet::new()),
             captured: std::collections::HashMap::new(),
             directory: std::collections::HashMap::new(),
-            role: "node",
+            role: Arc::new(crate::core::role::Standalone),
             acting_for: Vec::new(),
-            other_plane: None,
-            wire_outbox: None,
             to_dpu: None,
             channel_keys: None,
             rdma: None,
-            wire_facts: Default::default(),
         }
     }
 
@@ -272,7 +263,7 @@ impl<'a> Tracked<'a> {
         let record = Arc::new(ConnRecord::new(
             RecordStart {
                 id,
-                role: shared.role,
+                role: shared.role.label(),
                 direction,
                 local: leg.local,
                 remote: leg.remote,
@@ -317,9 +308,9 @@ impl<'a> Tracked<'a> {
         self.shared.open.fetch_sub(1, Ordering::Relaxed);
         let secs = self.started.elapsed().as_secs_f64();
         let r = self.record.view(std::time::SystemTime::now());
-        if let (Some(outbox), Some(_)) = (&self.shared.wire_outbox, &r.captured) {
-            outbox.push(r.clone(), self.shared);
-        }
+        // A role may keep the record or join facts of its own to it (the DPU's outbox, the
+        // host plane's wire leg), before the closing line.
+        self.shared.role.closed(&r, m);
         let tcp = r.tcp.unwrap_or_default();
         let (workload, app) = match &r.captured {
             Some(c) => (c.workload.as_str(), r.app_tcp.unwrap_or_default()),
@@ -340,17 +331,6 @@ impl<'a> Tracked<'a> {
                     outcome = outcome.as_label() $(, $extra = $value)*, $message
                 )
             };
-        }
-        if self.shared.role == "host" {
-            if let Some(w) = self.shared.wire_facts.take(crate::wire_facts::leg_key(&r)) {
-                let wire_tcp = w.tcp.unwrap_or_default();
-                tracing::info!(
-                    target: "weir::access",
-                    conn = r.id, wire_conn = w.id, wire_peer = w.peer, wire_mode = w.mode,
-                    wire_local = %w.local, wire_remote = %w.remote, wire_srtt_us = wire_tcp.srtt_us,
-                    wire_retransmits = wire_tcp.retransmits, "wire leg, as the DPU reported it"
-                );
-            }
         }
         match &outcome {
             Outcome::Closed => closing_line!(info, "connection closed"),
@@ -412,6 +392,30 @@ where
             }
         }
     }
+}
+
+/// Attaches the kTLS ULP before the handshake; on failure this connection stays in userspace
+/// TLS, and says so.
+pub(crate) fn kernel_ready(socket: &TcpStream, shared: &Shared, id: u64) -> bool {
+    match weir_tls::ktls::prepare(socket) {
+        Ok(()) => true,
+        Err(e) => {
+            shared.metrics.ktls_fallbacks.inc();
+            tracing::warn!(conn = id, error = %e, "kTLS setup failed on this socket: falling back to userspace TLS");
+            false
+        }
+    }
+}
+
+/// Refuses a local app's connection: counted, logged, and reset.
+pub(crate) fn refuse_app(app: TcpStream, shared: &Shared, id: u64, reason: Refusal, detail: &dyn std::fmt::Display) {
+    shared.refuse(id, Direction::Outbound, reason, detail);
+    reset(app);
+}
+
+/// Closes the app's connection with a RST: it must see a failure, not an empty response.
+pub(crate) fn reset(app: TcpStream) {
+    let _ = weir_sys::abort_on_close(std::os::fd::AsFd::as_fd(&app));
 }
 
 #[cfg(test)]

@@ -3,11 +3,11 @@
 //! preamble, then forwards (kTLS splice, or userspace TLS where the kernel has no kTLS). On a
 //! host plane the mesh leg is the DPU's host channel instead ([`Via::Dpu`]): the DPU does the
 //! mTLS, and the leg is plaintext spliced by the kernel.
-use crate::conn::{rustls_error, MeshLeg, Refusal, Shared, Tracked};
+use crate::core::conn::{rustls_error, MeshLeg, Refusal, Shared, Tracked};
+use crate::core::preamble::{exchange, Failed};
 use rustls::pki_types::ServerName;
-use std::os::fd::AsFd;
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use tokio_rustls::{client::TlsStream, TlsConnector};
@@ -16,13 +16,13 @@ use weir_identity::SpiffeId;
 use weir_telemetry::records::Captured;
 use weir_telemetry::Direction;
 use weir_tls::ktls::{self, Switched};
-use weir_tls::preamble::{Protocol, Request, Status, RESPONSE_LEN};
+use weir_tls::preamble::{Protocol, Request};
 use weir_tls::{Mode, TlsConfigs};
 
 /// Accepts local apps on one route's port until the task is aborted.
 pub(crate) async fn serve(listener: TcpListener, route: Arc<OutboundRoute>, shared: Arc<Shared>) {
     let what = format!("outbound {}", route.service);
-    crate::conn::accept_each(listener, &what, |app, _| {
+    crate::core::conn::accept_each(listener, &what, |app, _| {
         let (route, shared) = (route.clone(), shared.clone());
         let via = Via::Tls(shared.tls.clone());
         async move { handle(app, &route, &via, &shared, None).await }
@@ -61,23 +61,17 @@ pub(crate) async fn handle(
 ) {
     let _ = app.set_nodelay(true);
     if let Some(http) = &route.http {
-        return crate::outbound_http::handle(app, route, http, via, shared, captured).await;
+        return crate::outbound::http::handle(app, route, http, via, shared, captured).await;
     }
     let id = shared.next_id();
     let peer = match connect(route, via, shared, id, shared.handshake_timeout).await {
         Ok(peer) => peer,
-        Err(Refused) => return reset(app),
+        Err(Refused) => return crate::core::conn::reset(app),
     };
     crate::rdma::note_outbound(shared, route, &via.id(), captured.as_ref().map(|c| c.workload.as_str()));
     let who = (route.peer_id.clone(), route.service.clone());
     let t = Tracked::open(shared, id, Direction::Outbound, peer.mode(), who, peer.leg(false).captured(captured));
-    let outcome = match peer {
-        Upstream::Ktls(s, _) => {
-            weir_forward::splice_ktls(app, s.socket, &s.keys, s.drained, &t.tally, shared.limits).await
-        }
-        Upstream::Tls(tls) => weir_forward::copy_tls(app, *tls, &t.tally).await,
-        Upstream::Plain(dpu) => weir_forward::splice_plain(app, dpu, &t.tally, shared.limits.pipe_size).await,
-    };
+    let outcome = peer.pump(app, &t.tally, shared.limits).await;
     t.close(outcome);
 }
 
@@ -98,6 +92,21 @@ impl Upstream {
             Self::Ktls(.., mode) => *mode,
             Self::Tls(_) => Mode::Userspace,
             Self::Plain(_) => Mode::HostChannel,
+        }
+    }
+
+    /// Moves the app's bytes both ways until either side ends: the one L4 pump of an outbound
+    /// connection, whichever kind its mesh leg is.
+    pub async fn pump(
+        self,
+        app: TcpStream,
+        tally: &weir_forward::Tally,
+        limits: weir_forward::Limits,
+    ) -> weir_forward::Outcome {
+        match self {
+            Self::Ktls(s, _) => weir_forward::splice_ktls(app, s.socket, &s.keys, s.drained, tally, limits).await,
+            Self::Tls(tls) => weir_forward::copy_tls(app, *tls, tally).await,
+            Self::Plain(dpu) => weir_forward::splice_plain(app, dpu, tally, limits.pipe_size).await,
         }
     }
 
@@ -135,7 +144,7 @@ pub(crate) async fn connect(
             let Some(dpu) = &shared.to_dpu else {
                 return Err(refuse(Refusal::TlsHandshake, &format_args!("{workload}: no DPU link on this plane")));
             };
-            return crate::host_plane::open(route, workload, dpu, shared, id, connect_timeout)
+            return crate::planes::host::open(route, workload, dpu, shared, id, connect_timeout)
                 .await
                 .map(Upstream::Plain)
                 .ok_or(Refused);
@@ -155,11 +164,11 @@ pub(crate) async fn connect(
         return Err(refuse(Refusal::TlsHandshake, &format_args!("{MESH_SERVER_NAME:?} is not a server name")));
     };
     match shared.ktls.kernel() {
-        Some(kernel) if kernel_ready(&peer, shared, id) => {
+        Some(kernel) if crate::core::conn::kernel_ready(&peer, shared, id) => {
             let staged = handshake(ktls::connect(config, name, peer), route, shared, id).await.ok_or(Refused)?;
             match staged.switch(kernel).await {
                 Ok(s) => {
-                    let mode = crate::conn::ktls_mode(&s.socket);
+                    let mode = crate::core::conn::ktls_mode(&s.socket);
                     Ok(Upstream::Ktls(Box::new(s), mode))
                 }
                 Err(e) => Err(refuse(Refusal::KtlsSetupFailed, &e)),
@@ -175,19 +184,6 @@ pub(crate) async fn connect(
 
 /// The server name every mesh handshake carries: the peer is checked by SPIFFE ID, not by name.
 const MESH_SERVER_NAME: &str = "weir.mesh";
-
-/// Attaches the kTLS ULP before the handshake; on failure this connection stays in userspace
-/// TLS, and says so.
-pub(crate) fn kernel_ready(socket: &TcpStream, shared: &Shared, id: u64) -> bool {
-    match ktls::prepare(socket) {
-        Ok(()) => true,
-        Err(e) => {
-            shared.metrics.ktls_fallbacks.inc();
-            tracing::warn!(conn = id, error = %e, "kTLS setup failed on this socket: falling back to userspace TLS");
-            false
-        }
-    }
-}
 
 /// TLS handshake (`tls`: the verifier checks the peer's SPIFFE ID) and preamble. `None`:
 /// refused, already counted and logged.
@@ -213,14 +209,12 @@ where
         let request = Request { service: route.service.clone(), protocol: Protocol::Tcp }
             .encode()
             .map_err(|e| (Refusal::PreambleMalformed, e.to_string()))?;
-        tls.write_all(&request).await.map_err(|e| (Refusal::PeerRefused, e.to_string()))?;
-        tls.flush().await.map_err(|e| (Refusal::PeerRefused, e.to_string()))?;
-        let mut response = [0u8; RESPONSE_LEN];
-        tls.read_exact(&mut response).await.map_err(|e| (Refusal::PeerRefused, format!("no preamble answer: {e}")))?;
-        match Status::decode(&response) {
-            Ok(Status::Ok) => Ok(tls),
-            Ok(status) => Err((Refusal::PeerRefused, format!("peer answered {status:?}"))),
-            Err(e) => Err((Refusal::PreambleMalformed, e.to_string())),
+        match exchange(&mut tls, &request).await {
+            Ok(()) => Ok(tls),
+            Err(Failed::Send(e)) => Err((Refusal::PeerRefused, e.to_string())),
+            Err(Failed::NoAnswer(e)) => Err((Refusal::PeerRefused, format!("no preamble answer: {e}"))),
+            Err(Failed::Answered(status)) => Err((Refusal::PeerRefused, format!("peer answered {status:?}"))),
+            Err(Failed::Malformed(e)) => Err((Refusal::PreambleMalformed, e.to_string())),
         }
     };
     match timeout(shared.handshake_timeout, exchange).await {
@@ -239,14 +233,4 @@ where
             None
         }
     }
-}
-
-pub(crate) fn refuse_app(app: TcpStream, shared: &Shared, id: u64, reason: Refusal, detail: &dyn std::fmt::Display) {
-    shared.refuse(id, Direction::Outbound, reason, detail);
-    reset(app);
-}
-
-/// Closes the app's connection with a RST: it must see a failure, not an empty response.
-pub(crate) fn reset(app: TcpStream) {
-    let _ = weir_sys::abort_on_close(app.as_fd());
 }
