@@ -59,8 +59,11 @@ async fn local_to_peer(
     let peer_err = |e| Outcome::from_error(Side::Peer, e);
     // An idle connection holds no pipe: create it when the first bytes are ready. A KeyUpdate
     // the peer asked for goes out meanwhile (both waits are cancel-safe: no bytes move in them).
+    // Biased to the data: while it flows, the owed-update wait is never polled (no waiter
+    // registered per chunk); `send_owed` before each send catches an update then.
     loop {
         tokio::select! {
+            biased;
             ready = local.readable() => break ready.map_err(|e| Outcome::from_error(Side::Local, e))?,
             () = keys.owed() => send_owed(peer, keys).await.map_err(peer_err)?,
         }
@@ -68,6 +71,7 @@ async fn local_to_peer(
     let pipe = Pipe::with_capacity(limits.pipe_size).map_err(|e| Outcome::Failed(Side::Local, e.into()))?;
     loop {
         let n = tokio::select! {
+            biased;
             n = fill(local, &pipe, pipe.capacity()) => n.map_err(|e| Outcome::from_error(Side::Local, e))?,
             () = keys.owed() => {
                 send_owed(peer, keys).await.map_err(peer_err)?;
